@@ -1,0 +1,1 @@
+"""halflife bench."""

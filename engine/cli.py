@@ -1,0 +1,191 @@
+"""`halflife` command line. Every flag falls back to a HALFLIFE_* environment variable,
+and `--help` names it. Exit codes: 0 success, 2 usage or invalid rules, 1 runtime failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from engine.config import RunConfig
+from rules import RuleError, check_rules
+
+
+class _EnvDefault(argparse.Action):
+    """An option whose default comes from an environment variable, named in --help."""
+
+    def __init__(self, option_strings: list[str], dest: str, env: str | None = None, default: Any = None,
+                 required: bool = False, help: str | None = None, **kwargs: Any) -> None:
+        env = env or "HALFLIFE_" + dest.upper()
+        if env in os.environ:
+            default = os.environ[env]
+            required = False
+        help = f"{help or ''} [env: {env}]" + (f" (default: {default})" if default is not None else "")
+        super().__init__(option_strings, dest, default=default, required=required, help=help, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="halflife", description="Real-time behavioral trigger engine.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the dataflow on events (replay mode: a file or stdin)",
+                         description="Run the dataflow: events in, triggers out (JSON Lines).")
+    run.add_argument("--rules", action=_EnvDefault, required=True, help="rule file or directory")
+    run.add_argument("--input", action=_EnvDefault, default="-", help="JSON Lines events file, or - for stdin")
+    run.add_argument("--output", action=_EnvDefault, default="-", help="trigger records file, or - for stdout")
+    run.add_argument("--dlq", action=_EnvDefault, default="stderr",
+                     help="dead-letter file (JSON Lines with reason and raw line), or stderr")
+    run.add_argument("--profiles", action=_EnvDefault, help="profile changes file (tag, untag, stage)")
+    run.add_argument("--recovery", action=_EnvDefault,
+                     help="recovery directory (bytewax SQLite snapshots); a killed run resumes from it")
+    run.add_argument("--workers", action=_EnvDefault, type=_positive_int, default=1,
+                     help="worker threads per process")
+    run.add_argument("--processes", action=_EnvDefault, type=_positive_int, default=1,
+                     help="local processes forming one bytewax cluster (supervised)")
+    run.add_argument("--batch-size", action=_EnvDefault, type=_positive_int, default=1000,
+                     help="input lines per batch")
+    run.add_argument("--shards", action=_EnvDefault, type=_positive_int, default=64,
+                     help="virtual shards (state partitions); the unit of parallelism")
+    run.add_argument("--snapshot-interval", action=_EnvDefault, type=_positive_float, default=10.0,
+                     help="seconds between recovery snapshots (the bytewax epoch)")
+    # Set by the cluster supervisor for its children; not for people.
+    run.add_argument("--cluster-process-id", type=int, help=argparse.SUPPRESS)
+    run.add_argument("--cluster-addresses", help=argparse.SUPPRESS)
+    run.add_argument("--summary-path", help=argparse.SUPPRESS)
+
+    rules = sub.add_parser("rules", help="rule file tools")
+    rules_sub = rules.add_subparsers(dest="rules_command", required=True, metavar="SUBCOMMAND")
+    check = rules_sub.add_parser("check", help="validate rules; prints errors as file:line: message")
+    check.add_argument("path", help="rule file or directory")
+
+    demo = sub.add_parser("demo", help="a synthetic shop streamed through the engine, triggers printed live")
+    demo.add_argument("--rules", action=_EnvDefault, help="rule file or directory (default: shipped e-commerce rules)")
+    demo.add_argument("--contacts", action=_EnvDefault, type=_positive_int, default=300, help="shoppers in the pool")
+    demo.add_argument("--seconds", action=_EnvDefault, type=_positive_float, default=20.0,
+                      help="how long to run (wall clock)")
+    demo.add_argument("--speed", action=_EnvDefault, type=_positive_float, default=120.0,
+                      help="shop minutes per wall-clock second")
+    demo.add_argument("--seed", action=_EnvDefault, type=int, default=7, help="random seed")
+    return parser
+
+
+def _run_config(args: argparse.Namespace, summary_path: str | None) -> RunConfig:
+    return RunConfig(
+        rules=args.rules, input=args.input, output=args.output, dlq=args.dlq, profiles=args.profiles,
+        recovery=args.recovery, workers=int(args.workers), processes=int(args.processes),
+        batch_size=int(args.batch_size), shards=int(args.shards),
+        snapshot_interval_s=float(args.snapshot_interval), summary_path=summary_path,
+    )
+
+
+def _cmd_rules_check(args: argparse.Namespace) -> int:
+    problems = check_rules(args.path)
+    for p in problems:
+        print(p, file=sys.stderr)
+    if problems:
+        return 2
+    print(f"{args.path}: ok", file=sys.stderr)
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from engine import runner
+
+    problems = check_rules(args.rules)
+    if problems:
+        for p in problems:
+            print(p, file=sys.stderr)
+        return 2
+    if args.recovery and args.input == "-":
+        print("halflife run: --recovery needs --input FILE (stdin cannot be replayed after a crash)",
+              file=sys.stderr)
+        return 2
+    if args.cluster_process_id is not None:  # a child of the cluster supervisor
+        cfg = _run_config(args, args.summary_path)
+        runner.run_cluster_process(cfg, args.cluster_process_id, args.cluster_addresses.split(";"))
+        return 0
+    with tempfile.TemporaryDirectory(prefix="halflife-run-") as tmp:
+        cfg = _run_config(args, os.path.join(tmp, "summary.json"))
+        started = time.monotonic()
+        code = runner.run(cfg, argv_for_children=_child_argv(args))
+        wall = time.monotonic() - started
+        if code != 0:
+            return code
+        try:
+            with open(cfg.summary_path or "", "rb") as f:
+                summary = orjson.loads(f.read())
+        except OSError:
+            print("halflife run: the dataflow ended without a summary (input did not reach its end?)",
+                  file=sys.stderr)
+            return 1
+    print(runner.format_summary(summary, wall), file=sys.stderr)
+    return 0
+
+
+def _child_argv(args: argparse.Namespace) -> list[str]:
+    argv = ["run", "--rules", args.rules, "--input", args.input, "--output", args.output, "--dlq", args.dlq,
+            "--workers", str(args.workers), "--processes", "1", "--batch-size", str(args.batch_size),
+            "--shards", str(args.shards), "--snapshot-interval", str(args.snapshot_interval)]
+    if args.profiles:
+        argv += ["--profiles", args.profiles]
+    if args.recovery:
+        argv += ["--recovery", args.recovery]
+    return argv
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from engine import demo
+
+    return demo.main(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _cmd_run(args)
+        if args.command == "rules":
+            return _cmd_rules_check(args)
+        if args.command == "demo":
+            return _cmd_demo(args)
+    except RuleError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

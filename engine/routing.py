@@ -1,0 +1,52 @@
+"""Contact -> virtual shard routing, stable across processes, restarts and languages.
+
+shard = crc32(utf-8 contact id) mod shards. The collector (live mode) must route with
+the same function so that one contact's events stay in order in one shard stream.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+
+import numpy as np
+
+from engine.decode import EventBatch
+
+
+def shard_of(contact: str, shards: int) -> int:
+    return zlib.crc32(contact.encode("utf-8", "surrogatepass")) % shards
+
+
+def shard_key(shard: int) -> str:
+    return f"shard-{shard:04d}"
+
+
+def split_by_shard(batch: EventBatch, shards: int) -> list[tuple[int, EventBatch]]:
+    """Sub-batches per shard, each keeping the input order of its events."""
+    n = len(batch.contacts)
+    if n == 0:
+        return []
+    crc = zlib.crc32
+    ids = np.fromiter((crc(c.encode("utf-8", "surrogatepass")) for c in batch.contacts), dtype=np.uint64,
+                      count=n) % np.uint64(shards)
+    if shards == 1:
+        return [(0, batch)]
+    order = np.argsort(ids, kind="stable")
+    sorted_ids = ids[order]
+    bounds = np.flatnonzero(np.diff(sorted_ids)) + 1
+    out = []
+    for part in np.split(order, bounds):
+        out.append((int(ids[part[0]]), take(batch, part.tolist())))
+    return out
+
+
+def take(batch: EventBatch, idx: Sequence[int]) -> EventBatch:
+    return EventBatch(
+        events=[batch.events[i] for i in idx],
+        contacts=[batch.contacts[i] for i in idx],
+        names=[batch.names[i] for i in idx],
+        times=batch.times[np.asarray(idx, dtype=np.intp)],
+        message_ids=[batch.message_ids[i] for i in idx],
+        positions=[batch.positions[i] for i in idx],
+    )

@@ -1,0 +1,167 @@
+"""Runs the dataflow: in this process, or as a supervised local cluster of processes.
+
+bytewax has no multi-process launcher for production: each process runs `cli_main`
+with its process id and every address. `--processes N` starts N children of this
+command on free localhost ports and supervises them. The cluster fails together (when
+one process dies its peers exit), so recovery means restarting the whole cluster from
+the recovery directory; the supervisor does that up to MAX_RESTARTS times. A start-up
+watchdog restarts a cluster that has not started within STARTUP_TIMEOUT_S (a small
+fraction of two-process start-ups were seen to hang silently).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from bytewax._bytewax import cli_main
+from bytewax.recovery import RecoveryConfig, init_db_dir
+
+from engine.config import RunConfig
+from engine.dataflow import build_flow
+
+MAX_RESTARTS = 5
+STARTUP_TIMEOUT_S = 60.0
+RECOVERY_PARTITIONS_MIN = 8
+
+
+def _recovery(cfg: RunConfig) -> RecoveryConfig | None:
+    if not cfg.recovery:
+        return None
+    return RecoveryConfig(Path(cfg.recovery), backup_interval=timedelta(0))
+
+
+def prepare_recovery(cfg: RunConfig) -> bool:
+    """Create the recovery partitions once (their count is fixed for the directory's life).
+
+    Returns True when this run starts fresh, False when it resumes.
+    """
+    if not cfg.recovery:
+        return True
+    os.makedirs(cfg.recovery, mode=0o700, exist_ok=True)
+    if glob.glob(os.path.join(cfg.recovery, "*.sqlite3")):
+        return False
+    init_db_dir(Path(cfg.recovery), max(RECOVERY_PARTITIONS_MIN, cfg.workers * cfg.processes))
+    for part in glob.glob(os.path.join(cfg.recovery, "*.sqlite3")):
+        os.chmod(part, 0o600)
+    return True
+
+
+def prepare_outputs(cfg: RunConfig) -> None:
+    """Empty the output files of a fresh run.
+
+    A sink partition is only built when its first item arrives, so an output that
+    receives nothing in this run would otherwise keep an earlier run's lines.
+    """
+    for path in (cfg.output, cfg.dlq, cfg.profiles):
+        if path and path not in ("-", "stderr"):
+            with open(path, "wb"):
+                pass
+
+
+def run_in_process(cfg: RunConfig, process_id: int | None = None, addresses: list[str] | None = None) -> None:
+    flow = build_flow(cfg)
+    cli_main(
+        flow,
+        workers_per_process=cfg.workers,
+        process_id=process_id,
+        addresses=addresses,
+        epoch_interval=timedelta(seconds=cfg.snapshot_interval_s),
+        recovery_config=_recovery(cfg),
+    )
+
+
+def run_cluster_process(cfg: RunConfig, process_id: int, addresses: list[str]) -> None:
+    run_in_process(cfg, process_id, addresses)
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def _run_cluster_once(cfg: RunConfig, argv: list[str]) -> int:
+    addresses = ";".join(f"127.0.0.1:{p}" for p in _free_ports(cfg.processes))
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "engine", *argv, "--cluster-process-id", str(i),
+                          "--cluster-addresses", addresses, "--summary-path", cfg.summary_path or ""])
+        for i in range(cfg.processes)
+    ]
+    try:
+        while True:
+            codes = [p.poll() for p in procs]
+            if all(c == 0 for c in codes):
+                return 0
+            failed = [c for c in codes if c not in (None, 0)]
+            if failed:
+                print(f"halflife: a cluster process exited with {failed[0]}; stopping the cluster",
+                      file=sys.stderr)
+                return failed[0] or 1
+            time.sleep(0.1)
+    finally:
+        _stop(procs)
+
+
+def run(cfg: RunConfig, argv_for_children: list[str]) -> int:
+    if prepare_recovery(cfg):
+        prepare_outputs(cfg)
+    if cfg.processes == 1:
+        run_in_process(cfg)
+        return 0
+    attempts = 1 + (MAX_RESTARTS if cfg.recovery else 0)
+    code = 1
+    for attempt in range(attempts):
+        code = _run_cluster_once(cfg, argv_for_children)
+        if code == 0:
+            return 0
+        if attempt + 1 < attempts:
+            print(f"halflife: restarting the cluster from {cfg.recovery} "
+                  f"(restart {attempt + 1} of {MAX_RESTARTS})", file=sys.stderr)
+    return 1
+
+
+def format_summary(summary: dict[str, Any], wall_s: float) -> str:
+    lines = [
+        f"events in {summary['events_in']}: processed {summary['processed']}, "
+        f"deduplicated {summary['deduplicated']}, dead-lettered {summary['dead_lettered']}"
+        + (f" {summary['dead_letter_reasons']}" if summary["dead_letter_reasons"] else "")
+        + (f", late {summary['late']}" if summary.get("late") else ""),
+    ]
+    triggers = summary["triggers"]
+    total = sum(triggers.values())
+    lines.append(f"triggers fired {total}" + "".join(f"\n  {rule:<24} {n}" for rule, n in triggers.items()))
+    if summary["suppressed"]:
+        lines.append("suppressed " + ", ".join(f"{k} {v}" for k, v in summary["suppressed"].items()))
+    lines.append(f"pending timers {summary['pending_timers']}, contacts {summary['contacts']}")
+    rate = summary["events_in"] / wall_s if wall_s > 0 else 0.0
+    lines.append(f"wall time {wall_s:.2f} s, {rate:,.0f} events/s")
+    return "\n".join(lines)

@@ -1,0 +1,79 @@
+"""Replay outputs: JSON Lines files whose resume state is the file offset.
+
+Like bytewax's own FileSink, the single partition truncates the file to the offset of
+the last snapshot when it resumes, so lines written after that snapshot (and emitted
+again by the replay) appear once. `-` writes to stdout, which cannot be rewound: use a
+file when running with `--recovery`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, BinaryIO
+
+from bytewax.outputs import DynamicSink, FixedPartitionedSink, StatefulSinkPartition, StatelessSinkPartition
+
+
+class _FilePartition(StatefulSinkPartition[Any, int]):
+    def __init__(self, path: str, resume_offset: int | None) -> None:
+        exists = os.path.exists(path)
+        self.file: BinaryIO = open(path, "r+b" if exists else "wb")  # noqa: SIM115 - closed in close()
+        offset = resume_offset or 0
+        self.file.truncate(offset)
+        self.file.seek(offset)
+
+    def write_batch(self, items: list[Any]) -> None:
+        self.file.write(b"".join(line + b"\n" for line in items))
+        self.file.flush()  # readers (and `tail -f`) see triggers as they fire
+
+    def snapshot(self) -> int:
+        self.file.flush()
+        return self.file.tell()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class JsonLinesFileSink(FixedPartitionedSink[bytes, int]):
+    """Items are `(any key, json_line_bytes)`; all go to the one file partition, which gets the lines."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def list_parts(self) -> list[str]:
+        return [self.path]
+
+    def part_fn(self, item_key: str) -> int:
+        return 0
+
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _FilePartition:
+        return _FilePartition(self.path, resume_state)
+
+
+class _StreamPartition(StatelessSinkPartition[Any]):
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream = stream
+
+    def write_batch(self, items: list[Any]) -> None:
+        self.stream.write(b"".join(line + b"\n" for _, line in items))
+        self.stream.flush()
+
+
+class StdStreamSink(DynamicSink[bytes]):
+    """Items are `(any key, json_line_bytes)`, written to stdout or stderr (not rewindable: at-least-once across a resume)."""
+
+    def __init__(self, which: str = "stdout") -> None:
+        self.which = which
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _StreamPartition:
+        return _StreamPartition(sys.stdout.buffer if self.which == "stdout" else sys.stderr.buffer)
+
+
+def line_sink(target: str) -> FixedPartitionedSink | DynamicSink:
+    """`-` is stdout, `stderr` is stderr, anything else a file path."""
+    if target == "-":
+        return StdStreamSink("stdout")
+    if target == "stderr":
+        return StdStreamSink("stderr")
+    return JsonLinesFileSink(target)

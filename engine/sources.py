@@ -1,0 +1,159 @@
+"""Replay input: JSON Lines from a file or stdin, read and decoded in batches.
+
+One partition per input file: one contact's events must reach its shard in input
+order, and a single reader guarantees that. The partition decodes each batch
+(`engine.decode`), routes valid events to their shard as one sub-batch per shard, sends
+dead letters to the dead-letter output, and after the last line sends `EndOfInput` to
+every shard and its counters to the end-of-input step.
+
+Resume state: the byte offset of the next line plus the counters, so a resumed run
+continues exactly after the last snapshot and reports the same totals.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+import numpy as np
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+
+from engine.decode import decode_lines
+from engine.records import EndOfInput, ReaderEnd
+from engine.routing import shard_key, split_by_shard
+
+END_KEY = "end"
+DLQ_KEY = "dlq"
+# Lines longer than this are not kept whole in memory: they are dead letters anyway.
+KEEP_RAW_BYTES = 1 << 20
+NEVER = int(np.iinfo(np.int64).min)
+
+
+@dataclass
+class ReaderState:
+    offset: int = 0
+    events_in: int = 0
+    dead_lettered: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+    late: int = 0
+    max_time: int = NEVER
+    finished: bool = False
+
+    def copy(self) -> ReaderState:
+        return ReaderState(self.offset, self.events_in, self.dead_lettered, dict(self.reasons), self.late,
+                           self.max_time, self.finished)
+
+
+class DecodingPartition(StatefulSourcePartition[tuple[str, Any], ReaderState]):
+    """Decodes and routes what `read_lines` returns.
+
+    Subclasses provide `read_lines` (and advance `state.offset`): `None` means the
+    input has ended, an empty list that nothing is available yet.
+    """
+
+    def __init__(self, name: str, state: ReaderState, shards: int, lateness_ms: int) -> None:
+        self.name = name
+        self.state = state
+        self.shards = shards
+        self.lateness_ms = lateness_ms
+
+    def read_lines(self) -> tuple[list[bytes], list[int]] | None:
+        raise NotImplementedError
+
+    def next_batch(self) -> list[tuple[str, Any]]:
+        state = self.state
+        if state.finished:
+            raise StopIteration()
+        read = self.read_lines()
+        if read is None:
+            state.finished = True
+            return self._end_items()
+        lines, positions = read
+        if not lines:
+            return []
+        batch, dead = decode_lines(lines, positions)
+        state.events_in += len(lines)
+        out: list[tuple[str, Any]] = []
+        for dl in dead:
+            state.dead_lettered += 1
+            state.reasons[dl.reason] = state.reasons.get(dl.reason, 0) + 1
+            out.append((DLQ_KEY, dl))
+        if len(batch.contacts):
+            times = batch.times
+            running = np.maximum.accumulate(np.concatenate(([state.max_time], times)))
+            state.late += int(np.count_nonzero(times < running[:-1] - self.lateness_ms))
+            state.max_time = int(running[-1])
+            out.extend((shard_key(s), sub) for s, sub in split_by_shard(batch, self.shards))
+        return out
+
+    def _end_items(self) -> list[tuple[str, Any]]:
+        state = self.state
+        marker = EndOfInput(state.max_time)
+        items: list[tuple[str, Any]] = [(shard_key(s), marker) for s in range(self.shards)]
+        items.append((END_KEY, ReaderEnd(self.name, state.events_in, state.dead_lettered, dict(state.reasons),
+                                         state.late, state.max_time)))
+        return items
+
+    def snapshot(self) -> ReaderState:
+        return self.state.copy()
+
+
+class _StreamPartition(DecodingPartition):
+    def __init__(self, name: str, stream: BinaryIO, state: ReaderState, shards: int, batch_size: int,
+                 lateness_ms: int) -> None:
+        super().__init__(name, state, shards, lateness_ms)
+        self.stream = stream
+        self.batch_size = batch_size
+
+    def read_lines(self) -> tuple[list[bytes], list[int]] | None:
+        lines: list[bytes] = []
+        positions: list[int] = []
+        offset = self.state.offset
+        readline = self.stream.readline
+        while len(lines) < self.batch_size:
+            line = readline(KEEP_RAW_BYTES)
+            if not line:
+                break
+            start = offset
+            offset += len(line)
+            if len(line) == KEEP_RAW_BYTES and not line.endswith(b"\n"):
+                # Skip the rest of a huge line; its prefix is dead-lettered as oversize.
+                while True:
+                    rest = readline(KEEP_RAW_BYTES)
+                    offset += len(rest)
+                    if not rest or rest.endswith(b"\n"):
+                        break
+            line = line.rstrip(b"\n")
+            if line.strip():
+                lines.append(line)
+                positions.append(start)
+        at_end = offset == self.state.offset
+        self.state.offset = offset
+        return None if at_end else (lines, positions)
+
+    def close(self) -> None:
+        if self.stream is not sys.stdin.buffer:
+            self.stream.close()
+
+
+class JsonLinesSource(FixedPartitionedSource[tuple[str, Any], ReaderState]):
+    """A file (or `-` for stdin) of JSON Lines events, as one partition."""
+
+    def __init__(self, path: str, shards: int, batch_size: int, lateness_ms: int) -> None:
+        self.path = path
+        self.shards = shards
+        self.batch_size = batch_size
+        self.lateness_ms = lateness_ms
+
+    def list_parts(self) -> list[str]:
+        return [self.path]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: ReaderState | None) -> _StreamPartition:
+        state = resume_state or ReaderState()
+        if self.path == "-":
+            stream: BinaryIO = sys.stdin.buffer
+        else:
+            stream = open(self.path, "rb")  # noqa: SIM115 - closed by the partition
+            stream.seek(state.offset)
+        return _StreamPartition(for_part, stream, state, self.shards, self.batch_size, self.lateness_ms)

@@ -1,0 +1,66 @@
+"""Test helpers: run rules on events through the real dataflow and get the triggers back.
+
+    triggers = run_rules(RULES_YAML, [event, event, ...])
+    assert [(t["rule"], t["contact"], t["at"]) for t in triggers] == [...]
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import orjson
+from bytewax.testing import run_main
+
+from engine.config import RunConfig
+from engine.dataflow import build_flow
+
+
+@dataclass
+class RunResult:
+    triggers: list[dict[str, Any]]
+    dead_letters: list[dict[str, Any]]
+    profiles: list[dict[str, Any]]
+    summary: dict[str, Any]
+    keys: list[tuple[str, str, str, str]] = field(default_factory=list)  # (rule, contact, at, channel), sorted
+
+
+def _read_jsonl(path: str) -> list[dict[str, Any]]:
+    if not os.path.exists(path):
+        return []
+    with open(path, "rb") as f:
+        return [orjson.loads(line) for line in f.read().splitlines() if line.strip()]
+
+
+def run_rules(rules_yaml: str, events: Iterable[dict[str, Any] | bytes | str], *, batch_size: int = 1000,
+              shards: int = 8) -> RunResult:
+    """Run `rules_yaml` on `events` (dicts, or raw lines as bytes/str) in this thread."""
+    with tempfile.TemporaryDirectory(prefix="halflife-test-") as tmp:
+        rules = os.path.join(tmp, "rules.yaml")
+        with open(rules, "w", encoding="utf-8") as f:
+            f.write(rules_yaml)
+        inp = os.path.join(tmp, "events.jsonl")
+        with open(inp, "wb") as f:
+            for e in events:
+                raw = e.encode() if isinstance(e, str) else e if isinstance(e, bytes) else orjson.dumps(e)
+                f.write(raw + b"\n")
+        cfg = RunConfig(
+            rules=rules, input=inp, output=os.path.join(tmp, "out.jsonl"), dlq=os.path.join(tmp, "dlq.jsonl"),
+            profiles=os.path.join(tmp, "profiles.jsonl"), batch_size=batch_size, shards=shards,
+            summary_path=os.path.join(tmp, "summary.json"),
+        )
+        run_main(build_flow(cfg), epoch_interval=timedelta(seconds=10))
+        triggers = _read_jsonl(cfg.output)
+        with open(cfg.summary_path or "", "rb") as f:
+            summary = orjson.loads(f.read())
+        return RunResult(
+            triggers=sorted(triggers, key=lambda t: (t["at"], t["rule"], t["contact"], t["channel"])),
+            dead_letters=_read_jsonl(cfg.dlq),
+            profiles=sorted(_read_jsonl(cfg.profiles or ""), key=lambda p: (p["at"], p["rule"], p["contact"])),
+            summary=summary,
+            keys=sorted((t["rule"], t["contact"], t["at"], t["channel"]) for t in triggers),
+        )

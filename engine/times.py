@@ -1,0 +1,183 @@
+"""Event time: parsing input timestamps to integer epoch milliseconds and formatting them back.
+
+All times in the engine are integer milliseconds since the Unix epoch (UTC). Valid times lie in
+``[0, MAX_TIME_MS)``: from 1970-01-01 up to the end of year 9999, the range a four-digit ISO year
+can express.
+
+`parse_time` runs for every event (up to three times with clock-skew correction), so it avoids
+`datetime`: a dict-lookup fast path for the canonical form, else one precompiled regex, integer
+arithmetic, and small caches for the parts that repeat from event to event (the minute and the
+zone offset). It also has to behave the same on
+Python 3.10, whose `datetime.fromisoformat` rejects ``Z`` and fractions longer than 6 digits.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Final
+
+__all__ = ["MAX_TIME_MS", "format_time", "parse_time"]
+
+MS_PER_DAY: Final = 86_400_000
+# 10000-01-01T00:00:00Z: the first instant a four-digit year cannot write.
+MAX_TIME_MS: Final = 253_402_300_800_000
+
+# Groups: the minute with the colon that ends it ("YYYY-MM-DDTHH:MM:", the key of the minute cache),
+# the second, the first three fraction digits (the rest are matched and dropped: truncation, not
+# rounding), the zone. re.ASCII because `\d` alone would accept any Unicode decimal digit, and `int`
+# would happily convert them.
+_ISO: Final = re.compile(
+    r"(\d{4}-\d\d-\d\d[T ]\d\d:\d\d:)(\d\d)(?:\.(\d{1,3})\d*)?(Z|[+-]\d\d:?\d\d)?",
+    re.ASCII,
+)
+_ISO_MATCH: Final = _ISO.fullmatch
+
+_DAYS_IN_MONTH: Final = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+# Milliseconds per unit of a 1-, 2- or 3-digit fraction.
+_FRACTION_SCALE: Final = (0, 100, 10, 1)
+# Lookup tables that validate and convert in one dict access: only valid digit strings are keys.
+_SECOND_MS: Final = {f"{second:02d}": second * 1000 for second in range(60)}
+_MILLIS: Final = {f"{millis:03d}": millis for millis in range(1000)}
+
+# Consecutive events mostly share their minute and zone, so the parsed values of both are cached:
+# a dict hit replaces five int conversions and the calendar arithmetic. The caches are bounded by
+# clearing, which is cheap and rare. `None` caches "invalid", so bad input costs no more than good.
+_CACHE_LIMIT: Final = 4096
+_minute_cache: dict[str, int | None] = {}
+_zone_cache: dict[str | None, int | None] = {}
+
+
+def _days_from_civil(year: int, month: int, day: int) -> int:
+    # Howard Hinnant's days_from_civil: days since 1970-01-01 in the proleptic Gregorian calendar,
+    # exact for every year without branching on leap years.
+    year -= month <= 2
+    era = year // 400
+    yoe = year - era * 400
+    doy = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146_097 + doe - 719_468
+
+
+def _minute_ms(minute: str) -> int | None:
+    """Epoch ms of a ``YYYY-MM-DDTHH:MM:`` string whose digits the regex checked, None if invalid."""
+    year, month, day = int(minute[0:4]), int(minute[5:7]), int(minute[8:10])
+    hours, minutes = int(minute[11:13]), int(minute[14:16])
+    if not 1 <= month <= 12 or day < 1 or hours > 23 or minutes > 59:
+        return None
+    leap = month == 2 and year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+    if day > _DAYS_IN_MONTH[month] + leap:
+        return None
+    return _days_from_civil(year, month, day) * MS_PER_DAY + (hours * 60 + minutes) * 60_000
+
+
+def _zone_ms(zone: str | None) -> int | None:
+    """Offset to subtract from local time to get UTC: ``Z`` or no zone is 0, else ``±HH[:]MM``."""
+    if zone is None or zone == "Z":
+        return 0
+    hours, minutes = int(zone[1:3]), int(zone[-2:])
+    if hours > 23 or minutes > 59:
+        return None
+    offset = (hours * 60 + minutes) * 60_000
+    return -offset if zone[0] == "-" else offset
+
+
+def _parse_iso(value: str) -> int | None:
+    m = _ISO_MATCH(value)
+    if m is None:
+        return None
+    minute, second, frac, zone = m.groups()
+    # -1 means "not cached": no minute or offset is -1 ms, both are whole minutes.
+    base = _minute_cache.get(minute, -1)
+    if base == -1:
+        if len(_minute_cache) >= _CACHE_LIMIT:
+            _minute_cache.clear()
+        base = _minute_cache[minute] = _minute_ms(minute)
+    offset = _zone_cache.get(zone, -1)
+    if offset == -1:
+        if len(_zone_cache) >= _CACHE_LIMIT:
+            _zone_cache.clear()
+        offset = _zone_cache[zone] = _zone_ms(zone)
+    second_ms = _SECOND_MS.get(second)
+    if base is None or offset is None or second_ms is None:
+        return None
+    ms = base + second_ms - offset
+    if frac is not None:
+        ms += int(frac) * _FRACTION_SCALE[len(frac)]
+    return ms if 0 <= ms < MAX_TIME_MS else None
+
+
+def parse_time(value: object) -> int | None:
+    """Epoch milliseconds for a JSON timestamp value, or None when it is not a valid time.
+
+    Accepted: a JSON number of epoch milliseconds (an int, or a finite float that is floored;
+    never a bool), or an ISO-8601 string ``YYYY-MM-DD(T| )HH:MM:SS[.fraction][Z|±HH:MM|±HHMM]``.
+    A string without a zone is UTC; fraction digits below the millisecond are truncated, not
+    rounded. The result must lie in ``[0, MAX_TIME_MS)``.
+
+    >>> parse_time("2026-11-23T14:00:00.123Z")
+    1795442400123
+    >>> parse_time("2026-11-23 09:00:00.1239-05:00")
+    1795442400123
+    >>> parse_time(1795442400123.9)
+    1795442400123
+    >>> parse_time("1795442400123") is None  # a numeric string is neither a number nor ISO
+    True
+    """
+    if type(value) is str:
+        # Fast path for the "YYYY-MM-DDTHH:MM:SS.mmmZ" that most SDKs send: three dict lookups
+        # instead of the regex. The minute cache only holds prefixes that the regex path has
+        # checked and the tables only valid digits, so three hits (with the '.' and the 'Z') mean
+        # a valid time; anything else, including a minute not cached yet, takes the regex path.
+        if len(value) == 24 and value[23] == "Z" and value[19] == ".":
+            base = _minute_cache.get(value[:17])
+            second_ms = _SECOND_MS.get(value[17:19])
+            millis = _MILLIS.get(value[20:23])
+            if base is not None and second_ms is not None and millis is not None:
+                ms = base + second_ms + millis
+                # A 4-digit year with Z cannot pass MAX_TIME_MS; it can precede 1970.
+                return ms if ms >= 0 else None
+        return _parse_iso(value)
+    if type(value) is int:
+        return value if 0 <= value < MAX_TIME_MS else None
+    if type(value) is float and math.isfinite(value):
+        ms = math.floor(value)
+        return ms if 0 <= ms < MAX_TIME_MS else None
+    return None
+
+
+_day_prefix_cache: dict[int, str] = {}
+
+
+def format_time(ms: int) -> str:
+    """``YYYY-MM-DDTHH:MM:SS.mmmZ`` (UTC, always three fraction digits) for epoch milliseconds.
+
+    Defined for ``0 <= ms < MAX_TIME_MS``, the range `parse_time` produces.
+
+    >>> format_time(1795442400123)
+    '2026-11-23T14:00:00.123Z'
+    """
+    days, rest = divmod(ms, MS_PER_DAY)
+    prefix = _day_prefix_cache.get(days)
+    if prefix is None:
+        if len(_day_prefix_cache) >= _CACHE_LIMIT:
+            _day_prefix_cache.clear()
+        prefix = _day_prefix_cache[days] = _civil_prefix(days)
+    seconds, millis = divmod(rest, 1000)
+    minutes, second = divmod(seconds, 60)
+    hour, minute = divmod(minutes, 60)
+    return f"{prefix}{hour:02d}:{minute:02d}:{second:02d}.{millis:03d}Z"
+
+
+def _civil_prefix(days: int) -> str:
+    # Hinnant's civil_from_days, the inverse of _days_from_civil.
+    z = days + 719_468
+    era = z // 146_097
+    doe = z - era * 146_097
+    yoe = (doe - doe // 1460 + doe // 36_524 - doe // 146_096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    day = doy - (153 * mp + 2) // 5 + 1
+    month = mp + 3 if mp < 10 else mp - 9
+    year = yoe + era * 400 + (month <= 2)
+    return f"{year:04d}-{month:02d}-{day:02d}T"

@@ -1,0 +1,108 @@
+"""One timer structure per shard: a deadline per (contact, timer rule) and a min-heap.
+
+`deadline[slot, k]` is the truth (NONE when the timer is not pending); the heap is an
+index for the watermark path and may hold stale entries, which are dropped when popped.
+To keep the heap from growing with every re-arm (an `inactive_for` rule re-arms on every
+event), at most one live heap entry is kept per (slot, k): a re-arm to a later deadline
+pushes nothing, and the earlier entry, once popped and found stale, re-pushes the
+current deadline.
+
+Bytewax's own per-key timers are not used: with one key per contact the runtime scans
+every key with a timer on every activation (see BYTEWAX-NOTES.md).
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Any
+
+import numpy as np
+
+from operators.contacts import Columns
+
+NONE = np.iinfo(np.int64).max
+
+
+class TimerTable:
+    def __init__(self, columns: Columns, n_timers: int) -> None:
+        self.columns = columns
+        self.n_timers = n_timers
+        width = max(n_timers, 1)
+        columns.add("timer_deadline", np.int64, NONE, width)
+        columns.add("timer_queued", np.int64, NONE, width)  # deadline of the live heap entry
+        columns.add("timer_next", np.int64, NONE)  # min over the row: the contact's next deadline
+        columns.add("timer_event", object, None, width)  # the event that armed the timer
+        self.heap: list[tuple[int, int, int]] = []
+
+    def pending(self) -> int:
+        return int(np.count_nonzero(self.columns.arrays["timer_deadline"] != NONE)) if self.n_timers else 0
+
+    def next_for(self, slot: int) -> int:
+        return int(self.columns.arrays["timer_next"][slot])
+
+    def arm(self, slot: int, k: int, deadline: int, event: Any) -> None:
+        arrays = self.columns.arrays
+        arrays["timer_deadline"][slot, k] = deadline
+        arrays["timer_event"][slot, k] = event
+        if deadline < arrays["timer_queued"][slot, k]:
+            arrays["timer_queued"][slot, k] = deadline
+            heapq.heappush(self.heap, (deadline, slot, k))
+        self._refresh_next(slot)
+
+    def cancel(self, slot: int, k: int) -> None:
+        arrays = self.columns.arrays
+        if arrays["timer_deadline"][slot, k] != NONE:
+            arrays["timer_deadline"][slot, k] = NONE
+            arrays["timer_event"][slot, k] = None
+            self._refresh_next(slot)
+
+    def deadline(self, slot: int, k: int) -> int:
+        return int(self.columns.arrays["timer_deadline"][slot, k])
+
+    def event(self, slot: int, k: int) -> Any:
+        return self.columns.arrays["timer_event"][slot, k]
+
+    def due_for_contact(self, slot: int, after_ms: int) -> list[tuple[int, int]]:
+        """(deadline, k) of the contact's timers with deadline < after_ms, in firing order."""
+        row = self.columns.arrays["timer_deadline"][slot]
+        return sorted((int(d), k) for k, d in enumerate(row.tolist()) if d < after_ms)
+
+    def pop_due(self, limit_ms: int, inclusive: bool) -> list[tuple[int, int, int]]:
+        """Pending (deadline, slot, k) with deadline < limit (<= when inclusive), in order.
+
+        Popped timers are not cleared here: the caller fires and clears each one.
+        """
+        arrays = self.columns.arrays
+        deadlines = arrays["timer_deadline"]
+        queued = arrays["timer_queued"]
+        heap = self.heap
+        out = []
+        while heap and (heap[0][0] < limit_ms or (inclusive and heap[0][0] == limit_ms)):
+            d, slot, k = heapq.heappop(heap)
+            if queued[slot, k] != d:
+                continue  # an extra entry superseded by an earlier re-arm
+            queued[slot, k] = NONE
+            current = int(deadlines[slot, k])
+            if current == d:
+                out.append((d, slot, k))
+            elif current != NONE:
+                queued[slot, k] = current
+                heapq.heappush(heap, (current, slot, k))
+        return out
+
+    def due_between(self, after_ms: int, until_ms: int) -> list[tuple[int, int, int]]:
+        """Pending (deadline, slot, k) with after < deadline <= until, in order; state untouched."""
+        deadlines = self.columns.arrays["timer_deadline"]
+        slots, ks = np.nonzero((deadlines > after_ms) & (deadlines <= until_ms) & (deadlines != NONE))
+        return sorted((int(deadlines[s, k]), int(s), int(k)) for s, k in zip(slots, ks))
+
+    def _refresh_next(self, slot: int) -> None:
+        arrays = self.columns.arrays
+        arrays["timer_next"][slot] = arrays["timer_deadline"][slot].min()
+
+    def snapshot(self) -> list[tuple[int, int, int]]:
+        return list(self.heap)
+
+    def restore(self, heap: list[tuple[int, int, int]]) -> None:
+        self.heap = list(heap)
+        heapq.heapify(self.heap)
