@@ -94,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--contacts", action=_EnvDefault, type=_positive_int, default=300, help="shoppers in the pool")
     demo.add_argument("--seconds", action=_EnvDefault, type=_positive_float, default=20.0,
                       help="how long to run (wall clock)")
-    demo.add_argument("--speed", action=_EnvDefault, type=_positive_float, default=120.0,
+    demo.add_argument("--speed", action=_EnvDefault, type=_positive_float, default=10.0,
                       help="shop minutes per wall-clock second")
     demo.add_argument("--seed", action=_EnvDefault, type=int, default=7, help="random seed")
     return parser

@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -27,8 +28,10 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 
 from engine.config import RunConfig
 from engine.dataflow import build_flow
+from engine.sources import STARTED_DIR_ENV
 
 MAX_RESTARTS = 5
+NOT_STARTED = -1000  # a cluster that hung at start-up wrote nothing: always safe to start again
 STARTUP_TIMEOUT_S = 60.0
 RECOVERY_PARTITIONS_MIN = 8
 
@@ -109,26 +112,35 @@ def _stop(procs: list[subprocess.Popen]) -> None:
             p.wait()
 
 
-def _run_cluster_once(cfg: RunConfig, argv: list[str]) -> int:
+def _run_cluster_once(cfg: RunConfig, argv: list[str], started_timeout_s: float) -> int:
     addresses = ";".join(f"127.0.0.1:{p}" for p in _free_ports(cfg.processes))
-    procs = [
-        subprocess.Popen([sys.executable, "-m", "engine", *argv, "--cluster-process-id", str(i),
-                          "--cluster-addresses", addresses, "--summary-path", cfg.summary_path or ""])
-        for i in range(cfg.processes)
-    ]
-    try:
-        while True:
-            codes = [p.poll() for p in procs]
-            if all(c == 0 for c in codes):
-                return 0
-            failed = [c for c in codes if c not in (None, 0)]
-            if failed:
-                print(f"halflife: a cluster process exited with {failed[0]}; stopping the cluster",
-                      file=sys.stderr)
-                return failed[0] or 1
-            time.sleep(0.1)
-    finally:
-        _stop(procs)
+    with tempfile.TemporaryDirectory(prefix="halflife-cluster-") as started_dir:
+        env = {**os.environ, STARTED_DIR_ENV: started_dir}
+        procs = [
+            subprocess.Popen([sys.executable, "-m", "engine", *argv, "--cluster-process-id", str(i),
+                              "--cluster-addresses", addresses, "--summary-path", cfg.summary_path or ""],
+                             env=env)
+            for i in range(cfg.processes)
+        ]
+        launched = time.monotonic()
+        try:
+            while True:
+                codes = [p.poll() for p in procs]
+                if all(c == 0 for c in codes):
+                    return 0
+                failed = [c for c in codes if c not in (None, 0)]
+                if failed:
+                    print(f"halflife: a cluster process exited with {failed[0]}; stopping the cluster",
+                          file=sys.stderr)
+                    return failed[0] or 1
+                if (time.monotonic() - launched > started_timeout_s
+                        and len(os.listdir(started_dir)) < cfg.processes):
+                    print(f"halflife: the cluster did not start within {started_timeout_s:g} s; stopping it",
+                          file=sys.stderr)
+                    return NOT_STARTED
+                time.sleep(0.1)
+        finally:
+            _stop(procs)
 
 
 def run(cfg: RunConfig, argv_for_children: list[str]) -> int:
@@ -137,14 +149,14 @@ def run(cfg: RunConfig, argv_for_children: list[str]) -> int:
     if cfg.processes == 1:
         run_in_process(cfg)
         return 0
-    attempts = 1 + (MAX_RESTARTS if cfg.recovery else 0)
-    code = 1
-    for attempt in range(attempts):
-        code = _run_cluster_once(cfg, argv_for_children)
+    for attempt in range(MAX_RESTARTS + 1):
+        code = _run_cluster_once(cfg, argv_for_children, STARTUP_TIMEOUT_S)
         if code == 0:
             return 0
-        if attempt + 1 < attempts:
-            print(f"halflife: restarting the cluster from {cfg.recovery} "
+        if code != NOT_STARTED and not cfg.recovery:
+            return 1  # without recovery a restart would replay outputs already written
+        if attempt < MAX_RESTARTS:
+            print(f"halflife: restarting the cluster{' from ' + cfg.recovery if cfg.recovery else ''} "
                   f"(restart {attempt + 1} of {MAX_RESTARTS})", file=sys.stderr)
     return 1
 

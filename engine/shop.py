@@ -83,14 +83,14 @@ _THINK_STEPS = 1024
 
 
 def _think_quantiles() -> tuple[float, ...]:
-    """Quantiles (ms) of the clamped log-normal think time at 0, 1/_THINK_STEPS, ..., 1 (plus a guard)."""
+    """Quantiles (ms) of the clamped log-normal think time at 0, 1/_THINK_STEPS, ..., 1."""
     dist = NormalDist(_THINK_MU, _THINK_SIGMA)
     table = [_THINK_MIN_S * 1000.0]
     for k in range(1, _THINK_STEPS):
         seconds = math.exp(dist.inv_cdf(k / _THINK_STEPS))
         table.append(1000.0 * min(max(seconds, _THINK_MIN_S), _THINK_MAX_S))
-    # u is in [0, 1), so x < _THINK_STEPS and k + 1 <= _THINK_STEPS: the last two entries bound the tail.
-    table += [_THINK_MAX_S * 1000.0, _THINK_MAX_S * 1000.0]
+    # u < 1 keeps k + 1 <= _THINK_STEPS; the last bin interpolates linearly up to the cap.
+    table.append(_THINK_MAX_S * 1000.0)
     return tuple(table)
 
 
@@ -329,7 +329,11 @@ class _Stream:
         def page(at: int, path: str, title: str) -> None:
             emit(
                 at,
-                {"type": "page", "name": title, "properties": {"path": path, "url": _BASE_URL + path, "title": title}},
+                {
+                    "type": "page",
+                    "name": title,
+                    "properties": {"path": path, "url": _BASE_URL + path, "title": title},
+                },
             )
 
         def product_props(p: _Product) -> dict[str, Any]:
@@ -402,7 +406,14 @@ class _Stream:
                 page(t, path, title)
             elif r < 0.8 + _FORM_SUBMIT and not form_done:
                 form_done = True
-                emit(t, {"type": "track", "event": "Form Submitted", "properties": {"form_id": _FORMS[int(rnd() * 4)]}})
+                emit(
+                    t,
+                    {
+                        "type": "track",
+                        "event": "Form Submitted",
+                        "properties": {"form_id": _FORMS[int(rnd() * 4)]},
+                    },
+                )
                 # The site identifies whoever submitted a form with an email field, logged in or not.
                 t = identify(t + self.quick_ms(100, 1_500))
             else:
@@ -463,22 +474,23 @@ class _Stream:
         disorder = cfg.disorder_ms
         dup_rate = cfg.duplicate_rate
         gap_rate = cfg.sessions_per_minute / 60_000.0  # session starts per ms
-        next_start = cfg.start_ms
+        # Kept fractional so that rates above one session per millisecond still come out right.
+        next_start: float = cfg.start_ms
         seq = 0  # tie-break for equal times, so heap order never compares the lists
         counter = 0
         while True:
-            if not heap or next_start <= heap[0][0]:
-                times, events = self.session(next_start)
+            if not heap or next_start < heap[0][0] + 1:
+                times, events = self.session(int(next_start))
                 seq += 1
                 push(heap, (times[0], seq, 0, times, events))
-                next_start += int(rng.expovariate(gap_rate))
+                next_start += rng.expovariate(gap_rate)
                 continue
             at, order, i, times_or_none, events = heap[0]
             event = events[i]
             if times_or_none is None:
                 # An SDK retry of an event already emitted: same bytes, same messageId.
                 pop(heap)
-                yield dict(event)
+                yield event
                 continue
             i += 1
             if i < len(events):
@@ -493,9 +505,10 @@ class _Stream:
             event["timestamp"] = iso(at - delay)
             if dup_rate and rnd() < dup_rate:
                 # The retry lands at most disorder_ms after the event's own timestamp, so duplicates
-                # never break the disorder bound that consumers configure lateness for.
+                # never break the disorder bound that consumers configure lateness for. It is copied
+                # now, so a consumer that stamps the original (receivedAt, ...) leaves the retry as sent.
                 seq += 1
-                push(heap, (at + int(rnd() * (disorder - delay + 1)), seq, 0, None, [event]))
+                push(heap, (at + int(rnd() * (disorder - delay + 1)), seq, 0, None, [dict(event)]))
             yield event
 
 

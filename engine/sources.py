@@ -12,6 +12,7 @@ continues exactly after the last snapshot and reports the same totals.
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
@@ -22,6 +23,16 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from engine.decode import decode_lines
 from engine.records import EndOfInput, ReaderEnd
 from engine.routing import shard_key, split_by_shard
+
+STARTED_DIR_ENV = "HALFLIFE_CLUSTER_STARTED_DIR"
+
+
+def report_started() -> None:
+    """Leave a mark for the cluster supervisor (only its children have the variable set)."""
+    directory = os.environ.get(STARTED_DIR_ENV)
+    if directory:
+        with open(os.path.join(directory, f"started-{os.getpid()}"), "wb"):
+            pass
 
 END_KEY = "end"
 DLQ_KEY = "dlq"
@@ -147,6 +158,9 @@ class JsonLinesSource(FixedPartitionedSource[tuple[str, Any], ReaderState]):
         self.lateness_ms = lateness_ms
 
     def list_parts(self) -> list[str]:
+        # bytewax lists partitions on every worker once the cluster is connected:
+        # the supervisor's start-up watchdog waits for this sign of life.
+        report_started()
         return [self.path]
 
     def build_part(self, step_id: str, for_part: str, resume_state: ReaderState | None) -> _StreamPartition:

@@ -83,3 +83,36 @@ def test_sigkill_and_resume(processes, tmp_path):
     keys = trigger_keys(out)
     assert len(keys) == len(set(keys)), "a line was written twice"
     assert keys == reference
+
+
+@pytest.mark.slow
+def test_supervisor_restarts_cluster_when_one_process_dies(tmp_path):
+    from engine.shop import Shop, ShopConfig
+
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(b"\n".join(Shop(ShopConfig(seed=8, contacts=3000)).lines(120_000)) + b"\n")
+    reference = run_keys(tmp_path, events)
+
+    out = tmp_path / "supervised.jsonl"
+    argv = [sys.executable, "-m", "engine", "run", "--rules", str(EXAMPLE_RULES), "--input", str(events),
+            "--output", str(out), "--dlq", str(tmp_path / "d.jsonl"), "--recovery", str(tmp_path / "rec"),
+            "--snapshot-interval", "0.3", "--batch-size", "200", "--processes", "2"]
+    supervisor = subprocess.Popen(argv, cwd=ROOT, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not out.exists() or out.stat().st_size < 20_000):
+        time.sleep(0.05)
+    child = subprocess.run(["pgrep", "-f", "--", "cluster-process-id 1 "],
+                           capture_output=True, text=True).stdout.split()
+    pids = [int(p) for p in child if int(p) != supervisor.pid]
+    assert pids, "the second cluster process should be running"
+    os.kill(pids[0], signal.SIGKILL)
+    try:
+        _, err = supervisor.communicate(timeout=300)
+    finally:
+        if supervisor.poll() is None:
+            os.killpg(supervisor.pid, signal.SIGKILL)
+    assert supervisor.returncode == 0, err.decode()[-2000:]
+    assert b"restarting the cluster from" in err
+    keys = trigger_keys(out)
+    assert len(keys) == len(set(keys))
+    assert keys == reference
