@@ -65,7 +65,7 @@ def prepare_outputs(cfg: RunConfig) -> None:
     receives nothing in this run would otherwise keep an earlier run's lines.
     """
     for path in (cfg.output, cfg.dlq, cfg.profiles):
-        if path and path not in ("-", "stderr"):
+        if path and path not in ("-", "stderr") and (not os.path.exists(path) or os.path.isfile(path)):
             with open(path, "wb"):
                 pass
 

@@ -18,7 +18,10 @@ from bytewax.outputs import DynamicSink, FixedPartitionedSink, StatefulSinkParti
 class _FilePartition(StatefulSinkPartition[Any, int]):
     def __init__(self, path: str, resume_offset: int | None) -> None:
         exists = os.path.exists(path)
-        self.file: BinaryIO = open(path, "r+b" if exists else "wb")  # noqa: SIM115 - closed in close()
+        if exists and not os.path.isfile(path):  # /dev/null, a FIFO: nothing to rewind
+            self.file: BinaryIO = open(path, "ab")  # noqa: SIM115 - closed in close()
+            return
+        self.file = open(path, "r+b" if exists else "wb")  # noqa: SIM115 - closed in close()
         offset = resume_offset or 0
         self.file.truncate(offset)
         self.file.seek(offset)
@@ -29,7 +32,7 @@ class _FilePartition(StatefulSinkPartition[Any, int]):
 
     def snapshot(self) -> int:
         self.file.flush()
-        return self.file.tell()
+        return self.file.tell() if self.file.seekable() else 0
 
     def close(self) -> None:
         self.file.close()

@@ -93,7 +93,9 @@ class DecodingPartition(StatefulSourcePartition[tuple[str, Any], ReaderState]):
         if len(batch.contacts):
             times = batch.times
             running = np.maximum.accumulate(np.concatenate(([state.max_time], times)))
-            state.late += int(np.count_nonzero(times < running[:-1] - self.lateness_ms))
+            before = running[:-1]  # the largest time read before each event
+            late = (before != NEVER) & (times < before - self.lateness_ms)
+            state.late += int(np.count_nonzero(late))
             state.max_time = int(running[-1])
             out.extend((shard_key(s), sub) for s, sub in split_by_shard(batch, self.shards))
         return out

@@ -41,12 +41,14 @@ def test_summary_counts_and_dead_letters(tmp_path):
         "not json\n"
         "\n"
         '{"event":"Ping","userId":"u1","messageId":"b","timestamp":"2026-11-23T14:10:00Z"}\n'
+        # late (below the watermark 14:10 with lateness 0): applied at u1's clock, 14:10
+        '{"event":"Ping","userId":"u1","messageId":"c","timestamp":"2026-11-23T14:05:00Z"}\n'
     )
     out, dlq = tmp_path / "o.jsonl", tmp_path / "d.jsonl"
     run = halflife("run", "--rules", str(rules), "--input", str(events), "--output", str(out), "--dlq", str(dlq))
     assert run.returncode == 0, run.stderr
     err = run.stderr.decode()
-    assert "events in 4: processed 2, deduplicated 1, dead-lettered 1 {'not_json': 1}" in err
+    assert "events in 5: processed 3, deduplicated 1, dead-lettered 1 {'not_json': 1}, late 1" in err
     assert "seen                     1" in err
     [record] = [json.loads(line) for line in out.read_text().splitlines()]
     assert (record["rule"], record["contact"], record["at"], record["channel"]) == (
