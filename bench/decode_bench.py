@@ -51,7 +51,8 @@ def _timestamp(rng: random.Random, ms: int) -> object:
 def make_lines(count: int, seed: int = 22) -> list[bytes]:
     """`count` valid event lines, about 2.3 events per second of event time, as SDKs send them."""
     rng = random.Random(seed)
-    names, weights = zip(*_TRACKS)
+    names = [name for name, _ in _TRACKS]
+    weights = [weight for _, weight in _TRACKS]
     lines = []
     ms = _START_MS
     for i in range(count):
@@ -105,7 +106,9 @@ def _best_seconds(run: Callable[[], object], repeat: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--events", type=int, default=200_000, help="events to generate (default 200000)")
     parser.add_argument("--batch", type=int, default=1000, help="lines per decode_lines call (default 1000)")
     parser.add_argument("--repeat", type=int, default=7, help="runs; the best is reported (default 7)")
@@ -133,7 +136,7 @@ def main() -> None:
     loads_s = _best_seconds(loads_all, args.repeat)
     n = len(lines)
     mean_bytes = sum(map(len, lines)) / n
-    print(f"{n} events, {mean_bytes:.0f} bytes/line on average, batches of {args.batch}, best of {args.repeat}")
+    print(f"{n} events, {mean_bytes:.0f} bytes/line, batches of {args.batch}, best of {args.repeat} runs")
     print(f"decode_lines : {n / decode_s:12,.0f} events/s  {decode_s / n * 1e6:6.3f} us/event")
     print(f"orjson.loads : {n / loads_s:12,.0f} events/s  {loads_s / n * 1e6:6.3f} us/event")
     print(f"overhead     : {(decode_s - loads_s) / n * 1e6:6.3f} us/event beyond orjson.loads")

@@ -38,12 +38,15 @@ from rules.model import (
     Unless,
 )
 
-__all__ = ["load_rules", "check_rules", "MAX_FILE_BYTES", "MAX_DEPTH"]
+__all__ = ["load_rules", "check_rules", "MAX_FILE_BYTES", "MAX_DEPTH", "MAX_AT_LEAST"]
 
 # Rule files are written by hand; these bounds only stop hostile or broken input
 # from taking the memory or the stack of the process that loads them.
 MAX_FILE_BYTES = 1 << 20
 MAX_DEPTH = 32
+# A count keeps the last `at_least` matching times of every contact (operators/counts.py),
+# so K is memory per contact per rule.
+MAX_AT_LEAST = 1000
 
 _YAML_TAG = "tag:yaml.org,2002:"
 _STR = _YAML_TAG + "str"
@@ -141,7 +144,9 @@ def _plain(node: Node) -> Any:
         return _INVALID
     try:
         return construct(_CONSTRUCTOR, node)
-    except (ValueError, KeyError):  # an explicit tag on text that is not of its type: `!!int x`
+    except Exception:
+        # An explicit tag on text that does not fit it (`!!int x`, `!!int` alone): PyYAML
+        # then raises ValueError, KeyError or IndexError, depending on the text.
         return _INVALID
 
 
@@ -597,13 +602,13 @@ class _Builder:
         at_least = None
         if at_least_node is not None:
             value = _plain(at_least_node)
-            if type(value) is int and value >= 1:
+            if type(value) is int and 1 <= value <= MAX_AT_LEAST:
                 at_least = value
             else:
                 self.err(
                     at_least_node,
                     f"{path}.at_least",
-                    f"expected a whole number of at least 1, got {_show(at_least_node)}",
+                    f"expected a whole number from 1 to {MAX_AT_LEAST}, got {_show(at_least_node)}",
                 )
         if matcher is None or within is None or at_least is None:
             return None
