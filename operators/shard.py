@@ -45,7 +45,7 @@ from operators.dedupe import MessageRing, message_digest
 from operators.scores import ScoreColumns, crossing_time
 from operators.suppress import Suppression
 from operators.timers import NONE, TimerTable
-from rules.compiler import FALLS_BELOW, RISES_ABOVE, Plan, TriggerPlan
+from rules.compiler import RISES_ABOVE, Plan, TriggerPlan
 
 NEVER = np.iinfo(np.int64).min
 

@@ -94,7 +94,7 @@ class TimerTable:
         """Pending (deadline, slot, k) with after < deadline <= until, in order; state untouched."""
         deadlines = self.columns.arrays["timer_deadline"]
         slots, ks = np.nonzero((deadlines > after_ms) & (deadlines <= until_ms) & (deadlines != NONE))
-        return sorted((int(deadlines[s, k]), int(s), int(k)) for s, k in zip(slots, ks))
+        return sorted((int(deadlines[s, k]), int(s), int(k)) for s, k in zip(slots, ks, strict=True))
 
     def _refresh_next(self, slot: int) -> None:
         arrays = self.columns.arrays

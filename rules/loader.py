@@ -216,9 +216,7 @@ class _Builder:
         if root is None:
             return
         if not isinstance(root, MappingNode):
-            self.file_err(
-                _line(root), f"the top level must be a map of {', '.join(_TOP_KEYS)}; got {_show(root)}"
-            )
+            self.file_err(_line(root), f"the top level must be a map of {', '.join(_TOP_KEYS)}; got {_show(root)}")
             return
         fields = self._fields(root, "top level", "a map", _TOP_KEYS, root)
         if fields is None:
@@ -251,9 +249,7 @@ class _Builder:
         except UnicodeDecodeError as e:
             line = data.count(b"\n", 0, e.start) + 1
             column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
-            self.file_err(
-                line, f"file is not UTF-8: byte 0x{data[e.start]:02x} at column {column}; save it as UTF-8"
-            )
+            self.file_err(line, f"file is not UTF-8: byte 0x{data[e.start]:02x} at column {column}; save it as UTF-8")
             return None
         try:
             loader = _Loader(text)
@@ -303,9 +299,7 @@ class _Builder:
             entries.append((key_node, key, value_node))
         return entries
 
-    def _fields(
-        self, node: Node, path: str, expected: str, allowed: SequenceOf[str], owner: Node
-    ) -> Fields | None:
+    def _fields(self, node: Node, path: str, expected: str, allowed: SequenceOf[str], owner: Node) -> Fields | None:
         """A map whose keys must be among `allowed`; unknown keys are reported and dropped.
 
         `owner` is where "missing key" problems point: the key that introduces the map.
@@ -428,14 +422,13 @@ class _Builder:
             self.err(
                 node,
                 "lateness",
-                f"{node.value!r} differs from {first_text!r} set at {first_origin}; "
-                "set lateness in one file only",
+                f"{node.value!r} differs from {first_text!r} set at {first_origin}; set lateness in one file only",
             )
 
     def _score(self, key: ScalarNode, name: str, node: Node) -> None:
         path = f"scores.{name}"
         origin = Origin(self.file, _line(key))
-        if not self._new_name(name, key, path, "score", self.score_origins):
+        if not self._new_name(name, origin, key, path, "score", self.score_origins):
             return
         fields = self._fields(node, path, "a map with half_life and points", _SCORE_KEYS, key)
         if fields is None:
@@ -472,16 +465,12 @@ class _Builder:
         path = f"{path}.points"
         if not (isinstance(node, SequenceNode) and node.tag == _SEQ and node.value):
             shown = "[]" if isinstance(node, SequenceNode) and not node.value else _show(node)
-            self.err(
-                node, path, f"expected a non-empty list such as [{{event: Page Viewed, add: 1}}], got {shown}"
-            )
+            self.err(node, path, f"expected a non-empty list such as [{{event: Page Viewed, add: 1}}], got {shown}")
             return None
         points: list[PointsSpec | None] = []
         for i, item in enumerate(node.value):
             item_path = f"{path}[{i}]"
-            entry = self._fields(
-                item, item_path, "a map such as {event: Page Viewed, add: 1}", _POINTS_KEYS, item
-            )
+            entry = self._fields(item, item_path, "a map such as {event: Page Viewed, add: 1}", _POINTS_KEYS, item)
             if entry is None:
                 points.append(None)
                 continue
@@ -494,7 +483,7 @@ class _Builder:
     def _trigger(self, key: ScalarNode, name: str, node: Node) -> None:
         path = f"triggers.{name}"
         origin = Origin(self.file, _line(key))
-        if not self._new_name(name, key, path, "trigger", self.trigger_origins):
+        if not self._new_name(name, origin, key, path, "trigger", self.trigger_origins):
             return
         fields = self._fields(node, path, "a map with when and actions", _TRIGGER_KEYS, key)
         if fields is None:
@@ -516,13 +505,13 @@ class _Builder:
         if when is not None and unless_ok and cooldown_ms is not None and actions is not None:
             self.triggers.append(TriggerSpec(name, when, unless, cooldown_ms, actions, origin))
 
-    def _new_name(self, name: str, key: ScalarNode, path: str, kind: str, origins: dict[str, Origin]) -> bool:
+    def _new_name(self, name: str, origin: Origin, key: ScalarNode, path: str, kind: str, origins: dict[str, Origin]) -> bool:
         first = origins.get(name)
         if first is not None:
             # Within one file a repeated key is already reported as a duplicate key.
             self.err(key, path, f"{kind} {name!r} is already defined at {first}; rename one of them")
             return False
-        origins[name] = Origin(self.file, _line(key))
+        origins[name] = origin
         return True
 
     def _when(self, node: Node, owner: ScalarNode, path: str) -> Condition_ | None:
@@ -540,8 +529,7 @@ class _Builder:
             self.err(
                 entries[heads[1]][0],
                 path,
-                f"{len(heads)} conditions ({', '.join(heads)}); a trigger "
-                "has exactly one, so split it into several triggers",
+                f"{len(heads)} conditions ({', '.join(heads)}); a trigger has exactly one, so split it into several triggers",
             )
             return None
         kind = heads[0]
@@ -551,7 +539,13 @@ class _Builder:
             if key in allowed:
                 fields[key] = (key_node, value_node)
             else:
-                self.err(key_node, path, _unknown(key, allowed) + f" (in a {kind!r} condition)")
+                owners = " or ".join(k for k, keys in _CONDITION_KEYS.items() if key in keys)
+                self.err(
+                    key_node,
+                    path,
+                    f"{key!r} belongs to a {owners} condition, not to a {kind} condition; "
+                    f"allowed keys here: {', '.join(allowed)}",
+                )
         # The condition's own keys are still checked, so that one run reports all problems.
         if kind == "score":
             when = self._score_condition(fields, owner, path)
@@ -588,8 +582,7 @@ class _Builder:
             self.err(
                 threshold_node,
                 f"{path}.falls_below",
-                f"must be greater than 0 (a score decays towards 0 without reaching it), got "
-                f"{_show(threshold_node)}",
+                f"must be greater than 0 (a score decays towards 0 without reaching it), got {_show(threshold_node)}",
             )
             return None
         return FallsBelow(score, threshold)
@@ -636,9 +629,7 @@ class _Builder:
         return Sequence(activity, activity, within)
 
     def _unless(self, node: Node, owner: ScalarNode, path: str) -> Unless | None:
-        fields = self._fields(
-            node, path, "a map such as {event: Order Completed, within: 30d}", _UNLESS_KEYS, owner
-        )
+        fields = self._fields(node, path, "a map such as {event: Order Completed, within: 30d}", _UNLESS_KEYS, owner)
         if fields is None:
             return None
         matcher = self._matcher(fields, path)
@@ -720,8 +711,7 @@ class _Builder:
                 self.err(
                     node,
                     path,
-                    "expected an event name or a non-empty list of names, got []; "
-                    "leave event out to match every event",
+                    "expected an event name or a non-empty list of names, got []; leave event out to match every event",
                 )
                 return None
             names = [self._string(item, f"{path}[{i}]") for i, item in enumerate(node.value)]
@@ -760,9 +750,7 @@ class _Builder:
             return None
         if len(entries) != 1:
             ops = ", ".join(k for _, k, _ in entries) or "none"
-            self.err(
-                node, path, f"expected exactly one operator such as {{gte: 100}}, got {len(entries)} ({ops})"
-            )
+            self.err(node, path, f"expected exactly one operator such as {{gte: 100}}, got {len(entries)} ({ops})")
             return None
         op_node, op, value_node = entries[0]
         if op not in _OPERATORS:
@@ -807,9 +795,7 @@ class _Builder:
             if score not in self.score_origins:
                 close = difflib.get_close_matches(score, list(self.score_origins), n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
-                self.problems.append(
-                    (file, line, f"{path}: undefined score {score!r}{hint}; defined scores: {defined}")
-                )
+                self.problems.append((file, line, f"{path}: undefined score {score!r}{hint}; defined scores: {defined}"))
 
 
 def _complete(items: list[_T | None]) -> tuple[_T, ...] | None:

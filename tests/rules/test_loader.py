@@ -85,9 +85,7 @@ def problems(path: str) -> list[tuple[int, str]]:
 
 def test_spec_example_loads_to_the_exact_model(tmp_path: Path) -> None:
     path = write(tmp_path, SPEC_EXAMPLE)
-    pricing = MatcherSpec(
-        frozenset({"Page Viewed"}), (Condition(("properties", "path"), "startswith", "/pricing"),)
-    )
+    pricing = MatcherSpec(frozenset({"Page Viewed"}), (Condition(("properties", "path"), "startswith", "/pricing"),))
     assert load_rules(path) == RuleSet(
         lateness_ms=5 * MINUTE,
         scores=(
@@ -195,9 +193,7 @@ def test_defaults_and_literal_forms(tmp_path: Path) -> None:
     )
     quiet, browse = rules.triggers
     page_or_product = MatcherSpec(frozenset({"Page Viewed", "Product Viewed"}))
-    assert quiet == TriggerSpec(
-        "quiet", Sequence(page_or_product, page_or_product, HOUR), None, 0, (), Origin(path, 9)
-    )
+    assert quiet == TriggerSpec("quiet", Sequence(page_or_product, page_or_product, HOUR), None, 0, (), Origin(path, 9))
     assert quiet.channels == ("triggers",)
     assert browse.when == Sequence(
         MatcherSpec(None),
@@ -269,8 +265,7 @@ ERRORS: list[tuple[str, str, list[tuple[int, str]]]] = [
     ),
     (
         "duplicate key",
-        HEADER
-        + "scores:\n  s: {half_life: 1h, points: [{add: 1}]}\n  s: {half_life: 2h, points: [{add: 1}]}\n",
+        HEADER + "scores:\n  s: {half_life: 1h, points: [{add: 1}]}\n  s: {half_life: 2h, points: [{add: 1}]}\n",
         [(4, "scores: duplicate key 's' (first on line 3); each key may appear once")],
     ),
     (
@@ -285,8 +280,7 @@ ERRORS: list[tuple[str, str, list[tuple[int, str]]]] = [
         [
             (
                 5,
-                "scores.s: unknown key 'halflife' (did you mean 'half_life'?); "
-                "allowed keys: half_life, min, max, points",
+                "scores.s: unknown key 'halflife' (did you mean 'half_life'?); allowed keys: half_life, min, max, points",
             )
         ],
     ),
@@ -400,13 +394,11 @@ ERRORS: list[tuple[str, str, list[tuple[int, str]]]] = [
             ),
             (
                 11,
-                "scores.s.points[0].where['b']: expected exactly one operator such as {gte: 100}, "
-                "got 2 (gte, lt)",
+                "scores.s.points[0].where['b']: expected exactly one operator such as {gte: 100}, got 2 (gte, lt)",
             ),
             (
                 12,
-                "scores.s.points[0].where['c']: expected exactly one operator such as {gte: 100}, "
-                "got 0 (none)",
+                "scores.s.points[0].where['c']: expected exactly one operator such as {gte: 100}, got 0 (none)",
             ),
             (13, "scores.s.points[0].where['d'].in: 'in' needs a list such as [a, b], got 'x'"),
             (14, "scores.s.points[0].where['e'].gt: 'gt' needs a number or a string, got True"),
@@ -435,8 +427,7 @@ ERRORS: list[tuple[str, str, list[tuple[int, str]]]] = [
         [
             (
                 9,
-                "triggers.t: unknown key 'cooldwn' (did you mean 'cooldown'?); "
-                "allowed keys: when, unless, cooldown, actions",
+                "triggers.t: unknown key 'cooldwn' (did you mean 'cooldown'?); allowed keys: when, unless, cooldown, actions",
             )
         ],
     ),
@@ -483,8 +474,8 @@ ERRORS: list[tuple[str, str, list[tuple[int, str]]]] = [
         [
             (
                 8,
-                "triggers.t.when: unknown key 'within'; allowed keys: score, rises_above, falls_below "
-                "(in a 'score' condition)",
+                "triggers.t.when: 'within' belongs to a count or first condition, not to a score condition; "
+                "allowed keys here: score, rises_above, falls_below",
             )
         ],
     ),
@@ -510,13 +501,11 @@ ERRORS: list[tuple[str, str, list[tuple[int, str]]]] = [
             (12, "triggers.c.when.rises_above: expected a number, got 'ten'"),
             (
                 14,
-                "triggers.d.when.falls_below: must be greater than 0 (a score decays towards 0 without "
-                "reaching it), got 0",
+                "triggers.d.when.falls_below: must be greater than 0 (a score decays towards 0 without reaching it), got 0",
             ),
             (
                 16,
-                "triggers.e.when.falls_below: must be greater than 0 (a score decays towards 0 without "
-                "reaching it), got -1.5",
+                "triggers.e.when.falls_below: must be greater than 0 (a score decays towards 0 without reaching it), got -1.5",
             ),
         ],
     ),
@@ -533,8 +522,7 @@ ERRORS: list[tuple[str, str, list[tuple[int, str]]]] = [
         [
             (
                 5,
-                "triggers.t.when.score: undefined score 'engagment' (did you mean 'engagement'?); "
-                "defined scores: engagement",
+                "triggers.t.when.score: undefined score 'engagment' (did you mean 'engagement'?); defined scores: engagement",
             )
         ],
     ),
@@ -544,8 +532,7 @@ ERRORS: list[tuple[str, str, list[tuple[int, str]]]] = [
         [
             (
                 8,
-                "triggers.t.when.count: unknown key 'evnt' (did you mean 'event'?); "
-                "allowed keys: event, where",
+                "triggers.t.when.count: unknown key 'evnt' (did you mean 'event'?); allowed keys: event, where",
             ),
             (8, "triggers.t.when.within: duration must be greater than 0, got '0s'"),
             (8, "triggers.t.when.at_least: expected a whole number from 1 to 1000, got 0"),
@@ -634,8 +621,7 @@ ERRORS: list[tuple[str, str, list[tuple[int, str]]]] = [
         [
             (
                 10,
-                "triggers.t.actions[0]: an action has exactly one key, such as {emit: email}; "
-                "got 2 (emit, tag)",
+                "triggers.t.actions[0]: an action has exactly one key, such as {emit: email}; got 2 (emit, tag)",
             ),
             (
                 11,
@@ -651,8 +637,7 @@ ERRORS: list[tuple[str, str, list[tuple[int, str]]]] = [
     # YAML that is not accepted in rule files
     (
         "explicit tags",
-        HEADER
-        + "scores: !!set {a, b}\ntriggers:\n  t:\n    when: {inactive_for: !!int abc}\n    cooldown: !x 1h\n",
+        HEADER + "scores: !!set {a, b}\ntriggers:\n  t:\n    when: {inactive_for: !!int abc}\n    cooldown: !x 1h\n",
         [
             (2, "scores: expected a map from score name to its definition, got a map tagged !!set"),
             (5, "triggers.t.when.inactive_for: expected a duration such as '30m', got 'abc' tagged !!int"),
@@ -662,9 +647,7 @@ ERRORS: list[tuple[str, str, list[tuple[int, str]]]] = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("text", "expected"), [case[1:] for case in ERRORS], ids=[case[0] for case in ERRORS]
-)
+@pytest.mark.parametrize(("text", "expected"), [case[1:] for case in ERRORS], ids=[case[0] for case in ERRORS])
 def test_errors_point_at_their_line(tmp_path: Path, text: str, expected: list[tuple[int, str]]) -> None:
     path = write(tmp_path, text)
     assert problems(path) == expected
@@ -703,17 +686,14 @@ def test_every_problem_is_reported_in_line_order(tmp_path: Path) -> None:
 class TestFiles:
     def test_yaml_syntax_error(self, tmp_path: Path) -> None:
         path = write(tmp_path, "version: 1\ntriggers:\n  t: {when: [1}\n")
-        assert problems(path) == [
-            (3, "invalid YAML: while parsing a flow sequence, expected ',' or ']', but got '}'")
-        ]
+        assert problems(path) == [(3, "invalid YAML: while parsing a flow sequence, expected ',' or ']', but got '}'")]
 
     def test_bad_indentation(self, tmp_path: Path) -> None:
         path = write(tmp_path, "version: 1\nscores:\n  s:\n    half_life: 1h\n   points: []\n")
         assert problems(path) == [
             (
                 5,
-                "invalid YAML: while parsing a block mapping, expected <block end>, "
-                "but found '<block mapping start>'",
+                "invalid YAML: while parsing a block mapping, expected <block end>, but found '<block mapping start>'",
             )
         ]
 
@@ -734,33 +714,24 @@ class TestFiles:
 
     def test_two_documents(self, tmp_path: Path) -> None:
         path = write(tmp_path, "version: 1\n---\nversion: 1\n")
-        assert problems(path) == [
-            (2, "invalid YAML: expected a single document in the stream, but found another document")
-        ]
+        assert problems(path) == [(2, "invalid YAML: expected a single document in the stream, but found another document")]
 
     def test_not_utf8(self, tmp_path: Path) -> None:
         path = tmp_path / "latin1.yaml"
-        path.write_bytes(
-            "version: 1\ntriggers:\n  t: {when: {inactive_for: 1h}, actions: [{emit: café}]}\n".encode(
-                "latin-1"
-            )
-        )
+        path.write_bytes("version: 1\ntriggers:\n  t: {when: {inactive_for: 1h}, actions: [{emit: café}]}\n".encode("latin-1"))
         assert problems(str(path)) == [(3, "file is not UTF-8: byte 0xe9 at column 53; save it as UTF-8")]
 
     def test_utf8_with_bom_and_crlf(self, tmp_path: Path) -> None:
         path = tmp_path / "bom.yaml"
         path.write_bytes(
-            b"\xef\xbb\xbfversion: 1\r\ntriggers:\r\n  t: {when: {inactive_for: 1h},"
-            b" actions: [{emit: caf\xc3\xa9}]}\r\n"
+            b"\xef\xbb\xbfversion: 1\r\ntriggers:\r\n  t: {when: {inactive_for: 1h}, actions: [{emit: caf\xc3\xa9}]}\r\n"
         )
         assert load_rules(str(path)).triggers[0].actions == (Action("emit", "café"),)
 
     def test_control_character(self, tmp_path: Path) -> None:
         path = tmp_path / "nul.yaml"
         path.write_bytes(b"version: 1\n\n  \x00\n")
-        assert problems(str(path)) == [
-            (3, "invalid YAML: character U+0000 is not allowed in YAML; remove it")
-        ]
+        assert problems(str(path)) == [(3, "invalid YAML: character U+0000 is not allowed in YAML; remove it")]
 
     def test_missing_file(self, tmp_path: Path) -> None:
         path = str(tmp_path / "nope.yaml")
@@ -768,15 +739,11 @@ class TestFiles:
 
     def test_oversized_file(self, tmp_path: Path) -> None:
         path = write(tmp_path, HEADER + "#" * MAX_FILE_BYTES + "\n")
-        assert problems(path) == [
-            (1, f"file is over {MAX_FILE_BYTES} bytes; split the rules into several files")
-        ]
+        assert problems(path) == [(1, f"file is over {MAX_FILE_BYTES} bytes; split the rules into several files")]
 
     def test_deep_nesting_is_refused(self, tmp_path: Path) -> None:
         path = write(tmp_path, HEADER + "x: " + "[" * 10_000 + "]" * 10_000 + "\n")
-        assert problems(path) == [
-            (2, f"nested deeper than {MAX_DEPTH} levels; rule files never need that many")
-        ]
+        assert problems(path) == [(2, f"nested deeper than {MAX_DEPTH} levels; rule files never need that many")]
 
     def test_aliases_are_refused(self, tmp_path: Path) -> None:
         path = write(
@@ -795,8 +762,7 @@ class TestFiles:
         assert problems(path) == [
             (
                 8,
-                "YAML alias *points is not allowed in rule files (aliases can expand exponentially); "
-                "write the value out in full",
+                "YAML alias *points is not allowed in rule files (aliases can expand exponentially); write the value out in full",
             )
         ]
 
@@ -811,8 +777,7 @@ class TestFiles:
         assert found == [
             (
                 3,
-                "YAML alias *a is not allowed in rule files (aliases can expand exponentially); "
-                "write the value out in full",
+                "YAML alias *a is not allowed in rule files (aliases can expand exponentially); write the value out in full",
             )
         ]
 
@@ -848,9 +813,7 @@ class TestDirectories:
     def test_files_are_merged_in_name_order(self, tmp_path: Path) -> None:
         b = write(tmp_path, self.SCORES, "b.yml")
         a = write(tmp_path, self.TRIGGERS, "a.yaml")  # refers to a score defined in a later file
-        c = write(
-            tmp_path, "version: 1\nlateness: 1m\ntriggers:\n  u: {when: {inactive_for: 1d}}\n", "c.yaml"
-        )
+        c = write(tmp_path, "version: 1\nlateness: 1m\ntriggers:\n  u: {when: {inactive_for: 1d}}\n", "c.yaml")
         write(tmp_path, "not: [yaml", "notes.txt")
         write(tmp_path, "not: [yaml", ".#a.yaml")
         (tmp_path / "sub").mkdir()
@@ -874,16 +837,12 @@ class TestDirectories:
         a = write(tmp_path, "version: 1\nlateness: 60s\n", "a.yaml")
         write(tmp_path, "version: 1\nlateness: 1m\n", "b.yaml")
         c = write(tmp_path, "version: 1\n\nlateness: 2m\n", "c.yaml")
-        assert check_rules(tmp_path) == [
-            f"{c}:3: lateness: '2m' differs from '60s' set at {a}:2; set lateness in one file only"
-        ]
+        assert check_rules(tmp_path) == [f"{c}:3: lateness: '2m' differs from '60s' set at {a}:2; set lateness in one file only"]
 
     def test_every_file_needs_a_version(self, tmp_path: Path) -> None:
         write(tmp_path, self.SCORES, "a.yaml")
         b = write(tmp_path, self.TRIGGERS[11:], "b.yaml")
-        assert check_rules(tmp_path) == [
-            f"{b}:1: top level: missing 'version'; add it, e.g. 'version: 1' as the first line"
-        ]
+        assert check_rules(tmp_path) == [f"{b}:1: top level: missing 'version'; add it, e.g. 'version: 1' as the first line"]
 
     def test_problems_of_all_files_are_listed_in_file_order(self, tmp_path: Path) -> None:
         b = write(tmp_path, "version: 1\ntriggers:\n  t: {when: {score: nope, rises_above: 1}}\n", "b.yaml")
@@ -897,15 +856,12 @@ class TestDirectories:
         a = write(tmp_path, "version: 1\nscores: {s: [\n", "a.yaml")
         write(tmp_path, self.TRIGGERS, "b.yaml")
         assert check_rules(tmp_path) == [
-            f"{a}:3: invalid YAML: while parsing a flow node, expected the node content, "
-            "but found '<stream end>'"
+            f"{a}:3: invalid YAML: while parsing a flow node, expected the node content, but found '<stream end>'"
         ]
 
     def test_directory_without_rule_files(self, tmp_path: Path) -> None:
         write(tmp_path, "x", "rules.txt")
-        assert check_rules(tmp_path) == [
-            f"{tmp_path}:0: no rule files in this directory; add a *.yaml or *.yml file"
-        ]
+        assert check_rules(tmp_path) == [f"{tmp_path}:0: no rule files in this directory; add a *.yaml or *.yml file"]
 
 
 @pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
@@ -935,11 +891,7 @@ YAML_PIECES = list("{}[]:,-'\"&*!|>%#? \n\t.0aZ~") + [
 
 
 @settings(max_examples=300, deadline=None)
-@given(
-    st.lists(
-        st.tuples(st.integers(0, len(SPEC_EXAMPLE)), st.sampled_from(YAML_PIECES), st.booleans()), max_size=5
-    )
-)
+@given(st.lists(st.tuples(st.integers(0, len(SPEC_EXAMPLE)), st.sampled_from(YAML_PIECES), st.booleans()), max_size=5))
 def test_mangled_rules_give_problems_never_tracebacks(edits: list[tuple[int, str, bool]]) -> None:
     text = SPEC_EXAMPLE
     for position, piece, replace in edits:
