@@ -26,7 +26,8 @@ def crossing_time(value: float, last_ms: int, half_life_ms: float, threshold: fl
 
     `last + half_life * log2(S/T)`, rounded up (the SPEC's ceiling). Needs S >= T > 0.
     """
-    return math.ceil(last_ms + half_life_ms * math.log2(value / threshold))
+    # Ceil the offset, not the sum: at epoch-sized times the float sum loses the fraction.
+    return last_ms + math.ceil(half_life_ms * math.log2(value / threshold))
 
 
 class ScoreColumns:

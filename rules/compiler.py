@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rules.matchers import compile_where
+from rules.matchers import compile_where, matcher_key
 from rules.model import (
     CountWithin,
     FallsBelow,
@@ -166,13 +166,15 @@ class Plan:
 
 
 def compile_rules(ruleset: RuleSet) -> Plan:
-    matcher_index: dict[MatcherSpec, int] = {}
+    # Keyed by JSON semantics: `true` and `1` are different matchers, dict literals hashable.
+    matcher_index: dict[object, int] = {}
     matchers: list[CompiledMatcher] = []
 
     def intern(spec: MatcherSpec) -> int:
-        m = matcher_index.get(spec)
+        key = matcher_key(spec)
+        m = matcher_index.get(key)
         if m is None:
-            m = matcher_index[spec] = len(matchers)
+            m = matcher_index[key] = len(matchers)
             matchers.append(CompiledMatcher(spec, compile_where(spec.where) if spec.where else None))
         return m
 

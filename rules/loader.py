@@ -60,6 +60,7 @@ _TIMESTAMP = _YAML_TAG + "timestamp"
 _MAP = _YAML_TAG + "map"
 _SEQ = _YAML_TAG + "seq"
 _TEXT_TAGS = (_STR, _TIMESTAMP)
+_KEY_TAGS = (*_TEXT_TAGS, _BOOL, _INT, _FLOAT)
 
 _TOP_KEYS = ("version", "lateness", "scores", "triggers")
 _SCORE_KEYS = ("half_life", "min", "max", "points")
@@ -284,8 +285,13 @@ class _Builder:
         entries: list[tuple[ScalarNode, str, Node]] = []
         seen: dict[str, ScalarNode] = {}
         for key_node, value_node in node.value:
-            if not (isinstance(key_node, ScalarNode) and key_node.tag in _TEXT_TAGS):
-                self.err(key_node, path, f"keys must be strings, got {_show(key_node)}; quote the key")
+            # Every key of a rule file is a name or a path, so a plain `yes:` or `404:` means its
+            # text, although YAML 1.1 reads it as a bool or a number.
+            if not (isinstance(key_node, ScalarNode) and key_node.tag in _KEY_TAGS):
+                self.err(key_node, path, f"keys must be strings, got {_show(key_node)}")
+                continue
+            if not key_node.value:
+                self.err(key_node, path, "keys must not be empty")
                 continue
             key = key_node.value
             if key in seen:

@@ -11,10 +11,10 @@ from the rules may also hold arrays as tuples (the loader stores them so).
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
-from rules.model import Condition
+from rules.model import Condition, MatcherSpec
 
 Predicate = Callable[[dict[str, Any]], bool]
 _Test = Callable[[Any], bool]
@@ -55,6 +55,34 @@ def json_equal(a: Any, b: Any) -> bool:
             isinstance(b, Mapping) and a.keys() == b.keys() and all(json_equal(v, b[k]) for k, v in a.items())
         )
     return False
+
+
+def json_key(value: Any) -> Hashable:
+    """A hashable key that is equal for two JSON values exactly when `json_equal` holds.
+
+    Python's own `==` and `hash` make `True == 1 == 1.0` and cannot hash objects, so
+    conditions and matchers must be keyed by this (see `matcher_key`), not by themselves.
+    """
+    if isinstance(value, bool):
+        return ("bool", value)
+    if isinstance(value, (int, float)):
+        return ("number", value)
+    if isinstance(value, str):
+        return ("string", value)
+    if value is None:
+        return ("null",)
+    if isinstance(value, _ARRAY):
+        return ("array", tuple(json_key(x) for x in value))
+    if isinstance(value, Mapping):
+        return ("object", frozenset((k, json_key(v)) for k, v in value.items()))
+    raise ValueError(f"not a JSON value: {value!r}")
+
+
+def matcher_key(spec: MatcherSpec) -> Hashable:
+    """A key under which two matchers are equal only if they match the same events,
+    for sharing one compiled matcher among rules (MatcherSpec's own `==` treats
+    `{x: 1}` and `{x: true}` as equal, and a `where` object literal cannot be hashed)."""
+    return spec.events, tuple((c.path, c.op, json_key(c.value)) for c in spec.where)
 
 
 def _is_number(v: Any) -> bool:
@@ -189,7 +217,7 @@ def compile_condition(condition: Condition) -> Predicate:
 def compile_where(conditions: tuple[Condition, ...]) -> Predicate:
     """A predicate that holds when every condition holds for the raw event dict.
 
-    >>> from rules.model import Condition
+    >>> from rules.model import Condition, MatcherSpec
     >>> pred = compile_where((Condition(("properties", "price"), "gte", 100),))
     >>> pred({"properties": {"price": 120.5}}), pred({"properties": {"price": True}}), pred({})
     (True, False, False)

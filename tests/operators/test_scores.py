@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from engine.decode import EventBatch
 from operators.contacts import Columns
@@ -173,3 +174,12 @@ def test_clamp_applies_after_the_sum_of_points(tmp_path: Path):
     state.process(_batch([("w", "Drop", T0)]), out)
     assert state.scores.last_update(1, 0) == (2.0, T0)
     assert out == []
+
+
+def test_crossing_time_ceiling_does_not_depend_on_the_absolute_time():
+    # 9.41 falling below 3 with a 1 h half-life: 3_600_000 * log2(9.41/3) = 5_937_236.0000376 ms
+    # (50-digit decimals), so the crossing is 5_937_237 ms after the update, from 0 or from T0.
+    assert crossing_time(9.41, 0, HOUR, 3.0) == 5_937_237
+    # At 5_937_236 ms the score is still 3.0000000000217 >= 3: firing then would be 1 ms early.
+    assert decay(9.41, T0, T0 + 5_937_236, HOUR) >= 3.0
+    assert crossing_time(9.41, T0, HOUR, 3.0) == T0 + 5_937_237

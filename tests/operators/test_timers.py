@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pickle
 
+import pytest
+
 from operators.contacts import Columns
 from operators.timers import NONE, TimerTable
 
@@ -195,3 +197,15 @@ def test_a_table_without_timer_rules():
     assert tt.next_for(0) == NONE
     assert tt.due_for_contact(0, T0) == []
     assert tt.pop_due(T0, inclusive=True) == []
+
+
+@pytest.mark.xfail(strict=True, reason="BUG (minor): every re-arm to an earlier deadline pushes a heap entry and "
+                   "the superseded ones stay (and are snapshotted) until the watermark reaches them")
+def test_heap_stays_bounded_under_many_rearms_to_earlier_deadlines():
+    tt = _table()
+    # A falls_below timer whose score is lowered by 10k negative updates: each crossing is a bit
+    # earlier than the last. Only one deadline is pending, so the heap should not hold 10k entries.
+    for i in range(10_000):
+        tt.arm(0, 0, T0 + 10_000_000 - i, i)
+    assert tt.pending() == 1
+    assert len(tt.heap) <= 2

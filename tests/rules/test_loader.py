@@ -202,6 +202,27 @@ def test_defaults_and_literal_forms(tmp_path: Path) -> None:
     )
 
 
+def test_plain_keys_are_names_whatever_yaml_reads_them_as(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+        version: 1
+        scores:
+          1: {half_life: 1h, points: [{where: {properties.on: 1, 2024-01-01: x}, add: 1}]}
+        triggers:
+          yes: {when: {score: "1", rises_above: 1}}
+          1.5: {when: {inactive_for: 1h}}
+        """,
+    )
+    rules = load_rules(path)
+    assert [s.name for s in rules.scores] == ["1"]
+    assert rules.scores[0].points[0].matcher.where == (
+        Condition(("properties", "on"), "eq", 1),
+        Condition(("2024-01-01",), "eq", "x"),
+    )
+    assert [t.name for t in rules.triggers] == ["yes", "1.5"]
+
+
 def test_lateness_may_be_zero(tmp_path: Path) -> None:
     assert load_rules(write(tmp_path, "version: 1\nlateness: 0s\n")).lateness_ms == 0
 
@@ -269,9 +290,14 @@ ERRORS: list[tuple[str, str, list[tuple[int, str]]]] = [
         [(4, "scores: duplicate key 's' (first on line 3); each key may appear once")],
     ),
     (
+        "null and empty keys",
+        HEADER + "scores:\n  ~: {half_life: 1h, points: [{add: 1}]}\n  '': {half_life: 1h, points: [{add: 1}]}\n",
+        [(3, "scores: keys must be strings, got null"), (4, "scores: keys must not be empty")],
+    ),
+    (
         "non-string key",
         HEADER + "? [a]\n: 1\n",
-        [(2, "top level: keys must be strings, got a list; quote the key")],
+        [(2, "top level: keys must be strings, got a list")],
     ),
     # scores
     (

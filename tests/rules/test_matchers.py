@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rules import Condition, compile_where, event_matches
-from rules.matchers import json_equal
+from rules import Condition, MatcherSpec, compile_where, event_matches
+from rules.matchers import json_equal, json_key, matcher_key
 
 
 def holds(path: str, op: str, value: Any, event: dict[str, Any]) -> bool:
@@ -304,3 +304,28 @@ def test_in_agrees_with_json_equal(literals: list[Any], value: Any) -> None:
     expected = any(json_equal(x, value) for x in literals)
     assert holds("x", "in", literals, {"x": value}) is expected
     assert holds("x", "not_in", tuple(literals), {"x": value}) is not expected
+
+
+@given(json_values, json_values)
+def test_json_key_equal_exactly_when_json_equal(a: Any, b: Any) -> None:
+    assert (json_key(a) == json_key(b)) is json_equal(a, b)
+    if json_equal(a, b):
+        assert hash(json_key(a)) == hash(json_key(b))
+
+
+def test_matcher_key_tells_apart_what_python_equality_confuses() -> None:
+    def spec(value: Any) -> MatcherSpec:
+        return MatcherSpec(frozenset({"A"}), (Condition(("properties", "x"), "eq", value),))
+
+    assert spec(1) == spec(True)  # why matcher_key exists
+    assert matcher_key(spec(1)) != matcher_key(spec(True))
+    assert matcher_key(spec((1, 0))) != matcher_key(spec((True, False)))
+    assert matcher_key(spec(1)) == matcher_key(spec(1.0))
+    assert matcher_key(spec({"a": (1, None)})) == matcher_key(spec({"a": (1.0, None)}))
+    assert len({matcher_key(spec({"a": 1})), matcher_key(spec({"a": True})), matcher_key(MatcherSpec(None))}) == 3
+
+
+def test_json_key_refuses_non_json_values() -> None:
+    with pytest.raises(ValueError) as info:
+        json_key({1, 2})
+    assert str(info.value) == "not a JSON value: {1, 2}"
