@@ -106,9 +106,7 @@ def _best_seconds(run: Callable[[], object], repeat: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=200_000, help="events to generate (default 200000)")
     parser.add_argument("--batch", type=int, default=1000, help="lines per decode_lines call (default 1000)")
     parser.add_argument("--repeat", type=int, default=7, help="runs; the best is reported (default 7)")
@@ -116,9 +114,7 @@ def main() -> None:
 
     lines = make_lines(args.events)
     positions = list(range(len(lines)))
-    batches = [
-        (lines[i : i + args.batch], positions[i : i + args.batch]) for i in range(0, len(lines), args.batch)
-    ]
+    batches = [(lines[i : i + args.batch], positions[i : i + args.batch]) for i in range(0, len(lines), args.batch)]
     batch, dead = decode_lines(lines, positions)
     assert len(batch) == len(lines) and not dead, "the generated events must all be valid"
 

@@ -169,17 +169,15 @@ def decode_lines(lines: Sequence[bytes], positions: Sequence[int]) -> tuple[Even
     add_dead = dead.append
 
     for line, pos in zip(lines, positions, strict=True):
-        # Blank lines are told apart only where they fail (orjson rejects them): a test up front
-        # would cost every event.
+        if not line or line.isspace():
+            continue
         if len(line) > max_bytes:
-            if not line.isspace():
-                add_dead(DeadLetter("oversize", line, pos, f"line is {len(line)} bytes, over {max_bytes}"))
+            add_dead(DeadLetter("oversize", line, pos, f"line is {len(line)} bytes, over {max_bytes}"))
             continue
         try:
             obj = loads(line)
         except Exception as exc:  # JSONDecodeError, or anything else: one line never stops a batch
-            if line and not line.isspace():
-                add_dead(DeadLetter("not_json", line, pos, f"not UTF-8 JSON: {exc}"))
+            add_dead(DeadLetter("not_json", line, pos, f"not UTF-8 JSON: {exc}"))
             continue
         if type(obj) is not dict:
             add_dead(DeadLetter("not_object", line, pos, f"JSON {_json_type(obj)} is not an object"))

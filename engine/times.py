@@ -7,8 +7,8 @@ can express.
 `parse_time` runs for every event (up to three times with clock-skew correction), so it avoids
 `datetime`: a dict-lookup fast path for the canonical form, else one precompiled regex, integer
 arithmetic, and small caches for the parts that repeat from event to event (the minute and the
-zone offset). It also has to behave the same on
-Python 3.10, whose `datetime.fromisoformat` rejects ``Z`` and fractions longer than 6 digits.
+zone offset). It must also behave the same on Python 3.10, whose `datetime.fromisoformat`
+rejects ``Z`` and fractions longer than 6 digits.
 """
 
 from __future__ import annotations
@@ -36,9 +36,10 @@ _ISO_MATCH: Final = _ISO.fullmatch
 _DAYS_IN_MONTH: Final = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 # Milliseconds per unit of a 1-, 2- or 3-digit fraction.
 _FRACTION_SCALE: Final = (0, 100, 10, 1)
-# Lookup tables that validate and convert in one dict access: only valid digit strings are keys.
-_SECOND_MS: Final = {f"{second:02d}": second * 1000 for second in range(60)}
-_MILLIS: Final = {f"{millis:03d}": millis for millis in range(1000)}
+# For the fast path, tables that validate and convert in one dict access: only valid keys exist.
+# Characters 17-19 and 20-23 of "YYYY-MM-DDTHH:MM:SS.mmmZ".
+_SECOND_DOT_MS: Final = {f"{second:02d}.": second * 1000 for second in range(60)}
+_MILLIS_Z: Final = {f"{millis:03d}Z": millis for millis in range(1000)}
 
 # Consecutive events mostly share their minute and zone, so the parsed values of both are cached:
 # a dict hit replaces five int conversions and the calendar arithmetic. The caches are bounded by
@@ -98,10 +99,9 @@ def _parse_iso(value: str) -> int | None:
         if len(_zone_cache) >= _CACHE_LIMIT:
             _zone_cache.clear()
         offset = _zone_cache[zone] = _zone_ms(zone)
-    second_ms = _SECOND_MS.get(second)
-    if base is None or offset is None or second_ms is None:
+    if base is None or offset is None or second > "59":
         return None
-    ms = base + second_ms - offset
+    ms = base + int(second) * 1000 - offset
     if frac is not None:
         ms += int(frac) * _FRACTION_SCALE[len(frac)]
     return ms if 0 <= ms < MAX_TIME_MS else None
@@ -125,18 +125,17 @@ def parse_time(value: object) -> int | None:
     True
     """
     if type(value) is str:
-        # Fast path for the "YYYY-MM-DDTHH:MM:SS.mmmZ" that most SDKs send: three dict lookups
-        # instead of the regex. The minute cache only holds prefixes that the regex path has
-        # checked and the tables only valid digits, so three hits (with the '.' and the 'Z') mean
-        # a valid time; anything else, including a minute not cached yet, takes the regex path.
-        if len(value) == 24 and value[23] == "Z" and value[19] == ".":
-            base = _minute_cache.get(value[:17])
-            second_ms = _SECOND_MS.get(value[17:19])
-            millis = _MILLIS.get(value[20:23])
-            if base is not None and second_ms is not None and millis is not None:
-                ms = base + second_ms + millis
-                # A 4-digit year with Z cannot pass MAX_TIME_MS; it can precede 1970.
-                return ms if ms >= 0 else None
+        # Fast path for the "YYYY-MM-DDTHH:MM:SS.mmmZ" that most SDKs send: three slices looked
+        # up instead of the regex. The minute cache only holds prefixes the regex path has checked
+        # and the tables only valid keys, so three hits cover every character of a valid time
+        # (including its length, 24); anything else, or a minute not cached yet, takes the regex.
+        base = _minute_cache.get(value[:17])
+        second_ms = _SECOND_DOT_MS.get(value[17:20])
+        millis = _MILLIS_Z.get(value[20:])
+        if base is not None and second_ms is not None and millis is not None:
+            ms = base + second_ms + millis
+            # A 4-digit year with Z cannot pass MAX_TIME_MS; it can precede 1970.
+            return ms if ms >= 0 else None
         return _parse_iso(value)
     if type(value) is int:
         return value if 0 <= value < MAX_TIME_MS else None

@@ -293,9 +293,7 @@ def test_details_name_the_problem() -> None:
         line(userId="u", event="E", timestamp="yesterday"),
         b"x" * (MAX_LINE_BYTES + 1),
     )
-    assert dead[0].detail == (
-        "field 'properties' must be an object, got string; field 'context' must be an object, got array"
-    )
+    assert dead[0].detail == "field 'properties' must be an object, got string; field 'context' must be an object, got array"
     assert "'shout'" in dead[1].detail and "page" in dead[1].detail
     assert dead[2].detail == "unparseable timestamp 'yesterday'"
     assert str(MAX_LINE_BYTES + 1) in dead[3].detail
@@ -386,8 +384,7 @@ _PLAUSIBLE: dict[str, list[Any]] = {
 event_like = st.fixed_dictionaries(
     {},
     optional={
-        key: st.one_of(st.sampled_from(values), st.sampled_from(values), json_values)
-        for key, values in _PLAUSIBLE.items()
+        key: st.one_of(st.sampled_from(values), st.sampled_from(values), json_values) for key, values in _PLAUSIBLE.items()
     },
 )
 

@@ -170,9 +170,7 @@ def test_format_matches_datetime_and_round_trips(ms: int) -> None:
     st.sampled_from(["T", " "]),
     st.booleans(),
 )
-def test_parse_matches_datetime(
-    ms: int, micro_extra: int, offset_minutes: int, digits: int, sep: str, colon: bool
-) -> None:
+def test_parse_matches_datetime(ms: int, micro_extra: int, offset_minutes: int, digits: int, sep: str, colon: bool) -> None:
     # Write an instant in some zone, with `digits` fraction digits, and compare with datetime.
     instant = _utc(ms) + dt.timedelta(microseconds=micro_extra)
     local = instant + dt.timedelta(minutes=offset_minutes)
