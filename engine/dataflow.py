@@ -1,11 +1,11 @@
 """The halflife dataflow, in one place.
 
-    read (JSON Lines, batches) ──┬─ dead letters ─────────────────────────────▶ dlq
-                                 ├─ (shard, EventBatch | EndOfInput) ─▶ rules (per-shard state)
-                                 │                                          │ triggers, profile changes
-                                 └─ ReaderEnd ─▶ end_of_input ◀─ ShardEnd ──┤
-                                                     │                      ▼
-                                                     └── conditional firings, summary ─▶ outputs
+    read: decode, dedupe, ──┬─ dead letters ──────────────────────────────▶ dlq
+    stamp watermarks        ├─ (shard, EventBatch | Watermark | EndOfInput) ─▶ rules (per-shard state)
+                            │                                                    │
+                            │                            triggers, profile changes ─▶ output, profiles
+                            └─ ReaderEnd ──▶ end_of_input ◀── ShardEnd ──────────┘
+                                                  └── summary
 
 Every step moves batches: a source item is one shard's share of one read batch.
 """
@@ -79,16 +79,14 @@ def build_flow(cfg: RunConfig, plan: Plan | None = None, source: FixedPartitione
         op.merge("end_reports", reader_ends, shard_ends),
         lambda resume: EndOfInputLogic(cfg.shards, 1, resume),
     )
-    end_values = op.key_rm("end_values", end)
 
-    results = op.merge("results", shard_values, end_values)
-    triggers = op.filter_map("trigger_lines", results,
+    triggers = op.filter_map("trigger_lines", shard_values,
                              lambda v: ("out", v.line) if isinstance(v, TriggerOut) else None)
     op.output("triggers", triggers, trigger_sink or line_sink(cfg.output))
     if cfg.profiles:
-        profiles = op.filter_map("profile_lines", results,
+        profiles = op.filter_map("profile_lines", shard_values,
                                  lambda v: ("profiles", v.line) if isinstance(v, ProfileOut) else None)
         op.output("profiles", profiles, line_sink(cfg.profiles))
-    summaries: Any = op.filter("summary", end_values, lambda v: isinstance(v, dict))
+    summaries: Any = op.key_rm("end_values", end)
     op.output("summary_out", summaries, SummarySink(cfg.summary_path))
     return flow

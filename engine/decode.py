@@ -98,6 +98,8 @@ class EventBatch:
     times: npt.NDArray[np.int64]
     message_ids: list[str | None]
     positions: list[int]
+    # The input's watermark just before each event; the source sets it after de-duplication.
+    watermarks: npt.NDArray[np.int64] | None = None
 
     def __len__(self) -> int:
         return len(self.contacts)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -62,22 +62,12 @@ class ProfileOut:
 
 @dataclass
 class ShardEnd:
-    """A shard's report at end of input (replay mode), sent to the end-of-input step.
+    """A shard's report at end of input (replay mode), sent to the end-of-input step."""
 
-    `conditional` holds the shard's timers with deadline in (max_time, reader_max]:
-    whether they fire depends on the largest event time over *all* shards, which only
-    the end-of-input step knows. Each entry: (deadline, rule, suppression reason or
-    None, outputs); a suppressed firing has no outputs but still consumes its timer.
-    """
-
-    max_time: int
-    processed: int
-    deduplicated: int
     pending: int
     contacts: int
     fired: dict[str, int]
     suppressed: dict[str, int]
-    conditional: list[tuple[int, str, str | None, list[Any]]] = field(default_factory=list)
 
 
 def trigger_lines(rule: str, contact: str, at_ms: int, channels: tuple[str, ...], scores: dict[str, float],
@@ -116,12 +106,18 @@ def profile_lines(rule: str, contact: str, at_ms: int, actions: tuple[tuple[str,
 
 
 @dataclass(frozen=True)
+class Watermark:
+    """The input's watermark, broadcast to every shard so quiet shards fire timers too."""
+
+    value: int
+
+
+@dataclass(frozen=True)
 class EndOfInput:
     """Sent by a replay source to every shard after its last event.
 
-    `max_time` is the largest time among the valid events it read (duplicates
-    included, since only shards can tell them apart): an upper bound of the SPEC's
-    "largest event time in the whole input".
+    `max_time` is the largest time among the accepted events of the whole input: every
+    timer with a deadline <= it fires, later ones stay pending.
     """
 
     max_time: int
@@ -133,6 +129,8 @@ class ReaderEnd:
 
     partition: str
     events_in: int
+    processed: int
+    deduplicated: int
     dead_lettered: int
     dead_letter_reasons: dict[str, int]
     late: int

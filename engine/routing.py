@@ -42,11 +42,13 @@ def split_by_shard(batch: EventBatch, shards: int) -> list[tuple[int, EventBatch
 
 
 def take(batch: EventBatch, idx: Sequence[int]) -> EventBatch:
+    rows = np.asarray(idx, dtype=np.intp)
     return EventBatch(
         events=[batch.events[i] for i in idx],
         contacts=[batch.contacts[i] for i in idx],
         names=[batch.names[i] for i in idx],
-        times=batch.times[np.asarray(idx, dtype=np.intp)],
+        times=batch.times[rows],
         message_ids=[batch.message_ids[i] for i in idx],
         positions=[batch.positions[i] for i in idx],
+        watermarks=None if batch.watermarks is None else batch.watermarks[rows],
     )

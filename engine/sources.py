@@ -2,27 +2,30 @@
 
 One partition per input file: one contact's events must reach its shard in input
 order, and a single reader guarantees that. The partition decodes each batch
-(`engine.decode`), routes valid events to their shard as one sub-batch per shard, sends
-dead letters to the dead-letter output, and after the last line sends `EndOfInput` to
-every shard and its counters to the end-of-input step.
+(`engine.decode`), drops duplicates, stamps each event with the watermark before it, routes valid events
+to their shard as one sub-batch per shard, sends dead letters to the dead-letter output,
+and after the last line sends `EndOfInput` to every shard and its counters to the
+end-of-input step.
 
-Resume state: the byte offset of the next line plus the counters, so a resumed run
-continues exactly after the last snapshot and reports the same totals.
+Resume state: the byte offset of the next line, the counters and the dedupe rings, so
+a resumed run continues exactly after the last snapshot and reports the same totals.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 import numpy as np
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from engine.decode import decode_lines
-from engine.records import EndOfInput, ReaderEnd
-from engine.routing import shard_key, split_by_shard
+from engine.decode import EventBatch, decode_lines
+from engine.records import EndOfInput, ReaderEnd, Watermark
+from engine.routing import shard_key, split_by_shard, take
+from operators.dedupe import Deduplicator
 
 STARTED_DIR_ENV = "HALFLIFE_CLUSTER_STARTED_DIR"
 
@@ -43,31 +46,43 @@ NEVER = int(np.iinfo(np.int64).min)
 
 @dataclass
 class ReaderState:
+    """A partition's resume state: where to continue, its counters, its dedupe rings."""
+
     offset: int = 0
     events_in: int = 0
+    processed: int = 0
+    deduplicated: int = 0
     dead_lettered: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
     late: int = 0
-    max_time: int = NEVER
+    max_time: int = NEVER  # largest time among accepted events
     finished: bool = False
-
-    def copy(self) -> ReaderState:
-        return ReaderState(self.offset, self.events_in, self.dead_lettered, dict(self.reasons), self.late,
-                           self.max_time, self.finished)
+    dedupe: dict[str, Any] | None = None  # Deduplicator.snapshot()
 
 
 class DecodingPartition(StatefulSourcePartition[tuple[str, Any], ReaderState]):
-    """Decodes and routes what `read_lines` returns.
+    """Decodes, de-duplicates, stamps watermarks on and routes what `read_lines` returns.
 
     Subclasses provide `read_lines` (and advance `state.offset`): `None` means the
     input has ended, an empty list that nothing is available yet.
+
+    Every event carries the input's watermark just before it (largest accepted time
+    read so far − lateness), so a shard fires a contact's timers exactly as if the
+    watermark had been applied event by event, however the input is batched and
+    sharded. Shards that get no events still learn the watermark from a `Watermark`
+    broadcast at most every WATERMARK_EVERY_S.
     """
+
+    WATERMARK_EVERY_S = 0.2
 
     def __init__(self, name: str, state: ReaderState, shards: int, lateness_ms: int) -> None:
         self.name = name
         self.state = state
         self.shards = shards
         self.lateness_ms = lateness_ms
+        self.dedupe = Deduplicator() if state.dedupe is None else Deduplicator.restore(state.dedupe)
+        state.dedupe = None
+        self._broadcast_at = 0.0
 
     def read_lines(self) -> tuple[list[bytes], list[int]] | None:
         raise NotImplementedError
@@ -91,25 +106,46 @@ class DecodingPartition(StatefulSourcePartition[tuple[str, Any], ReaderState]):
             state.reasons[dl.reason] = state.reasons.get(dl.reason, 0) + 1
             out.append((DLQ_KEY, dl))
         if len(batch.contacts):
-            times = batch.times
-            running = np.maximum.accumulate(np.concatenate(([state.max_time], times)))
-            before = running[:-1]  # the largest time read before each event
-            late = (before != NEVER) & (times < before - self.lateness_ms)
-            state.late += int(np.count_nonzero(late))
-            state.max_time = int(running[-1])
+            keep = self.dedupe.accepted(batch.contacts, batch.message_ids)
+            state.deduplicated += len(batch.contacts) - len(keep)
+            if len(keep) < len(batch.contacts):
+                batch = take(batch, keep)
+        if len(batch.contacts):
+            state.processed += len(batch.contacts)
+            self._stamp_watermarks(batch)
             out.extend((shard_key(s), sub) for s, sub in split_by_shard(batch, self.shards))
+        now = time.monotonic()
+        if now - self._broadcast_at >= self.WATERMARK_EVERY_S and state.max_time != NEVER:
+            self._broadcast_at = now
+            mark = Watermark(state.max_time - self.lateness_ms)
+            out.extend((shard_key(s), mark) for s in range(self.shards))
         return out
+
+    def _stamp_watermarks(self, batch: EventBatch) -> None:
+        state = self.state
+        times = batch.times
+        running = np.maximum.accumulate(np.concatenate(([state.max_time], times)))
+        before = running[:-1]  # the largest accepted time read before each event
+        known = before != NEVER
+        watermarks = np.where(known, before - self.lateness_ms, NEVER)
+        state.late += int(np.count_nonzero(known & (times < watermarks)))
+        state.max_time = int(running[-1])
+        batch.watermarks = watermarks
 
     def _end_items(self) -> list[tuple[str, Any]]:
         state = self.state
         marker = EndOfInput(state.max_time)
         items: list[tuple[str, Any]] = [(shard_key(s), marker) for s in range(self.shards)]
-        items.append((END_KEY, ReaderEnd(self.name, state.events_in, state.dead_lettered, dict(state.reasons),
-                                         state.late, state.max_time)))
+        items.append((END_KEY, ReaderEnd(
+            partition=self.name, events_in=state.events_in, processed=state.processed,
+            deduplicated=state.deduplicated, dead_lettered=state.dead_lettered,
+            dead_letter_reasons=dict(state.reasons), late=state.late, max_time=state.max_time)))
         return items
 
     def snapshot(self) -> ReaderState:
-        return self.state.copy()
+        s = self.state
+        return ReaderState(s.offset, s.events_in, s.processed, s.deduplicated, s.dead_lettered, dict(s.reasons),
+                           s.late, s.max_time, s.finished, self.dedupe.snapshot())
 
 
 class _StreamPartition(DecodingPartition):

@@ -3,20 +3,24 @@
 Each shard is one bytewax stateful key. Its logic owns:
 
 * `ContactIndex`: contact id -> slot;
-* per-contact columns (`Columns`, numpy, slot-major): the contact clock, the dedupe
-  ring, score values and update times, count rings, timer deadlines and the events
-  that armed them, `unless` last-seen times and last firing times;
+* per-contact columns (`Columns`, numpy, slot-major): the contact clock, score values
+  and update times, count rings, timer deadlines and the events that armed them,
+  `unless` last-seen times and last firing times;
 * one `TimerTable` heap for the whole shard.
 
-Events arrive as columnar `EventBatch`es. Per batch, matchers are evaluated by event
-name (`Plan.match`) and each distinct matcher bit set is turned into an `Effects`
-record once; the per-event loop then only applies effects in arrival order, because
+Events arrive as columnar `EventBatch`es, already de-duplicated by the source, each
+stamped with the input's watermark just before it. Before an event is applied, its
+contact's timers with a deadline below max(effective time, watermark) fire: path (a)
+and path (b) of the SPEC at the exact point of the input where they happen. Timers of
+other contacts are fired by watermark once per batch (their order cannot change any
+outcome). Per batch, matchers are evaluated by event name (`Plan.match`) and each
+distinct matcher bit set is turned into an `Effects` record once; the per-event loop then only applies effects in arrival order, because
 the SPEC's per-contact semantics (clock, timers firing between events, cooldowns) are
 sequential per contact.
 
 Snapshot (for bytewax recovery): a dict with the contact ids, copies of every column
-cut to the number of contacts, the heap, the counters and the shard's largest event
-time. Size is about (8 x columns + ids) bytes per contact plus 24 bytes per heap entry;
+cut to the number of contacts, the heap, the counters and the last watermark. Size is
+about (8 x columns + ids) bytes per contact plus 24 bytes per heap entry;
 `ShardLogic.snapshot` returns copies, so later processing never mutates a snapshot.
 Resuming builds the same state, so a resumed run fires the same triggers.
 """
@@ -34,6 +38,7 @@ from engine.decode import EventBatch
 from engine.records import (
     EndOfInput,
     ShardEnd,
+    Watermark,
     event_summary,
     profile_lines,
     trigger_lines,
@@ -41,7 +46,6 @@ from engine.records import (
 )
 from operators.contacts import Columns, ContactIndex
 from operators.counts import CountWindows
-from operators.dedupe import MessageRing, message_digest
 from operators.scores import ScoreColumns, crossing_time
 from operators.suppress import Suppression
 from operators.timers import NONE, TimerTable
@@ -59,14 +63,11 @@ class ShardState:
         self.index = ContactIndex()
         self.columns = Columns()
         self.columns.add("clock", np.int64, NEVER)
-        self.ring = MessageRing(self.columns)
         self.scores = ScoreColumns(self.columns, len(plan.scores))
         self.counts = CountWindows(self.columns, [plan.triggers[t].at_least for t in plan.count_triggers])
         self.timers = TimerTable(self.columns, len(plan.timer_triggers))
         self.suppression = Suppression(self.columns, len(plan.unless_matchers), len(plan.triggers))
-        self.max_time = NEVER  # largest time of this shard's accepted events
-        self.processed = 0
-        self.deduplicated = 0
+        self.watermark = NEVER  # the input's watermark as far as this shard knows
         self.fired: Counter[str] = Counter()
         self.suppressed: Counter[str] = Counter()  # "rule:reason"
         self._score_triggers = plan.scores_by_trigger
@@ -75,42 +76,35 @@ class ShardState:
     # -- events -------------------------------------------------------------------
 
     def process(self, batch: EventBatch, out: list[Any]) -> None:
+        """Apply a batch of accepted events in order (`batch.watermarks` must be set)."""
         n = len(batch.contacts)
         if n == 0:
             return
         slots = self.index.slots(batch.contacts)
         self.columns.ensure(len(self.index))
         bits = self.plan.match(batch.names, batch.events)
-        digests = [message_digest(m) for m in batch.message_ids]
         times = batch.times.tolist()
+        assert batch.watermarks is not None, "the source stamps watermarks on every batch"
+        watermarks = batch.watermarks.tolist()
         clock = self.columns.arrays["clock"]
         timer_next = self.columns.arrays["timer_next"]
-        ring = self.ring
         effects_for = self.plan.effects_for
-        max_time = self.max_time
-        deduplicated = 0
         for i in range(n):
             slot = slots[i]
-            digest = digests[i]
-            if digest and ring.seen(slot, digest):
-                deduplicated += 1
-                continue
-            ring.accept(slot, digest)
             t = times[i]
-            if t > max_time:
-                max_time = t
             now = int(clock[slot])
             if t > now:
                 now = t
-            if timer_next[slot] < now:
-                self._fire_contact_timers(slot, now, out)
+            # Timers due by the event's own time (path a) or by the watermark (path b).
+            limit = now if now > watermarks[i] else watermarks[i]
+            if timer_next[slot] < limit:
+                self._fire_contact_timers(slot, limit, out)
             clock[slot] = now
             effects = effects_for(bits[i])
             if not effects.empty:
                 self._apply(slot, now, effects, (batch.events[i], batch.names[i], t), out)
-        self.max_time = max_time
-        self.deduplicated += deduplicated
-        self.processed += n - deduplicated
+        if watermarks[-1] > self.watermark:
+            self.watermark = watermarks[-1]
 
     def _apply(self, slot: int, now: int, effects: Any, event: Armed, out: list[Any]) -> None:
         plan = self.plan
@@ -158,37 +152,22 @@ class ShardState:
 
     def advance_watermark(self, watermark: int, out: list[Any]) -> None:
         """Path (b): fire every timer with deadline < watermark."""
-        for deadline, slot, k in self.timers.pop_due(watermark, inclusive=False):
+        if watermark > self.watermark:
+            self.watermark = watermark
+        for deadline, slot, k in self.timers.pop_due(self.watermark, inclusive=False):
             self._fire_timer(deadline, slot, k, out)
 
-    def local_watermark(self) -> int:
-        """The largest event time this shard accepted, minus lateness.
-
-        Never ahead of the SPEC's global watermark (the shard saw a subset of the input
-        read so far), so a timer fired by it is never fired early.
-        """
-        return self.max_time - self.plan.lateness_ms if self.max_time != NEVER else NEVER
-
     def end_of_input(self, marker: EndOfInput, out: list[Any]) -> ShardEnd:
-        """Fire timers up to this shard's largest time; report those that depend on others."""
-        if self.max_time != NEVER:
-            for deadline, slot, k in self.timers.pop_due(self.max_time, inclusive=True):
+        """Fire every timer with deadline <= the largest event time of the input."""
+        self.advance_watermark(self.watermark, out)
+        if marker.max_time != NEVER:
+            for deadline, slot, k in self.timers.pop_due(marker.max_time, inclusive=True):
                 self._fire_timer(deadline, slot, k, out)
-        conditional = []
-        for deadline, slot, k in self.timers.due_between(self.max_time, marker.max_time):
-            tp = self._timer_plans[k]
-            reason = self._suppressed_reason(slot, tp, deadline)
-            outs = [] if reason else self._outputs(slot, tp, deadline, self.timers.event(slot, k))
-            conditional.append((deadline, tp.name, reason, outs))
         return ShardEnd(
-            max_time=self.max_time,
-            processed=self.processed,
-            deduplicated=self.deduplicated,
             pending=self.timers.pending(),
             contacts=len(self.index),
             fired=dict(self.fired),
             suppressed=dict(self.suppressed),
-            conditional=conditional,
         )
 
     # -- firing -----------------------------------------------------------------------
@@ -228,9 +207,7 @@ class ShardState:
             "ids": self.index.snapshot(),
             "columns": self.columns.snapshot(size),
             "heap": self.timers.snapshot(),
-            "max_time": self.max_time,
-            "processed": self.processed,
-            "deduplicated": self.deduplicated,
+            "watermark": self.watermark,
             "fired": dict(self.fired),
             "suppressed": dict(self.suppressed),
         }
@@ -241,16 +218,14 @@ class ShardState:
         state.index = ContactIndex.restore(snap["ids"])
         state.columns.restore(snap["columns"], len(state.index))
         state.timers.restore(snap["heap"])
-        state.max_time = snap["max_time"]
-        state.processed = snap["processed"]
-        state.deduplicated = snap["deduplicated"]
+        state.watermark = snap["watermark"]
         state.fired = Counter(snap["fired"])
         state.suppressed = Counter(snap["suppressed"])
         return state
 
 
 class ShardLogic(StatefulBatchLogic[Any, Any, dict]):
-    """Bytewax glue: feeds batches and markers to a ShardState, applies the watermark."""
+    """Bytewax glue: feeds batches, watermarks and the end marker to a ShardState."""
 
     def __init__(self, plan: Plan, resume: dict | None) -> None:
         self.state = ShardState(plan) if resume is None else ShardState.restore(plan, resume)
@@ -261,10 +236,11 @@ class ShardLogic(StatefulBatchLogic[Any, Any, dict]):
         for value in values:
             if isinstance(value, EventBatch):
                 state.process(value, out)
+            elif isinstance(value, Watermark):
+                state.advance_watermark(value.value, out)
             elif isinstance(value, EndOfInput):
-                state.advance_watermark(state.local_watermark(), out)
                 out.append(state.end_of_input(value, out))
-        state.advance_watermark(state.local_watermark(), out)
+        state.advance_watermark(state.watermark, out)
         return out, StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> dict:

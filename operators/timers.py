@@ -5,7 +5,8 @@ index for the watermark path and may hold stale entries, which are dropped when 
 To keep the heap from growing with every re-arm (an `inactive_for` rule re-arms on every
 event), at most one live heap entry is kept per (slot, k): a re-arm to a later deadline
 pushes nothing, and the earlier entry, once popped and found stale, re-pushes the
-current deadline.
+current deadline. Re-arms to earlier deadlines do push; the heap is rebuilt from the
+deadlines whenever it doubles, so it stays within twice the pending timers.
 
 Bytewax's own per-key timers are not used: with one key per contact the runtime scans
 every key with a timer on every activation (see BYTEWAX-NOTES.md).
@@ -24,6 +25,7 @@ NONE = np.iinfo(np.int64).max
 
 
 class TimerTable:
+    COMPACT_MIN = 1024
     def __init__(self, columns: Columns, n_timers: int) -> None:
         self.columns = columns
         self.n_timers = n_timers
@@ -33,6 +35,7 @@ class TimerTable:
         columns.add("timer_next", np.int64, NONE)  # min over the row: the contact's next deadline
         columns.add("timer_event", object, None, width)  # the event that armed the timer
         self.heap: list[tuple[int, int, int]] = []
+        self._compact_at = self.COMPACT_MIN
 
     def pending(self) -> int:
         return int(np.count_nonzero(self.columns.arrays["timer_deadline"] != NONE)) if self.n_timers else 0
@@ -47,7 +50,26 @@ class TimerTable:
         if deadline < arrays["timer_queued"][slot, k]:
             arrays["timer_queued"][slot, k] = deadline
             heapq.heappush(self.heap, (deadline, slot, k))
+            if len(self.heap) > self._compact_at:
+                self._compact()
         self._refresh_next(slot)
+
+    def _compact(self) -> None:
+        """Rebuild the heap from the deadlines: one entry per pending timer.
+
+        Re-arms to an earlier deadline (a `falls_below` score lowered by negative points)
+        leave superseded entries behind; rebuilding when the heap has doubled keeps it
+        within twice the pending timers at amortised O(1) per push.
+        """
+        arrays = self.columns.arrays
+        deadlines = arrays["timer_deadline"]
+        slots, ks = np.nonzero(deadlines != NONE)
+        queued = arrays["timer_queued"]
+        queued.fill(NONE)
+        queued[slots, ks] = deadlines[slots, ks]
+        self.heap = [(int(deadlines[s, k]), int(s), int(k)) for s, k in zip(slots, ks, strict=True)]
+        heapq.heapify(self.heap)
+        self._compact_at = max(self.COMPACT_MIN, 2 * len(self.heap))
 
     def cancel(self, slot: int, k: int) -> None:
         arrays = self.columns.arrays
@@ -106,3 +128,4 @@ class TimerTable:
     def restore(self, heap: list[tuple[int, int, int]]) -> None:
         self.heap = list(heap)
         heapq.heapify(self.heap)
+        self._compact_at = max(self.COMPACT_MIN, 2 * len(self.heap))
