@@ -57,6 +57,10 @@ class TriggerOut:
 class ProfileOut:
     """One profile change (`tag`, `untag`, `stage`) caused by a firing."""
 
+    contact: str
+    action: str
+    value: str
+    at_ms: int
     line: bytes
 
 
@@ -93,7 +97,7 @@ def trigger_lines(rule: str, contact: str, at_ms: int, channels: tuple[str, ...]
 def profile_lines(rule: str, contact: str, at_ms: int, actions: tuple[tuple[str, str], ...]) -> list[ProfileOut]:
     at = format_time(at_ms)
     return [
-        ProfileOut(orjson.dumps({
+        ProfileOut(contact, action, value, at_ms, orjson.dumps({
             "id": profile_change_id(rule, contact, at_ms, action, value),
             "contact": contact,
             "at": at,

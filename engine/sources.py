@@ -23,7 +23,7 @@ import numpy as np
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from engine.decode import EventBatch, decode_lines
-from engine.records import EndOfInput, ReaderEnd, Watermark
+from engine.records import EndOfInput, ReaderEnd, Watermark, wall_ms
 from engine.routing import shard_key, split_by_shard, take
 from operators.dedupe import Deduplicator
 
@@ -58,6 +58,7 @@ class ReaderState:
     max_time: int = NEVER  # largest time among accepted events
     finished: bool = False
     dedupe: dict[str, Any] | None = None  # Deduplicator.snapshot()
+    cursor: str = "0-0"  # stream sources: the id of the last entry read
 
 
 class DecodingPartition(StatefulSourcePartition[tuple[str, Any], ReaderState]):
@@ -75,14 +76,27 @@ class DecodingPartition(StatefulSourcePartition[tuple[str, Any], ReaderState]):
 
     WATERMARK_EVERY_S = 0.2
 
-    def __init__(self, name: str, state: ReaderState, shards: int, lateness_ms: int) -> None:
+    def __init__(self, name: str, state: ReaderState, shards: int, lateness_ms: int, *, live: bool = False,
+                 own_shard: int | None = None) -> None:
+        """`live`: the watermark also advances with the wall clock (SPEC §3, live mode).
+        `own_shard`: a partition that carries one shard's stream sends its watermark
+        broadcasts to that shard only (the wall clock reaches the others anyway)."""
         self.name = name
         self.state = state
         self.shards = shards
         self.lateness_ms = lateness_ms
+        self.live = live
+        self.watermark_targets = list(range(shards)) if own_shard is None else [own_shard]
         self.dedupe = Deduplicator() if state.dedupe is None else Deduplicator.restore(state.dedupe)
         state.dedupe = None
         self._broadcast_at = 0.0
+
+    def current_watermark(self) -> int:
+        state = self.state
+        watermark = NEVER if state.max_time == NEVER else state.max_time - self.lateness_ms
+        if self.live:
+            watermark = max(watermark, wall_ms() - self.lateness_ms)
+        return watermark
 
     def read_lines(self) -> tuple[list[bytes], list[int]] | None:
         raise NotImplementedError
@@ -96,8 +110,18 @@ class DecodingPartition(StatefulSourcePartition[tuple[str, Any], ReaderState]):
             state.finished = True
             return self._end_items()
         lines, positions = read
-        if not lines:
-            return []
+        out: list[tuple[str, Any]] = self._decode(lines, positions) if lines else []
+        now = time.monotonic()
+        if now - self._broadcast_at >= self.WATERMARK_EVERY_S:
+            watermark = self.current_watermark()
+            if watermark != NEVER:
+                self._broadcast_at = now
+                mark = Watermark(watermark)
+                out.extend((shard_key(s), mark) for s in self.watermark_targets)
+        return out
+
+    def _decode(self, lines: list[bytes], positions: list[int]) -> list[tuple[str, Any]]:
+        state = self.state
         batch, dead = decode_lines(lines, positions)
         state.events_in += len(lines)
         out: list[tuple[str, Any]] = []
@@ -114,11 +138,6 @@ class DecodingPartition(StatefulSourcePartition[tuple[str, Any], ReaderState]):
             state.processed += len(batch.contacts)
             self._stamp_watermarks(batch)
             out.extend((shard_key(s), sub) for s, sub in split_by_shard(batch, self.shards))
-        now = time.monotonic()
-        if now - self._broadcast_at >= self.WATERMARK_EVERY_S and state.max_time != NEVER:
-            self._broadcast_at = now
-            mark = Watermark(state.max_time - self.lateness_ms)
-            out.extend((shard_key(s), mark) for s in range(self.shards))
         return out
 
     def _stamp_watermarks(self, batch: EventBatch) -> None:
@@ -128,6 +147,9 @@ class DecodingPartition(StatefulSourcePartition[tuple[str, Any], ReaderState]):
         before = running[:-1]  # the largest accepted time read before each event
         known = before != NEVER
         watermarks = np.where(known, before - self.lateness_ms, NEVER)
+        if self.live:
+            watermarks = np.maximum(watermarks, wall_ms() - self.lateness_ms)
+            known = watermarks != NEVER
         state.late += int(np.count_nonzero(known & (times < watermarks)))
         state.max_time = int(running[-1])
         batch.watermarks = watermarks
@@ -145,7 +167,7 @@ class DecodingPartition(StatefulSourcePartition[tuple[str, Any], ReaderState]):
     def snapshot(self) -> ReaderState:
         s = self.state
         return ReaderState(s.offset, s.events_in, s.processed, s.deduplicated, s.dead_lettered, dict(s.reasons),
-                           s.late, s.max_time, s.finished, self.dedupe.snapshot())
+                           s.late, s.max_time, s.finished, self.dedupe.snapshot(), s.cursor)
 
 
 class _StreamPartition(DecodingPartition):

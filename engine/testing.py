@@ -64,3 +64,66 @@ def run_rules(rules_yaml: str, events: Iterable[dict[str, Any] | bytes | str], *
             summary=summary,
             keys=sorted((t["rule"], t["contact"], t["at"], t["channel"]) for t in triggers),
         )
+
+
+class RedisServer:
+    """A throwaway `redis-server` on a free localhost port, in its own directory.
+
+        with RedisServer(tmp_path) as server:
+            client = redis.Redis.from_url(server.url)
+
+    `appendonly=True` turns on AOF (for restart tests); `stop()`/`start()` restart it on
+    the same port and directory.
+    """
+
+    def __init__(self, directory: str, appendonly: bool = False) -> None:
+        import socket
+
+        self.directory = directory
+        self.appendonly = appendonly
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: Any = None
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        import shutil
+        import subprocess
+        import time
+
+        import redis
+
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.directory, "--save", "",
+             "--appendonly", "yes" if self.appendonly else "no", "--protected-mode", "yes"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout_s
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        while True:
+            try:
+                if client.ping():
+                    return
+            except redis.ConnectionError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server did not start on port {self.port}") from None
+                time.sleep(0.05)
+            finally:
+                client.close()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+        self.process = None
+
+    def __enter__(self) -> RedisServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

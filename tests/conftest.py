@@ -31,3 +31,22 @@ def shop_events(tmp_path_factory) -> Path:
     lines = Shop(ShopConfig(seed=11, contacts=800, duplicate_rate=0.02)).lines(20_000)
     path.write_bytes(b"\n".join(lines) + b"\n")
     return path
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """One real redis-server for the session (never a mock); tests flush it via `redis_url`."""
+    from engine.testing import RedisServer
+
+    with RedisServer(str(tmp_path_factory.mktemp("redis"))) as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server) -> str:
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+    return redis_server.url
