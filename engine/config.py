@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -19,3 +20,14 @@ class RunConfig:
     shards: int = 64
     snapshot_interval_s: float = 10.0
     summary_path: str | None = None  # where the end-of-input step writes the run summary (JSON)
+    prefix: str = "hl:"  # Redis key prefix (live mode)
+    trigger_retention_s: int = 7 * 86400  # how long the Redis sink remembers trigger ids
+    webhooks: dict[str, Any] = field(default_factory=dict)  # channel -> engine.webhooks.WebhookTarget
+
+    @property
+    def live(self) -> bool:
+        return is_redis(self.input)
+
+
+def is_redis(target: str | None) -> bool:
+    return bool(target) and str(target).startswith(("redis://", "rediss://", "unix://"))

@@ -2,10 +2,11 @@
 
     read: decode, dedupe, ──┬─ dead letters ──────────────────────────────▶ dlq
     stamp watermarks        ├─ (shard, EventBatch | Watermark | EndOfInput) ─▶ rules (per-shard state)
-                            │                                                    │
-                            │                            triggers, profile changes ─▶ output, profiles
+    (file/stdin, or Redis   │                                                    │
+     shard streams)         │     triggers ─▶ output (file/stdout/Redis) [+ webhooks]
+                            │     profile changes, contact states ─▶ profiles
                             └─ ReaderEnd ──▶ end_of_input ◀── ShardEnd ──────────┘
-                                                  └── summary
+                                                  └── summary (replay mode only: live input never ends)
 
 Every step moves batches: a source item is one shard's share of one read batch.
 """
@@ -20,11 +21,11 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import FixedPartitionedSource
 from bytewax.outputs import DynamicSink, Sink, StatelessSinkPartition
 
-from engine.config import RunConfig
+from engine.config import RunConfig, is_redis
 from engine.decode import DeadLetter
-from engine.records import ProfileOut, ReaderEnd, ShardEnd, TriggerOut
-from engine.sinks import line_sink
-from engine.sources import END_KEY, JsonLinesSource
+from engine.endpoints import dead_letter_sink, profile_sink, source_for, trigger_sinks
+from engine.records import ContactState, ProfileOut, ReaderEnd, ShardEnd, TriggerOut
+from engine.sources import END_KEY
 from operators.finalize import EndOfInputLogic
 from operators.shard import ShardLogic
 from rules import load_rules
@@ -57,20 +58,28 @@ def load_plan(rules_path: str) -> Plan:
 
 def build_flow(cfg: RunConfig, plan: Plan | None = None, source: FixedPartitionedSource | None = None,
                trigger_sink: Sink | None = None) -> Dataflow:
-    """The dataflow for `cfg`; `source` and `trigger_sink` replace the file ones (the demo does)."""
+    """The dataflow for `cfg`; `source` and `trigger_sink` replace the configured ones (the demo does)."""
     plan = plan or load_plan(cfg.rules)
     flow = Dataflow("halflife")
-    source = source or JsonLinesSource(cfg.input, cfg.shards, cfg.batch_size, plan.lateness_ms)
-    read = op.input("read", flow, source)
+    read = op.input("read", flow, source or source_for(cfg, plan.lateness_ms))
 
-    dead = op.filter_map("dead_letters", read, lambda kv: kv[1].to_json() if isinstance(kv[1], DeadLetter) else None)
-    op.output("dlq", op.key_on("dlq_key", dead, lambda _: "dlq"), line_sink(cfg.dlq))
+    dead = op.filter("dead_letters", read, lambda kv: isinstance(kv[1], DeadLetter))
+    op.output("dlq", dead, dead_letter_sink(cfg))
 
     to_shards = op.filter("events", read, lambda kv: kv[0].startswith("shard-"))
-    shard_out = op.stateful_batch(
-        "rules", to_shards, lambda resume: ShardLogic(plan, resume)
-    )
+    profiles = profile_sink(cfg)
+    contact_states = is_redis(cfg.profiles)
+    shard_out = op.stateful_batch("rules", to_shards, lambda resume: ShardLogic(plan, resume, contact_states))
     shard_values = op.key_rm("shard_values", shard_out)
+
+    triggers = op.filter_map("trigger_records", shard_values,
+                             lambda v: (v.channel, v) if isinstance(v, TriggerOut) else None)
+    for name, sink in [("triggers", trigger_sink)] if trigger_sink else trigger_sinks(cfg):
+        op.output(name, triggers, sink)
+    if profiles is not None:
+        changes = op.filter_map("profile_changes", shard_values,
+                                lambda v: (v.contact, v) if isinstance(v, ProfileOut | ContactState) else None)
+        op.output("profiles", changes, profiles)
 
     reader_ends = op.filter("reader_ends", read, lambda kv: isinstance(kv[1], ReaderEnd))
     shard_ends = op.filter_map("shard_ends", shard_values, lambda v: (END_KEY, v) if isinstance(v, ShardEnd) else None)
@@ -79,14 +88,6 @@ def build_flow(cfg: RunConfig, plan: Plan | None = None, source: FixedPartitione
         op.merge("end_reports", reader_ends, shard_ends),
         lambda resume: EndOfInputLogic(cfg.shards, 1, resume),
     )
-
-    triggers = op.filter_map("trigger_lines", shard_values,
-                             lambda v: ("out", v.line) if isinstance(v, TriggerOut) else None)
-    op.output("triggers", triggers, trigger_sink or line_sink(cfg.output))
-    if cfg.profiles:
-        profiles = op.filter_map("profile_lines", shard_values,
-                                 lambda v: ("profiles", v.line) if isinstance(v, ProfileOut) else None)
-        op.output("profiles", profiles, line_sink(cfg.profiles))
-    summaries: Any = op.key_rm("end_values", end)
+    summaries: Any = op.key_rm("summaries", end)
     op.output("summary_out", summaries, SummarySink(cfg.summary_path))
     return flow

@@ -106,8 +106,8 @@ class _ShopSource(FixedPartitionedSource[tuple[str, Any], ReaderState]):
 class _TerminalPartition(StatelessSinkPartition[Any]):
     def write_batch(self, items: list[Any]) -> None:
         STATS.clear()
-        for _, line in items:
-            r = orjson.loads(line)
+        for _, trigger in items:
+            r = orjson.loads(trigger.line)
             STATS.triggers += 1
             ev = r["event"] or {}
             props = ev.get("properties") or {}

@@ -139,3 +139,12 @@ class ReaderEnd:
     dead_letter_reasons: dict[str, int]
     late: int
     max_time: int
+
+
+@dataclass(frozen=True)
+class ContactState:
+    """A contact's scores (decayed to its clock) and last-seen time after a batch, for profile stores."""
+
+    contact: str
+    scores: dict[str, float]
+    last_seen_ms: int

@@ -15,6 +15,16 @@ from typing import Any, BinaryIO
 from bytewax.outputs import DynamicSink, FixedPartitionedSink, StatefulSinkPartition, StatelessSinkPartition
 
 
+def as_line(value: Any) -> bytes:
+    """The JSON line of an output item: bytes as they are, records by their `line`, dead letters as JSON."""
+    if isinstance(value, bytes):
+        return value
+    line = getattr(value, "line", None)
+    if isinstance(line, bytes):
+        return line
+    return value.to_json()
+
+
 class _FilePartition(StatefulSinkPartition[Any, int]):
     def __init__(self, path: str, resume_offset: int | None) -> None:
         exists = os.path.exists(path)
@@ -27,7 +37,7 @@ class _FilePartition(StatefulSinkPartition[Any, int]):
         self.file.seek(offset)
 
     def write_batch(self, items: list[Any]) -> None:
-        self.file.write(b"".join(line + b"\n" for line in items))
+        self.file.write(b"".join(as_line(v) + b"\n" for v in items))
         self.file.flush()  # readers (and `tail -f`) see triggers as they fire
 
     def snapshot(self) -> int:
@@ -39,7 +49,7 @@ class _FilePartition(StatefulSinkPartition[Any, int]):
 
 
 class JsonLinesFileSink(FixedPartitionedSink[bytes, int]):
-    """Items are `(any key, json_line_bytes)`; all go to the one file partition, which gets the lines."""
+    """Items are `(any key, value)` (see `as_line`); all go to the one file partition."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -59,12 +69,12 @@ class _StreamPartition(StatelessSinkPartition[Any]):
         self.stream = stream
 
     def write_batch(self, items: list[Any]) -> None:
-        self.stream.write(b"".join(line + b"\n" for _, line in items))
+        self.stream.write(b"".join(as_line(v) + b"\n" for _, v in items))
         self.stream.flush()
 
 
 class StdStreamSink(DynamicSink[bytes]):
-    """Items are `(any key, json_line_bytes)`, written to stdout or stderr (not rewindable: at-least-once across a resume)."""
+    """Items are `(any key, value)` (see `as_line`), written to stdout or stderr (not rewindable: at-least-once across a resume)."""
 
     def __init__(self, which: str = "stdout") -> None:
         self.which = which

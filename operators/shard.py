@@ -36,6 +36,7 @@ from bytewax.operators import StatefulBatchLogic
 
 from engine.decode import EventBatch
 from engine.records import (
+    ContactState,
     EndOfInput,
     ShardEnd,
     Watermark,
@@ -58,8 +59,11 @@ Armed = tuple[dict, "str | None", int]
 
 
 class ShardState:
-    def __init__(self, plan: Plan) -> None:
+    def __init__(self, plan: Plan, contact_states: bool = False) -> None:
+        """`contact_states`: after each batch, emit a `ContactState` per contact it touched
+        (for profile stores that show current scores and last-seen times)."""
         self.plan = plan
+        self.contact_states = contact_states
         self.index = ContactIndex()
         self.columns = Columns()
         self.columns.add("clock", np.int64, NEVER)
@@ -105,6 +109,11 @@ class ShardState:
                 self._apply(slot, now, effects, (batch.events[i], batch.names[i], t), out)
         if watermarks[-1] > self.watermark:
             self.watermark = watermarks[-1]
+        if self.contact_states:
+            for slot in dict.fromkeys(slots):
+                now = int(clock[slot])
+                scores = {sp.name: self.scores.value_at(slot, sp.index, now, sp.half_life_ms) for sp in self.plan.scores}
+                out.append(ContactState(self.index.ids[slot], scores, now))
 
     def _apply(self, slot: int, now: int, effects: Any, event: Armed, out: list[Any]) -> None:
         plan = self.plan
@@ -213,8 +222,8 @@ class ShardState:
         }
 
     @classmethod
-    def restore(cls, plan: Plan, snap: dict[str, Any]) -> ShardState:
-        state = cls(plan)
+    def restore(cls, plan: Plan, snap: dict[str, Any], contact_states: bool = False) -> ShardState:
+        state = cls(plan, contact_states)
         state.index = ContactIndex.restore(snap["ids"])
         state.columns.restore(snap["columns"], len(state.index))
         state.timers.restore(snap["heap"])
@@ -227,8 +236,9 @@ class ShardState:
 class ShardLogic(StatefulBatchLogic[Any, Any, dict]):
     """Bytewax glue: feeds batches, watermarks and the end marker to a ShardState."""
 
-    def __init__(self, plan: Plan, resume: dict | None) -> None:
-        self.state = ShardState(plan) if resume is None else ShardState.restore(plan, resume)
+    def __init__(self, plan: Plan, resume: dict | None, contact_states: bool = False) -> None:
+        self.state = (ShardState(plan, contact_states) if resume is None
+                      else ShardState.restore(plan, resume, contact_states))
 
     def on_batch(self, values: list[Any]) -> tuple[Iterable[Any], bool]:
         out: list[Any] = []

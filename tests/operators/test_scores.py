@@ -151,11 +151,14 @@ triggers:
 """
 
 
-def _batch(rows: list[tuple[str, str, int]]) -> EventBatch:
+def _batch(rows: list[tuple[str, str, int]], before: int) -> EventBatch:
+    """Rows as the source sends them (lateness 0): each stamped with the largest time read before it."""
     events = [{"type": "track", "event": name, "userId": c, "timestamp": t} for c, name, t in rows]
+    times = [t for _, _, t in rows]
+    marks = [max([before, *times[:i]]) for i in range(len(rows))]
     return EventBatch(events, [c for c, _, _ in rows], [n for _, n, _ in rows],
-                      np.array([t for _, _, t in rows], dtype=np.int64), [None] * len(rows),
-                      list(range(len(rows))))
+                      np.array(times, dtype=np.int64), [None] * len(rows),
+                      list(range(len(rows))), watermarks=np.array(marks, dtype=np.int64))
 
 
 def test_clamp_applies_after_the_sum_of_points(tmp_path: Path):
@@ -164,13 +167,13 @@ def test_clamp_applies_after_the_sum_of_points(tmp_path: Path):
     state = ShardState(compile_rules(load_rules(path)))
     out: list = []
     # Big: 0 + (15 - 10) = 5. Clamping after each entry would give min(15, 10) - 10 = 0.
-    state.process(_batch([("u", "Big", T0)]), out)
+    state.process(_batch([("u", "Big", T0)], before=NEVER), out)
     assert state.scores.last_update(0, 0) == (5.0, T0)
     # A second Big one half-life later: 5 * 2^-1 + 5 = 7.5.
-    state.process(_batch([("u", "Big", T0 + HOUR)]), out)
+    state.process(_batch([("u", "Big", T0 + HOUR)], before=T0), out)
     assert state.scores.last_update(0, 0) == (7.5, T0 + HOUR)
     # w starts at 0; Drop = clamp(0 + (-4 + 6)) = 2. Clamping after -4 alone would give 0 + 6 = 6.
-    state.process(_batch([("w", "Drop", T0)]), out)
+    state.process(_batch([("w", "Drop", T0)], before=T0 + HOUR), out)
     assert state.scores.last_update(1, 0) == (2.0, T0)
     assert out == []
 

@@ -10,7 +10,7 @@ import orjson
 from engine.decode import EventBatch
 from engine.testing import run_rules
 from operators.contacts import Columns
-from operators.shard import ShardState
+from operators.shard import NEVER, ShardState
 from operators.suppress import Suppression
 from rules import load_rules
 from rules.compiler import compile_rules
@@ -123,9 +123,11 @@ def test_a_suppressed_firing_starts_no_cooldown_shard(tmp_path: Path):
     path.write_text(RULES)
     state = ShardState(compile_rules(load_rules(path)))
     events = [{"type": "track", "event": n, "userId": "u", "timestamp": t} for n, t in PINGS]
-    batch = EventBatch(events, ["u"] * len(PINGS), [n for n, _ in PINGS],
-                       np.array([t for _, t in PINGS], dtype=np.int64), [None] * len(PINGS),
-                       list(range(len(PINGS))))
+    times = [t for _, t in PINGS]
+    # Stamped as the source does (lateness 0): the largest time read before each event.
+    marks = [NEVER, *np.maximum.accumulate(times)[:-1].tolist()]
+    batch = EventBatch(events, ["u"] * len(PINGS), [n for n, _ in PINGS], np.array(times, dtype=np.int64),
+                       [None] * len(PINGS), list(range(len(PINGS))), watermarks=np.array(marks, dtype=np.int64))
     out: list = []
     state.process(batch, out)
     assert [o.rule for o in out] == ["ping", "ping"]
