@@ -45,6 +45,7 @@ class TimerTable:
 
     def arm(self, slot: int, k: int, deadline: int, event: Any) -> None:
         arrays = self.columns.arrays
+        previous = int(arrays["timer_deadline"][slot, k])
         arrays["timer_deadline"][slot, k] = deadline
         arrays["timer_event"][slot, k] = event
         if deadline < arrays["timer_queued"][slot, k]:
@@ -52,7 +53,7 @@ class TimerTable:
             heapq.heappush(self.heap, (deadline, slot, k))
             if len(self.heap) > self._compact_at:
                 self._compact()
-        self._refresh_next(slot)
+        self._refresh_next(slot, previous, deadline)
 
     def _compact(self) -> None:
         """Rebuild the heap from the deadlines: one entry per pending timer.
@@ -73,10 +74,11 @@ class TimerTable:
 
     def cancel(self, slot: int, k: int) -> None:
         arrays = self.columns.arrays
-        if arrays["timer_deadline"][slot, k] != NONE:
+        previous = int(arrays["timer_deadline"][slot, k])
+        if previous != NONE:
             arrays["timer_deadline"][slot, k] = NONE
             arrays["timer_event"][slot, k] = None
-            self._refresh_next(slot)
+            self._refresh_next(slot, previous, NONE)
 
     def deadline(self, slot: int, k: int) -> int:
         return int(self.columns.arrays["timer_deadline"][slot, k])
@@ -118,9 +120,14 @@ class TimerTable:
         slots, ks = np.nonzero((deadlines > after_ms) & (deadlines <= until_ms) & (deadlines != NONE))
         return sorted((int(deadlines[s, k]), int(s), int(k)) for s, k in zip(slots, ks, strict=True))
 
-    def _refresh_next(self, slot: int) -> None:
+    def _refresh_next(self, slot: int, previous: int, current: int) -> None:
+        """Keep `timer_next[slot]` = the row's minimum after one deadline went previous -> current."""
         arrays = self.columns.arrays
-        arrays["timer_next"][slot] = arrays["timer_deadline"][slot].min()
+        nxt = int(arrays["timer_next"][slot])
+        if current <= nxt:
+            arrays["timer_next"][slot] = current
+        elif previous == nxt:  # the earliest timer moved later or went away: rescan the row
+            arrays["timer_next"][slot] = arrays["timer_deadline"][slot].min()
 
     def snapshot(self) -> list[tuple[int, int, int]]:
         return list(self.heap)
