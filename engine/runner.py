@@ -26,7 +26,7 @@ from typing import Any
 from bytewax._bytewax import cli_main
 from bytewax.recovery import RecoveryConfig, init_db_dir
 
-from engine.config import RunConfig
+from engine.config import RunConfig, is_redis
 from engine.dataflow import build_flow
 from engine.sources import STARTED_DIR_ENV
 
@@ -65,7 +65,8 @@ def prepare_outputs(cfg: RunConfig) -> None:
     receives nothing in this run would otherwise keep an earlier run's lines.
     """
     for path in (cfg.output, cfg.dlq, cfg.profiles):
-        if path and path not in ("-", "stderr") and (not os.path.exists(path) or os.path.isfile(path)):
+        if (path and path not in ("-", "stderr") and not is_redis(path)
+                and (not os.path.exists(path) or os.path.isfile(path))):
             with open(path, "wb"):
                 pass
 

@@ -74,7 +74,10 @@ class _StreamPartition(StatelessSinkPartition[Any]):
 
 
 class StdStreamSink(DynamicSink[bytes]):
-    """Items are `(any key, value)` (see `as_line`), written to stdout or stderr (not rewindable: at-least-once across a resume)."""
+    """Items are `(any key, value)` (see `as_line`), written to stdout or stderr.
+
+    Not rewindable: at-least-once across a resume.
+    """
 
     def __init__(self, which: str = "stdout") -> None:
         self.which = which
