@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from engine.config import RunConfig
+from engine.config import RunConfig, is_redis
 from rules import RuleError, check_rules
 
 
@@ -62,11 +62,18 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the dataflow on events (replay mode: a file or stdin)",
                          description="Run the dataflow: events in, triggers out (JSON Lines).")
     run.add_argument("--rules", action=_EnvDefault, required=True, help="rule file or directory")
-    run.add_argument("--input", action=_EnvDefault, default="-", help="JSON Lines events file, or - for stdin")
-    run.add_argument("--output", action=_EnvDefault, default="-", help="trigger records file, or - for stdout")
+    run.add_argument("--input", action=_EnvDefault, default="-",
+                     help="JSON Lines events file, - for stdin, or redis://HOST:PORT/DB for the shard streams (live)")
+    run.add_argument("--output", action=_EnvDefault, default="-",
+                     help="trigger records: file, - for stdout, or redis://… (hl:triggers and hl:triggers:{channel})")
     run.add_argument("--dlq", action=_EnvDefault, default="stderr",
-                     help="dead-letter file (JSON Lines with reason and raw line), or stderr")
-    run.add_argument("--profiles", action=_EnvDefault, help="profile changes file (tag, untag, stage)")
+                     help="dead letters (JSON with reason and raw line): file, stderr, or redis://… (hl:dlq)")
+    run.add_argument("--profiles", action=_EnvDefault,
+                     help="profile changes (tag, untag, stage): file, or redis://… (hl:contact:{id}, hl:tag:{name})")
+    run.add_argument("--webhook", action="append", default=[], metavar="CHANNEL=URL",
+                     help="POST the channel's triggers to URL (repeatable; secret from "
+                          "HALFLIFE_WEBHOOK_SECRET_<CHANNEL>) [env: HALFLIFE_WEBHOOKS, comma-separated]")
+    run.add_argument("--prefix", action=_EnvDefault, default="hl:", help="Redis key prefix")
     run.add_argument("--recovery", action=_EnvDefault,
                      help="recovery directory (bytewax SQLite snapshots); a killed run resumes from it")
     run.add_argument("--workers", action=_EnvDefault, type=_positive_int, default=1,
@@ -84,6 +91,18 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--cluster-addresses", help=argparse.SUPPRESS)
     run.add_argument("--summary-path", help=argparse.SUPPRESS)
 
+    collect = sub.add_parser("collect", help="the Segment-compatible HTTP collector (writes Redis shard streams)",
+                             description="Segment-compatible HTTP collector: /v1/track, /v1/page, /v1/identify, "
+                                         "/v1/screen, /v1/batch -> Redis shard streams.")
+    from engine import collector
+
+    collector.add_arguments(collect)
+
+    profile = sub.add_parser("profile", help="print a contact's profile from Redis")
+    from engine import redis_sinks
+
+    redis_sinks.add_profile_arguments(profile)
+
     rules = sub.add_parser("rules", help="rule file tools")
     rules_sub = rules.add_subparsers(dest="rules_command", required=True, metavar="SUBCOMMAND")
     check = rules_sub.add_parser("check", help="validate rules; prints errors as file:line: message")
@@ -100,12 +119,26 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _webhook_specs(args: argparse.Namespace) -> list[str]:
+    specs = list(args.webhook)
+    if not specs and os.environ.get("HALFLIFE_WEBHOOKS"):
+        specs = [x.strip() for x in os.environ["HALFLIFE_WEBHOOKS"].split(",") if x.strip()]
+    return specs
+
+
 def _run_config(args: argparse.Namespace, summary_path: str | None) -> RunConfig:
+    webhooks = {}
+    specs = _webhook_specs(args)
+    if specs:
+        from engine.webhooks import parse_webhook_specs
+
+        webhooks = parse_webhook_specs(specs, dict(os.environ))
     return RunConfig(
         rules=args.rules, input=args.input, output=args.output, dlq=args.dlq, profiles=args.profiles,
         recovery=args.recovery, workers=int(args.workers), processes=int(args.processes),
         batch_size=int(args.batch_size), shards=int(args.shards),
         snapshot_interval_s=float(args.snapshot_interval), summary_path=summary_path,
+        prefix=args.prefix, webhooks=webhooks,
     )
 
 
@@ -131,16 +164,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print("halflife run: --recovery needs --input FILE (stdin cannot be replayed after a crash)",
               file=sys.stderr)
         return 2
+    if is_redis(args.input) and not args.recovery:
+        print("halflife run: live mode (--input redis://…) needs --recovery DIR: the engine resumes its streams "
+              "from its snapshots and trims only what they hold", file=sys.stderr)
+        return 2
     if args.cluster_process_id is not None:  # a child of the cluster supervisor
         cfg = _run_config(args, args.summary_path)
         runner.run_cluster_process(cfg, args.cluster_process_id, args.cluster_addresses.split(";"))
         return 0
+    try:
+        _run_config(args, None)
+    except ValueError as exc:
+        print(f"halflife run: {exc}", file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory(prefix="halflife-run-") as tmp:
         cfg = _run_config(args, os.path.join(tmp, "summary.json"))
         started = time.monotonic()
         code = runner.run(cfg, argv_for_children=_child_argv(args))
         wall = time.monotonic() - started
-        if code != 0:
+        if code != 0 or cfg.live:
             return code
         try:
             with open(cfg.summary_path or "", "rb") as f:
@@ -161,7 +203,9 @@ def _child_argv(args: argparse.Namespace) -> list[str]:
         argv += ["--profiles", args.profiles]
     if args.recovery:
         argv += ["--recovery", args.recovery]
-    return argv
+    for spec in _webhook_specs(args):
+        argv += ["--webhook", spec]
+    return argv + ["--prefix", args.prefix]
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -179,6 +223,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_rules_check(args)
         if args.command == "demo":
             return _cmd_demo(args)
+        if args.command == "collect":
+            from engine import collector
+
+            return collector.main(args)
+        if args.command == "profile":
+            from engine import redis_sinks
+
+            return redis_sinks.profile_main(args)
     except RuleError as exc:
         print(exc, file=sys.stderr)
         return 2

@@ -14,9 +14,9 @@ contact's timers with a deadline below max(effective time, watermark) fire: path
 and path (b) of the SPEC at the exact point of the input where they happen. Timers of
 other contacts are fired by watermark once per batch (their order cannot change any
 outcome). Per batch, matchers are evaluated by event name (`Plan.match`) and each
-distinct matcher bit set is turned into an `Effects` record once; the per-event loop then only applies effects in arrival order, because
-the SPEC's per-contact semantics (clock, timers firing between events, cooldowns) are
-sequential per contact.
+distinct matcher bit set is turned into an `Effects` record once; the per-event loop
+then only applies effects in arrival order, because the SPEC's per-contact semantics
+(clock, timers firing between events, cooldowns) are sequential per contact.
 
 Snapshot (for bytewax recovery): a dict with the contact ids, copies of every column
 cut to the number of contacts, the heap, the counters and the last watermark. Size is
@@ -112,7 +112,8 @@ class ShardState:
         if self.contact_states:
             for slot in dict.fromkeys(slots):
                 now = int(clock[slot])
-                scores = {sp.name: self.scores.value_at(slot, sp.index, now, sp.half_life_ms) for sp in self.plan.scores}
+                scores = {sp.name: self.scores.value_at(slot, sp.index, now, sp.half_life_ms)
+                          for sp in self.plan.scores}
                 out.append(ContactState(self.index.ids[slot], scores, now))
 
     def _apply(self, slot: int, now: int, effects: Any, event: Armed, out: list[Any]) -> None:
