@@ -173,6 +173,15 @@ def test_http_to_triggers_equals_replay(redis_url, tmp_path):
     channel = stream_records(client, "hl:triggers:email")
     assert keys(channel) == keys([r for r in live if r["channel"] == "email"])
 
+    # Profiles: `quiet` sets the stage; every contact seen has scores and a last-seen time.
+    quiet = sorted({r["contact"] for r in live if r["rule"] == "quiet"})
+    shown = halflife("profile", quiet[0], "--redis", redis_url)
+    assert shown.returncode == 0, shown.stderr
+    profile = json.loads(shown.stdout)
+    assert profile["contact"] == quiet[0] and profile["stage"] == "dormant"
+    assert set(profile["scores"]) == {"engagement"} and profile["last_seen"].endswith("Z")
+    assert halflife("profile", "nobody", "--redis", redis_url).returncode == 1
+
 
 def test_live_timer_fires_within_two_seconds_of_its_deadline(redis_url, tmp_path):
     rules = tmp_path / "rules.yaml"
