@@ -86,9 +86,15 @@ def _parser() -> argparse.ArgumentParser:
                      help="virtual shards (state partitions); the unit of parallelism")
     run.add_argument("--snapshot-interval", action=_EnvDefault, type=_positive_float, default=10.0,
                      help="seconds between recovery snapshots (the bytewax epoch)")
-    # Set by the cluster supervisor for its children; not for people.
-    run.add_argument("--cluster-process-id", type=int, help=argparse.SUPPRESS)
-    run.add_argument("--cluster-addresses", help=argparse.SUPPRESS)
+    run.add_argument("--metrics-port", action=_EnvDefault, type=int,
+                     help="serve Prometheus /metrics on this port (process i of --processes N uses port + i)")
+    run.add_argument("--metrics-host", action=_EnvDefault, default="127.0.0.1", help="address /metrics binds to")
+    run.add_argument("--process-id", action=_EnvDefault, type=int,
+                     help="run as member N of a cluster spread over machines (with --addresses; no local "
+                          "supervisor: the orchestrator restarts members, all from --recovery)")
+    run.add_argument("--addresses", action=_EnvDefault,
+                     help='every member\'s "host:port", separated by ";" (with --process-id)')
+    # Set by the local cluster supervisor for its children; not for people.
     run.add_argument("--summary-path", help=argparse.SUPPRESS)
 
     collect = sub.add_parser("collect", help="the Segment-compatible HTTP collector (writes Redis shard streams)",
@@ -139,6 +145,7 @@ def _run_config(args: argparse.Namespace, summary_path: str | None) -> RunConfig
         batch_size=int(args.batch_size), shards=int(args.shards),
         snapshot_interval_s=float(args.snapshot_interval), summary_path=summary_path,
         prefix=args.prefix, webhooks=webhooks,
+        metrics_port=None if args.metrics_port is None else int(args.metrics_port), metrics_host=args.metrics_host,
     )
 
 
@@ -168,9 +175,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print("halflife run: live mode (--input redis://…) needs --recovery DIR: the engine resumes its streams "
               "from its snapshots and trims only what they hold", file=sys.stderr)
         return 2
-    if args.cluster_process_id is not None:  # a child of the cluster supervisor
+    if (args.process_id is None) != (args.addresses is None):
+        print("halflife run: --process-id and --addresses go together", file=sys.stderr)
+        return 2
+    if args.process_id is not None:  # one member of a cluster (a child of the supervisor, or a pod)
+        addresses = [a for a in args.addresses.split(";") if a]
+        if not 0 <= int(args.process_id) < len(addresses):
+            print(f"halflife run: --process-id {args.process_id} is not an index into {len(addresses)} addresses",
+                  file=sys.stderr)
+            return 2
         cfg = _run_config(args, args.summary_path)
-        runner.run_cluster_process(cfg, args.cluster_process_id, args.cluster_addresses.split(";"))
+        runner.run_cluster_process(cfg, int(args.process_id), addresses)
         return 0
     try:
         _run_config(args, None)
@@ -205,6 +220,8 @@ def _child_argv(args: argparse.Namespace) -> list[str]:
         argv += ["--recovery", args.recovery]
     for spec in _webhook_specs(args):
         argv += ["--webhook", spec]
+    if args.metrics_port is not None:
+        argv += ["--metrics-port", str(args.metrics_port), "--metrics-host", args.metrics_host]
     return argv + ["--prefix", args.prefix]
 
 

@@ -21,6 +21,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import FixedPartitionedSource
 from bytewax.outputs import DynamicSink, Sink, StatelessSinkPartition
 
+from engine import metrics
 from engine.config import RunConfig, is_redis
 from engine.decode import DeadLetter
 from engine.endpoints import dead_letter_sink, profile_sink, source_for, trigger_sinks
@@ -60,6 +61,7 @@ def build_flow(cfg: RunConfig, plan: Plan | None = None, source: FixedPartitione
                trigger_sink: Sink | None = None) -> Dataflow:
     """The dataflow for `cfg`; `source` and `trigger_sink` replace the configured ones (the demo does)."""
     plan = plan or load_plan(cfg.rules)
+    metrics.declare([t.name for t in plan.triggers], {t.name: t.channels for t in plan.triggers})
     flow = Dataflow("halflife")
     read = op.input("read", flow, source or source_for(cfg, plan.lateness_ms))
 
@@ -69,7 +71,7 @@ def build_flow(cfg: RunConfig, plan: Plan | None = None, source: FixedPartitione
     to_shards = op.filter("events", read, lambda kv: kv[0].startswith("shard-"))
     profiles = profile_sink(cfg)
     contact_states = is_redis(cfg.profiles)
-    shard_out = op.stateful_batch("rules", to_shards, lambda resume: ShardLogic(plan, resume, contact_states))
+    shard_out = op.stateful_batch("rules", to_shards, lambda resume: ShardLogic(plan, resume, contact_states, cfg.live))
     shard_values = op.key_rm("shard_values", shard_out)
 
     triggers = op.filter_map("trigger_records", shard_values,

@@ -100,6 +100,7 @@ class EventBatch:
     positions: list[int]
     # The input's watermark just before each event; the source sets it after de-duplication.
     watermarks: npt.NDArray[np.int64] | None = None
+    shard: int = -1  # set by routing: the shard a sub-batch is for
 
     def __len__(self) -> int:
         return len(self.contacts)

@@ -51,6 +51,7 @@ class TriggerOut:
     rule: str
     channel: str
     line: bytes
+    at_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ def trigger_lines(rule: str, contact: str, at_ms: int, channels: tuple[str, ...]
             "scores": scores,
             "event": event,
         }
-        out.append(TriggerOut(rule, channel, orjson.dumps(record)))
+        out.append(TriggerOut(rule, channel, orjson.dumps(record), at_ms))
     return out
 
 

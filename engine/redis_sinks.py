@@ -55,6 +55,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from engine import metrics
 from engine.decode import DeadLetter
 from engine.records import ProfileOut, TriggerOut
 from engine.redis_keys import Keys
@@ -117,6 +118,9 @@ class Retrier:
             except redis.RedisError as exc:
                 attempt += 1
                 self.errors += 1
+                sink = self.what.replace(" sink", "").replace("-", "_").replace(" ", "_")
+                metrics.SINK_ERRORS.labels(f"redis_{sink}").inc()
+                metrics.SINK_RETRIES.labels(f"redis_{sink}").inc()
                 now = time.monotonic()
                 if attempt == 1:
                     started = last_log = now
@@ -167,6 +171,7 @@ class _Partition(StatelessSinkPartition[tuple[str, Any]]):
     def __init__(self, url: str, what: str, first_s: float, cap_s: float) -> None:
         self.client = _connect(url)
         self.retrier = Retrier(what, first_s, cap_s)
+        self.metric_name = "redis_" + what.replace(" sink", "").replace("-", "_").replace(" ", "_")
 
     def close(self) -> None:
         self.client.close()
@@ -224,6 +229,7 @@ class _TriggerPartition(_Partition):
         return build
 
     def write_batch(self, items: list[tuple[str, Any]]) -> None:
+        metrics.SINK_WRITES.labels(self.metric_name).inc(len(items))
         keys = self.keys
         calls = []
         for _, value in items:
@@ -287,6 +293,7 @@ class _DeadLetterPartition(_Partition):
         pipe.execute()
 
     def write_batch(self, items: list[tuple[str, Any]]) -> None:
+        metrics.SINK_WRITES.labels(self.metric_name).inc(len(items))
         entries = [self.fields(_dead_letter(value)) for _, value in items]
         for start in range(0, len(entries), CHUNK):
             chunk = entries[start:start + CHUNK]
@@ -375,6 +382,7 @@ class _ProfilePartition(_Partition):
         return build
 
     def write_batch(self, items: list[tuple[str, Any]]) -> None:
+        metrics.SINK_WRITES.labels(self.metric_name).inc(len(items))
         keys = self.keys
         ops: list[tuple[str, Any, Any]] = []
         for _, value in items:

@@ -73,6 +73,7 @@ from bytewax.inputs import FixedPartitionedSource
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from engine import metrics
 from engine.redis_keys import Keys
 from engine.sources import DecodingPartition, ReaderState, report_started
 
@@ -108,6 +109,8 @@ def connect(url: str, **kwargs: Any) -> redis.Redis:
     options.update(kwargs)
     return redis.Redis.from_url(url, **options)
 
+
+BACKLOG_EVERY_S = 1.0  # how often a partition measures its stream's backlog for the metrics
 
 class ShardCountMismatch(RuntimeError):
     """The engine's shard count differs from the collector's (`{prefix}config` `shards`)."""
@@ -188,12 +191,20 @@ class RedisStreamPartition(DecodingPartition):
         self._awake: datetime | None = None
         self._failures = 0
         self._failing_since = 0.0
+        self.own_shard = own_shard
+        self._backlog_at = 0.0
         self.skipped_entries = 0  # entries with neither `events` nor `event` (not written by the collector)
         self.connection_errors = 0
 
     # -- reading ----------------------------------------------------------------------
 
     def read_lines(self) -> tuple[list[bytes], list[int]]:
+        now = time.monotonic()
+        if now - self._backlog_at >= BACKLOG_EVERY_S:
+            self._backlog_at = now
+            backlog = self.backlog()
+            if backlog is not None:
+                metrics.SOURCE_BACKLOG.labels(str(self.own_shard)).set(backlog)
         lines: list[bytes] = []
         positions: list[int] = []
         state = self.state

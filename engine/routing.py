@@ -31,13 +31,16 @@ def split_by_shard(batch: EventBatch, shards: int) -> list[tuple[int, EventBatch
     ids = np.fromiter((crc(c.encode("utf-8", "surrogatepass")) for c in batch.contacts), dtype=np.uint64,
                       count=n) % np.uint64(shards)
     if shards == 1:
+        batch.shard = 0
         return [(0, batch)]
     order = np.argsort(ids, kind="stable")
     sorted_ids = ids[order]
     bounds = np.flatnonzero(np.diff(sorted_ids)) + 1
     out = []
     for part in np.split(order, bounds):
-        out.append((int(ids[part[0]]), take(batch, part.tolist())))
+        sub = take(batch, part.tolist())
+        sub.shard = int(ids[part[0]])
+        out.append((sub.shard, sub))
     return out
 
 

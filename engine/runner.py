@@ -26,6 +26,7 @@ from typing import Any
 from bytewax._bytewax import cli_main
 from bytewax.recovery import RecoveryConfig, init_db_dir
 
+from engine import metrics
 from engine.config import RunConfig, is_redis
 from engine.dataflow import build_flow
 from engine.sources import STARTED_DIR_ENV
@@ -73,6 +74,8 @@ def prepare_outputs(cfg: RunConfig) -> None:
 
 def run_in_process(cfg: RunConfig, process_id: int | None = None, addresses: list[str] | None = None) -> None:
     flow = build_flow(cfg)
+    if cfg.metrics_port is not None:
+        metrics.serve(cfg.metrics_port + (process_id or 0), cfg.metrics_host)
     cli_main(
         flow,
         workers_per_process=cfg.workers,
@@ -118,8 +121,8 @@ def _run_cluster_once(cfg: RunConfig, argv: list[str], started_timeout_s: float)
     with tempfile.TemporaryDirectory(prefix="halflife-cluster-") as started_dir:
         env = {**os.environ, STARTED_DIR_ENV: started_dir}
         procs = [
-            subprocess.Popen([sys.executable, "-m", "engine", *argv, "--cluster-process-id", str(i),
-                              "--cluster-addresses", addresses, "--summary-path", cfg.summary_path or ""],
+            subprocess.Popen([sys.executable, "-m", "engine", *argv, "--process-id", str(i),
+                              "--addresses", addresses, "--summary-path", cfg.summary_path or ""],
                              env=env)
             for i in range(cfg.processes)
         ]

@@ -14,6 +14,8 @@ from typing import Any, BinaryIO
 
 from bytewax.outputs import DynamicSink, FixedPartitionedSink, StatefulSinkPartition, StatelessSinkPartition
 
+from engine import metrics
+
 
 def as_line(value: Any) -> bytes:
     """The JSON line of an output item: bytes as they are, records by their `line`, dead letters as JSON."""
@@ -38,6 +40,7 @@ class _FilePartition(StatefulSinkPartition[Any, int]):
 
     def write_batch(self, items: list[Any]) -> None:
         self.file.write(b"".join(as_line(v) + b"\n" for v in items))
+        metrics.SINK_WRITES.labels("file").inc(len(items))
         self.file.flush()  # readers (and `tail -f`) see triggers as they fire
 
     def snapshot(self) -> int:

@@ -22,6 +22,7 @@ from typing import Any, BinaryIO
 import numpy as np
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
+from engine import metrics
 from engine.decode import EventBatch, decode_lines
 from engine.records import EndOfInput, ReaderEnd, Watermark, wall_ms
 from engine.routing import shard_key, split_by_shard, take
@@ -110,7 +111,12 @@ class DecodingPartition(StatefulSourcePartition[tuple[str, Any], ReaderState]):
             state.finished = True
             return self._end_items()
         lines, positions = read
-        out: list[tuple[str, Any]] = self._decode(lines, positions) if lines else []
+        out: list[tuple[str, Any]] = []
+        if lines:
+            started = time.perf_counter()
+            out = self._decode(lines, positions)
+            metrics.BATCH_DURATION.labels("read").observe(time.perf_counter() - started)
+            metrics.BATCH_SIZE.labels("read").observe(len(lines))
         now = time.monotonic()
         if now - self._broadcast_at >= self.WATERMARK_EVERY_S:
             watermark = self.current_watermark()
@@ -118,24 +124,34 @@ class DecodingPartition(StatefulSourcePartition[tuple[str, Any], ReaderState]):
                 self._broadcast_at = now
                 mark = Watermark(watermark)
                 out.extend((shard_key(s), mark) for s in self.watermark_targets)
+                metrics.WATERMARK.set(watermark / 1000)
+                metrics.EVENT_TIME_LAG.set(max(0.0, (wall_ms() - watermark) / 1000))
         return out
 
     def _decode(self, lines: list[bytes], positions: list[int]) -> list[tuple[str, Any]]:
         state = self.state
         batch, dead = decode_lines(lines, positions)
         state.events_in += len(lines)
+        metrics.EVENTS_IN.inc(len(lines))
         out: list[tuple[str, Any]] = []
+        reasons: dict[str, int] = {}
         for dl in dead:
-            state.dead_lettered += 1
-            state.reasons[dl.reason] = state.reasons.get(dl.reason, 0) + 1
+            reasons[dl.reason] = reasons.get(dl.reason, 0) + 1
             out.append((DLQ_KEY, dl))
+        for reason, n in reasons.items():
+            state.dead_lettered += n
+            state.reasons[reason] = state.reasons.get(reason, 0) + n
+            metrics.EVENTS_DEAD_LETTERED.labels(reason).inc(n)
         if len(batch.contacts):
             keep = self.dedupe.accepted(batch.contacts, batch.message_ids)
-            state.deduplicated += len(batch.contacts) - len(keep)
-            if len(keep) < len(batch.contacts):
+            duplicates = len(batch.contacts) - len(keep)
+            if duplicates:
+                state.deduplicated += duplicates
+                metrics.EVENTS_DEDUPLICATED.inc(duplicates)
                 batch = take(batch, keep)
         if len(batch.contacts):
             state.processed += len(batch.contacts)
+            metrics.EVENTS_PROCESSED.inc(len(batch.contacts))
             self._stamp_watermarks(batch)
             out.extend((shard_key(s), sub) for s, sub in split_by_shard(batch, self.shards))
         return out
@@ -150,7 +166,10 @@ class DecodingPartition(StatefulSourcePartition[tuple[str, Any], ReaderState]):
         if self.live:
             watermarks = np.maximum(watermarks, wall_ms() - self.lateness_ms)
             known = watermarks != NEVER
-        state.late += int(np.count_nonzero(known & (times < watermarks)))
+        late = int(np.count_nonzero(known & (times < watermarks)))
+        if late:
+            state.late += late
+            metrics.EVENTS_LATE.inc(late)
         state.max_time = int(running[-1])
         batch.watermarks = watermarks
 

@@ -74,6 +74,7 @@ import aiohttp
 import orjson
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
+from engine import metrics
 from engine.records import TriggerOut
 from engine.redis_keys import Keys
 
@@ -344,6 +345,7 @@ class _WebhookPartition(StatelessSinkPartition[Any]):
             attempt += 1
             if attempt > 1:
                 self.retried += 1
+                metrics.WEBHOOK_DELIVERIES.labels(channel, "retried").inc()
             retry_after: float | None = None
             timestamp = str(int(time.time()))
             headers = {
@@ -362,6 +364,7 @@ class _WebhookPartition(StatelessSinkPartition[Any]):
                             except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
                                 pass
                             self.delivered += 1
+                            metrics.WEBHOOK_DELIVERIES.labels(channel, "delivered").inc()
                             return
                         retry_after = parse_retry_after(resp.headers.get("Retry-After"))
                         error = await _status_error(resp)
@@ -379,6 +382,7 @@ class _WebhookPartition(StatelessSinkPartition[Any]):
 
     async def _record_failure(self, channel: str, body: bytes, error: str, attempts: int) -> None:
         self.failed += 1
+        metrics.WEBHOOK_DELIVERIES.labels(channel, "failed").inc()
         if self._redis is None:
             try:
                 data: Any = orjson.loads(body)

@@ -27,6 +27,7 @@ Resuming builds the same state, so a resumed run fires the same triggers.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any
@@ -34,11 +35,13 @@ from typing import Any
 import numpy as np
 from bytewax.operators import StatefulBatchLogic
 
+from engine import metrics
 from engine.decode import EventBatch
 from engine.records import (
     ContactState,
     EndOfInput,
     ShardEnd,
+    TriggerOut,
     Watermark,
     event_summary,
     profile_lines,
@@ -72,6 +75,8 @@ class ShardState:
         self.timers = TimerTable(self.columns, len(plan.timer_triggers))
         self.suppression = Suppression(self.columns, len(plan.unless_matchers), len(plan.triggers))
         self.watermark = NEVER  # the input's watermark as far as this shard knows
+        self.shard = -1  # learnt from the first batch (bytewax does not tell a logic its key)
+        self.suppressed_in_batch: list[tuple[str, str]] = []  # for metrics, drained per batch
         self.fired: Counter[str] = Counter()
         self.suppressed: Counter[str] = Counter()  # "rule:reason"
         self._score_triggers = plan.scores_by_trigger
@@ -84,6 +89,7 @@ class ShardState:
         n = len(batch.contacts)
         if n == 0:
             return
+        self.shard = batch.shard
         slots = self.index.slots(batch.contacts)
         self.columns.ensure(len(self.index))
         bits = self.plan.match(batch.names, batch.events)
@@ -189,6 +195,7 @@ class ShardState:
         reason = self._suppressed_reason(slot, tp, at_ms)
         if reason is not None:
             self.suppressed[f"{tp.name}:{reason}"] += 1
+            self.suppressed_in_batch.append((tp.name, reason))
             return
         self.suppression.fired(slot, tp.index, at_ms)
         self.fired[tp.name] += 1
@@ -212,10 +219,13 @@ class ShardState:
 
     def snapshot(self) -> dict[str, Any]:
         size = len(self.index)
+        columns = self.columns.snapshot(size)
+        if self.shard >= 0:
+            metrics.STATE_BYTES.labels(str(self.shard)).set(sum(a.nbytes for a in columns.values()))
         return {
             "version": 1,
             "ids": self.index.snapshot(),
-            "columns": self.columns.snapshot(size),
+            "columns": columns,
             "heap": self.timers.snapshot(),
             "watermark": self.watermark,
             "fired": dict(self.fired),
@@ -229,6 +239,7 @@ class ShardState:
         state.columns.restore(snap["columns"], len(state.index))
         state.timers.restore(snap["heap"])
         state.watermark = snap["watermark"]
+        state.shard = snap.get("shard", -1)
         state.fired = Counter(snap["fired"])
         state.suppressed = Counter(snap["suppressed"])
         return state
@@ -237,22 +248,51 @@ class ShardState:
 class ShardLogic(StatefulBatchLogic[Any, Any, dict]):
     """Bytewax glue: feeds batches, watermarks and the end marker to a ShardState."""
 
-    def __init__(self, plan: Plan, resume: dict | None, contact_states: bool = False) -> None:
+    def __init__(self, plan: Plan, resume: dict | None, contact_states: bool = False, live: bool = False) -> None:
+        """`live`: trigger latency (emission − event time) is observed for the metrics."""
         self.state = (ShardState(plan, contact_states) if resume is None
                       else ShardState.restore(plan, resume, contact_states))
+        self.live = live
 
     def on_batch(self, values: list[Any]) -> tuple[Iterable[Any], bool]:
+        started = time.perf_counter()
         out: list[Any] = []
         state = self.state
+        events = 0
         for value in values:
             if isinstance(value, EventBatch):
+                events += len(value.contacts)
                 state.process(value, out)
             elif isinstance(value, Watermark):
                 state.advance_watermark(value.value, out)
             elif isinstance(value, EndOfInput):
                 out.append(state.end_of_input(value, out))
         state.advance_watermark(state.watermark, out)
+        self._observe(out, time.perf_counter() - started, events)
         return out, StatefulBatchLogic.RETAIN
+
+    def _observe(self, out: list[Any], seconds: float, events: int) -> None:
+        """Metrics, once per batch."""
+        state = self.state
+        if events:
+            metrics.BATCH_DURATION.labels("rules").observe(seconds)
+            metrics.BATCH_SIZE.labels("rules").observe(events)
+        fired: Counter[tuple[str, str]] = Counter()
+        now_ms = wall_ms() if self.live else 0
+        for v in out:
+            if isinstance(v, TriggerOut):
+                fired[(v.rule, v.channel)] += 1
+                if self.live:
+                    metrics.TRIGGER_LATENCY.observe(max(0.0, (now_ms - v.at_ms) / 1000))
+        for (rule, channel), n in fired.items():
+            metrics.TRIGGERS_FIRED.labels(rule, channel).inc(n)
+        for (rule, reason), n in Counter(state.suppressed_in_batch).items():
+            metrics.TRIGGERS_SUPPRESSED.labels(rule, reason).inc(n)
+        state.suppressed_in_batch.clear()
+        if state.shard >= 0:
+            shard = str(state.shard)
+            metrics.CONTACTS.labels(shard).set(len(state.index))
+            metrics.PENDING_TIMERS.labels(shard).set(state.timers.pending())
 
     def snapshot(self) -> dict:
         return self.state.snapshot()

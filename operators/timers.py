@@ -36,9 +36,10 @@ class TimerTable:
         columns.add("timer_event", object, None, width)  # the event that armed the timer
         self.heap: list[tuple[int, int, int]] = []
         self._compact_at = self.COMPACT_MIN
+        self.pending_count = 0  # timers armed and not fired or cancelled, kept as they change
 
     def pending(self) -> int:
-        return int(np.count_nonzero(self.columns.arrays["timer_deadline"] != NONE)) if self.n_timers else 0
+        return self.pending_count
 
     def next_for(self, slot: int) -> int:
         return int(self.columns.arrays["timer_next"][slot])
@@ -47,6 +48,8 @@ class TimerTable:
         arrays = self.columns.arrays
         previous = int(arrays["timer_deadline"][slot, k])
         arrays["timer_deadline"][slot, k] = deadline
+        if previous == NONE:
+            self.pending_count += 1
         arrays["timer_event"][slot, k] = event
         if deadline < arrays["timer_queued"][slot, k]:
             arrays["timer_queued"][slot, k] = deadline
@@ -76,6 +79,7 @@ class TimerTable:
         arrays = self.columns.arrays
         previous = int(arrays["timer_deadline"][slot, k])
         if previous != NONE:
+            self.pending_count -= 1
             arrays["timer_deadline"][slot, k] = NONE
             arrays["timer_event"][slot, k] = None
             self._refresh_next(slot, previous, NONE)
@@ -133,6 +137,9 @@ class TimerTable:
         return list(self.heap)
 
     def restore(self, heap: list[tuple[int, int, int]]) -> None:
+        """Restore the heap (after the columns were restored)."""
+        deadlines = self.columns.arrays["timer_deadline"]
+        self.pending_count = int(np.count_nonzero(deadlines != NONE)) if self.n_timers else 0
         self.heap = list(heap)
         heapq.heapify(self.heap)
         self._compact_at = max(self.COMPACT_MIN, 2 * len(self.heap))
