@@ -13,7 +13,6 @@ one shard's stream (live), so its contacts are exactly the ones it de-duplicates
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,15 +22,49 @@ from operators.contacts import Columns, ContactIndex
 
 RING = 16
 NO_ID = 0
+SEQUENTIAL_BELOW = 16  # rounds smaller than this are finished event by event
+
+
+_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)
+_SEED = np.uint64(0x2545F4914F6CDD1D)
+
+
+def _finalize(h: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: every input bit affects every output bit."""
+    h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return h ^ (h >> np.uint64(31))
+
+
+def message_digests(message_ids: Sequence[str | None]) -> np.ndarray:
+    """Stable non-zero 63-bit digests of message ids (0 for a missing id), for a whole batch at once.
+
+    The UTF-8 bytes are read as little-endian 64-bit words, each mixed into the state with
+    a multiply and the splitmix64 finaliser, then the length; only an id's own words count,
+    so a digest does not depend on the other ids of its batch.
+    """
+    n = len(message_ids)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    raw = [b"" if m is None else m.encode("utf-8", "surrogatepass") for m in message_ids]
+    lengths = np.fromiter(map(len, raw), dtype=np.uint64, count=n)
+    width = max(8, -(-int(lengths.max()) // 8) * 8)
+    words = np.array(raw, dtype=f"S{width}").view("<u8").reshape(n, width // 8)
+    with np.errstate(over="ignore"):
+        h = np.full(n, _SEED, dtype=np.uint64)
+        for j in range(words.shape[1]):
+            mixed = _finalize((h ^ words[:, j]) * _MULTIPLIER)
+            h = np.where(lengths > np.uint64(8 * j), mixed, h)
+        h = _finalize(h ^ lengths)
+    digests = (h >> np.uint64(1)).astype(np.int64)
+    digests[digests == NO_ID] = 1
+    digests[[m is None for m in message_ids]] = NO_ID
+    return digests
 
 
 def message_digest(message_id: str | None) -> int:
-    """Stable non-zero 63-bit digest of a message id; 0 for a missing id."""
-    if message_id is None:
-        return NO_ID
-    d = int.from_bytes(hashlib.blake2b(message_id.encode("utf-8", "surrogatepass"), digest_size=8).digest(),
-                       "little") >> 1
-    return d or 1
+    """The digest of one message id (see `message_digests`)."""
+    return int(message_digests([message_id])[0])
 
 
 class MessageRing:
@@ -62,18 +95,56 @@ class Deduplicator:
         self.ring = MessageRing(self.columns)
 
     def accepted(self, contacts: Sequence[str], message_ids: Sequence[str | None]) -> list[int]:
-        """Indices of the events that are not duplicates, accepting them in order."""
-        slots = self.index.slots(contacts)
+        """Indices of the events that are not duplicates, accepting them in order.
+
+        Vectorised in rounds: round r decides every contact's r-th event of the batch at
+        once (a contact's events stay in order; different contacts are independent), so
+        the Python work is per round, not per event.
+        """
+        n = len(contacts)
+        if n == 0:
+            return []
+        slots = np.asarray(self.index.slots(contacts), dtype=np.intp)
         self.columns.ensure(len(self.index))
+        digests = message_digests(message_ids)
+        ids = self.columns.arrays["dedupe_ids"]
+        following = self.columns.arrays["dedupe_next"]
+        # rank[i] = how many earlier events of the batch belong to event i's contact
+        order = np.argsort(slots, kind="stable")
+        ordered = slots[order]
+        starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+        group_start = np.repeat(starts, np.diff(np.r_[starts, n]))
+        rank = np.empty(n, dtype=np.intp)
+        rank[order] = np.arange(n) - group_start
+        keep = np.ones(n, dtype=bool)
+        by_rank = np.argsort(rank, kind="stable")
+        bounds = np.searchsorted(rank[by_rank], np.arange(int(rank.max()) + 2))
+        for r in range(len(bounds) - 1):
+            events = by_rank[bounds[r]:bounds[r + 1]]
+            if len(events) < SEQUENTIAL_BELOW:
+                # A few busy contacts left: per event is cheaper than a round each.
+                self._one_by_one(np.sort(by_rank[bounds[r]:]), slots, digests, keep)
+                break
+            d = digests[events]
+            s = slots[events]
+            duplicate = (d != NO_ID) & (ids[s] == d[:, None]).any(axis=1)
+            keep[events[duplicate]] = False
+            accepted = ~duplicate
+            s = s[accepted]
+            pos = following[s]
+            ids[s, pos] = d[accepted]
+            following[s] = (pos + 1) % RING
+        return np.flatnonzero(keep).tolist()
+
+    def _one_by_one(self, events: np.ndarray, slots: np.ndarray, digests: np.ndarray, keep: np.ndarray) -> None:
         ring = self.ring
-        keep = []
-        for i, (slot, mid) in enumerate(zip(slots, message_ids, strict=True)):
-            digest = message_digest(mid)
+        for i in events.tolist():
+            slot = int(slots[i])
+            digest = int(digests[i])
             if digest and ring.seen(slot, digest):
-                continue
-            ring.accept(slot, digest)
-            keep.append(i)
-        return keep
+                keep[i] = False
+            else:
+                ring.accept(slot, digest)
 
     def snapshot(self) -> dict[str, Any]:
         return {"ids": self.index.snapshot(), "columns": self.columns.snapshot(len(self.index))}
