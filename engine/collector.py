@@ -9,9 +9,11 @@ Per request: read the body within `max_body_bytes` (Content-Length first, then c
 within `max_decompressed_bytes`, authenticate (HTTP Basic with the write key as user name, or Segment's
 `writeKey` in the body), stamp every event with `receivedAt` (and a `messageId` when it has none), then
 validate it with the engine's own decoder (`engine.decode.decode_lines`), so the collector and the
-engine agree on what is valid. Valid events are grouped by `engine.routing.shard_of(contact)` -- the
-engine's routing -- into ONE stream entry per (request, shard): fields `events` (newline-joined JSON
-lines, in request order) and `n` (their count). Invalid events go to `{prefix}dlq` with their reason.
+engine agree on what is valid; the collector is stricter only in its per-event limits, `max_depth`
+nesting levels (reason `too_deep`) and `max_string_bytes` per key or string (`string_too_long`).
+Valid events are grouped by `engine.routing.shard_of(contact)` -- the engine's routing -- into ONE
+stream entry per (request, shard): fields `events` (newline-joined JSON lines, in request order) and
+`n` (their count). Invalid events go to `{prefix}dlq` with their reason.
 
 Writing. All the writes of one request are one EVALSHA of `_WRITE_SCRIPT`, which in one atomic step
 checks `{prefix}config` (`shards` must equal ours; it is set when absent), checks that no target stream
@@ -69,7 +71,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
-from engine.decode import REASONS, decode_lines
+from engine.decode import MAX_DEPTH, REASONS, decode_lines
 from engine.redis_keys import Keys
 from engine.routing import shard_of
 from engine.times import format_time
@@ -148,6 +150,10 @@ class CollectorConfig:
     max_body_bytes: int = 512 * 1024  # compressed/raw body limit -> 413
     max_decompressed_bytes: int = 4 * 1024 * 1024  # gzip bomb defence -> 413
     max_batch_events: int = 2500
+    # Per event: nesting levels (the event object is level 1; at most decode.MAX_DEPTH) and the UTF-8 size of any
+    # key or string value; an event over either is dead-lettered (too_deep, string_too_long) and the answer is 400.
+    max_depth: int = 32
+    max_string_bytes: int = 8192
     # Entries per shard stream; a request that would write to a stream holding this many gets 503
     # (the engine trims what it has consumed and snapshotted; the collector never trims).
     max_stream_length: int = 1_000_000
@@ -165,9 +171,11 @@ class CollectorConfig:
             if not key or key != key.strip() or ":" in key:
                 raise ValueError("a write key must be non-empty, without surrounding whitespace and without ':'")
         for name in ("shards", "max_body_bytes", "max_decompressed_bytes", "max_batch_events", "max_stream_length",
-                     "dlq_max_length", "redis_connections"):
+                     "dlq_max_length", "redis_connections", "max_depth", "max_string_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_depth > MAX_DEPTH:
+            raise ValueError(f"max_depth must be <= {MAX_DEPTH} (the engine's own limit), got {self.max_depth}")
         if not self.redis_timeout_s > 0:
             raise ValueError(f"redis_timeout_s must be > 0, got {self.redis_timeout_s}")
         if not 0 <= self.port <= 65535:
@@ -229,6 +237,11 @@ class _Metrics:
         self._requests: dict[tuple[str, int], Any] = {}
         self._durations: dict[str, Any] = {}
         self._rejected = {reason: self.rejected.labels(reason) for reason in REASONS}
+        # Series exist at 0 before the first request, so rates and increases see the first ones.
+        for route in ("/v1/track", "/v1/page", "/v1/identify", "/v1/screen", "/v1/group", "/v1/alias", "/v1/batch"):
+            self._durations[route] = self.duration.labels(route)
+            for status in (200, 400, 500, 503):
+                self._requests[(route, status)] = self.requests.labels(route, str(status))
 
     def request(self, route: str, status: int, seconds: float) -> None:
         child = self._requests.get((route, status))
@@ -462,10 +475,11 @@ class _Collector:
             for i, event in enumerate(items):
                 try:
                     lines.append(dumps(event))
-                except orjson.JSONEncodeError as exc:  # e.g. nesting deeper than orjson writes
+                except orjson.JSONEncodeError as exc:  # nesting deeper than orjson writes (254 levels)
                     lines.append(b"")
-                    unencodable.append((i, f"cannot be encoded as a JSON line: {exc}"))
-        batch, dead = decode_lines(lines, range(len(lines)))
+                    unencodable.append((i, f"nested deeper than {cfg.max_depth} levels (cannot be encoded: {exc})"))
+        batch, dead = decode_lines(lines, range(len(lines)), max_depth=cfg.max_depth,
+                                   max_string_bytes=cfg.max_string_bytes)
 
         # One stream entry per shard: the shard's lines in request order.
         shards = cfg.shards
@@ -480,7 +494,7 @@ class _Collector:
 
         dead_rows = [(d.position, d.reason, d.detail, d.raw) for d in dead]
         if unencodable:
-            dead_rows += [(i, "not_json", detail, b"") for i, detail in unencodable]
+            dead_rows += [(i, "too_deep", detail, b"") for i, detail in unencodable]
             dead_rows.sort()
         order = sorted(groups)
         nargs = 3 + 2 + len(order) + 4 + 3 * len(dead_rows) + 2 * len(order)
@@ -701,6 +715,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _option(parser, "--max-decompressed-bytes", "decompressed body limit; over it: 413", default=4 * 1024 * 1024,
             type=_positive_int)
     _option(parser, "--max-batch-events", "events per /v1/batch request; over it: 400", default=2500, type=_positive_int)
+    _option(parser, "--max-depth", f"nesting levels per event (the event is level 1; at most {MAX_DEPTH}); a deeper event is "
+            "dead-lettered as too_deep (400)", default=32, type=_positive_int)
+    _option(parser, "--max-string-bytes", "UTF-8 bytes of any key or string value of an event; a longer one is "
+            "dead-lettered as string_too_long (400)", default=8192, type=_positive_int)
     _option(parser, "--max-stream-length", "entries per shard stream; a write to a fuller stream gets 503 (the engine "
             "trims what it has consumed and snapshotted)", default=1_000_000, type=_positive_int)
     _option(parser, "--dlq-max-length", "approximate cap of the dead-letter stream", default=100_000, type=_positive_int)
@@ -731,6 +749,7 @@ def config_from_args(args: argparse.Namespace) -> CollectorConfig:
         redis_url=args.redis, write_keys=tuple(dict.fromkeys(keys)), shards=args.shards, prefix=args.prefix,
         host=args.host, port=args.port, max_body_bytes=args.max_body_bytes,
         max_decompressed_bytes=args.max_decompressed_bytes, max_batch_events=args.max_batch_events,
+        max_depth=args.max_depth, max_string_bytes=args.max_string_bytes,
         max_stream_length=args.max_stream_length, insecure_no_auth=bool(args.insecure_no_auth),
         dlq_max_length=args.dlq_max_length, redis_connections=args.redis_connections,
         redis_timeout_s=args.redis_timeout,

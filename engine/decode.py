@@ -22,15 +22,23 @@ import orjson
 
 from engine.times import MAX_TIME_MS, parse_time
 
-__all__ = ["MAX_LINE_BYTES", "REASONS", "DeadLetter", "EventBatch", "decode_lines"]
+__all__ = ["MAX_DEPTH", "MAX_LINE_BYTES", "REASONS", "DeadLetter", "EventBatch", "decode_lines"]
 
 # 32 KiB, not counting the newline the caller strips.
 MAX_LINE_BYTES: Final = 32768
+# Nesting levels of JSON objects and arrays in one event, the event object itself being level 1. orjson
+# parses 1024 levels, but the engine must also write and snapshot what it accepts: a trigger record nests
+# the causing event 2 levels down and orjson writes only 254 levels, and pickling a recovery snapshot runs
+# out of recursion a few hundred levels deep. Either made one event a poison pill that stopped the engine
+# at every restart; a far deeper limit than any real event needs keeps every accepted event writable.
+MAX_DEPTH: Final = 64
 
 # Every dead-letter reason code, in the order the checks run.
 REASONS: Final = (
     "oversize",
     "not_json",
+    "too_deep",
+    "string_too_long",
     "not_object",
     "bad_type",
     "wrong_field_type",
@@ -142,14 +150,62 @@ def _wrong_fields(obj: dict[str, Any]) -> str:
     return "; ".join(problems)
 
 
-def decode_lines(lines: Sequence[bytes], positions: Sequence[int]) -> tuple[EventBatch, list[DeadLetter]]:
+def _too_deep(value: object, limit: int) -> bool:
+    """True when `value` nests objects/arrays more than `limit` levels (itself being level 1)."""
+    if type(value) is not dict and type(value) is not list:
+        return False
+    stack = [(value, 1)]
+    pop = stack.pop
+    push = stack.append
+    while stack:
+        node, depth = pop()
+        if depth > limit:
+            return True
+        depth += 1
+        for child in node.values() if type(node) is dict else node:  # type: ignore[attr-defined]
+            if type(child) is dict or type(child) is list:
+                push((child, depth))
+    return False
+
+
+def _string_over(value: object, limit: int) -> int:
+    """The UTF-8 size of the first string (key or value) in `value` longer than `limit` bytes, else 0."""
+    if type(value) is not dict and type(value) is not list:
+        value = [value]
+    stack = [value]
+    pop = stack.pop
+    push = stack.append
+    while stack:
+        node = pop()
+        items = node.items() if type(node) is dict else enumerate(node)  # type: ignore[attr-defined]
+        for key, child in items:
+            for text in (key, child):
+                # A character takes 1 to 4 UTF-8 bytes: only lengths in between need encoding.
+                if type(text) is str and len(text) * 4 > limit:
+                    size = len(text) if len(text) > limit else len(text.encode("utf-8", "surrogatepass"))
+                    if size > limit:
+                        return size
+            if type(child) is dict or type(child) is list:
+                push(child)
+    return 0
+
+
+def decode_lines(lines: Sequence[bytes], positions: Sequence[int], *, max_depth: int = MAX_DEPTH,
+                 max_string_bytes: int | None = None) -> tuple[EventBatch, list[DeadLetter]]:
     """Decode and validate JSON Lines; return the valid events and the dead letters, in order.
 
     `lines` are the lines without their newline; `positions[i]` (e.g. a byte offset) is carried
     into the result for `lines[i]`. Blank and whitespace-only lines are skipped: neither events
     nor dead letters. Nothing in the input bytes makes this raise; every other line becomes
     exactly one event or one dead letter.
+
+    `max_depth` (at most `MAX_DEPTH`) and `max_string_bytes` (UTF-8 bytes of any key or string
+    value; None: no limit beyond the line's) are the collector's stricter limits.
     """
+    if not 1 <= max_depth <= MAX_DEPTH:
+        raise ValueError(f"max_depth must be within 1..{MAX_DEPTH}, got {max_depth}")
+    if max_string_bytes is not None and max_string_bytes < 1:
+        raise ValueError(f"max_string_bytes must be >= 1, got {max_string_bytes}")
     events: list[dict[str, Any]] = []
     contacts: list[str] = []
     names: list[str | None] = []
@@ -182,6 +238,17 @@ def decode_lines(lines: Sequence[bytes], positions: Sequence[int]) -> tuple[Even
         except Exception as exc:  # JSONDecodeError, or anything else: one line never stops a batch
             add_dead(DeadLetter("not_json", line, pos, f"not UTF-8 JSON: {exc}"))
             continue
+        # A line with fewer brackets than the limit cannot nest deeper (brackets in strings only add).
+        if line.count(b"{") + line.count(b"[") > max_depth and _too_deep(obj, max_depth):
+            add_dead(DeadLetter("too_deep", line, pos, f"nested deeper than {max_depth} levels"))
+            continue
+        # No string is longer than the line that holds it (JSON escapes only lengthen it).
+        if max_string_bytes is not None and len(line) > max_string_bytes:
+            size = _string_over(obj, max_string_bytes)
+            if size:
+                detail = f"a string of {size} bytes is over the limit of {max_string_bytes} bytes"
+                add_dead(DeadLetter("string_too_long", line, pos, detail))
+                continue
         if type(obj) is not dict:
             add_dead(DeadLetter("not_object", line, pos, f"JSON {_json_type(obj)} is not an object"))
             continue

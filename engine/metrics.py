@@ -32,7 +32,9 @@ TRIGGERS_SUPPRESSED = Counter("halflife_triggers_suppressed",
                               "Firings suppressed, by rule and reason (cooldown, unless, same_time)",
                               ["rule", "reason"], registry=REGISTRY)
 TRIGGER_LATENCY = Histogram("halflife_trigger_latency_seconds",
-                            "Live mode: wall-clock emission time minus the trigger's event time",
+                            "Live mode: wall-clock emission time minus the trigger's event time, by source: "
+                            "`event` (fired by an event) or `timer` (includes the rules' lateness by design)",
+                            ["source"],
                             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
                             registry=REGISTRY)
 
@@ -76,6 +78,20 @@ def declare(rules: list[str], channels: dict[str, tuple[str, ...]]) -> None:
     for step in ("read", "rules"):
         BATCH_DURATION.labels(step)
         BATCH_SIZE.labels(step)
+    for source in ("event", "timer"):
+        TRIGGER_LATENCY.labels(source)
+
+
+def declare_sink(name: str) -> None:
+    """A sink's series at 0 from the start, so rates and increases see its first errors."""
+    for metric in (SINK_WRITES, SINK_ERRORS, SINK_RETRIES):
+        metric.labels(name)
+
+
+def declare_webhooks(channels: list[str]) -> None:
+    for channel in channels:
+        for outcome in ("delivered", "retried", "failed"):
+            WEBHOOK_DELIVERIES.labels(channel, outcome)
 
 
 def serve(port: int, host: str = "127.0.0.1") -> None:

@@ -52,6 +52,7 @@ class TriggerOut:
     channel: str
     line: bytes
     at_ms: int = 0
+    by_timer: bool = False  # fired by a timer (at a deadline), not by an event
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ class ShardEnd:
 
 
 def trigger_lines(rule: str, contact: str, at_ms: int, channels: tuple[str, ...], scores: dict[str, float],
-                  event: dict[str, Any], emitted_ms: int) -> list[TriggerOut]:
+                  event: dict[str, Any], emitted_ms: int, by_timer: bool = False) -> list[TriggerOut]:
     at = format_time(at_ms)
     emitted_at = format_time(emitted_ms)
     out = []
@@ -91,7 +92,7 @@ def trigger_lines(rule: str, contact: str, at_ms: int, channels: tuple[str, ...]
             "scores": scores,
             "event": event,
         }
-        out.append(TriggerOut(rule, channel, orjson.dumps(record), at_ms))
+        out.append(TriggerOut(rule, channel, orjson.dumps(record), at_ms, by_timer))
     return out
 
 

@@ -172,6 +172,7 @@ class _Partition(StatelessSinkPartition[tuple[str, Any]]):
         self.client = _connect(url)
         self.retrier = Retrier(what, first_s, cap_s)
         self.metric_name = "redis_" + what.replace(" sink", "").replace("-", "_").replace(" ", "_")
+        metrics.declare_sink(self.metric_name)
 
     def close(self) -> None:
         self.client.close()

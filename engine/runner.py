@@ -75,7 +75,7 @@ def prepare_outputs(cfg: RunConfig) -> None:
 def run_in_process(cfg: RunConfig, process_id: int | None = None, addresses: list[str] | None = None) -> None:
     flow = build_flow(cfg)
     if cfg.metrics_port is not None:
-        metrics.serve(cfg.metrics_port + (process_id or 0), cfg.metrics_host)
+        metrics.serve(cfg.metrics_port, cfg.metrics_host)
     cli_main(
         flow,
         workers_per_process=cfg.workers,
@@ -87,7 +87,29 @@ def run_in_process(cfg: RunConfig, process_id: int | None = None, addresses: lis
 
 
 def run_cluster_process(cfg: RunConfig, process_id: int, addresses: list[str]) -> None:
+    prepare_member_recovery(cfg, process_id, len(addresses))
     run_in_process(cfg, process_id, addresses)
+
+
+def prepare_member_recovery(cfg: RunConfig, process_id: int, members: int) -> None:
+    """A cluster member creates its share of the recovery partitions (j mod members == its id).
+
+    Members on one shared directory together create them all; members with a volume
+    each (one per pod) get exactly theirs. A directory that has partitions is left alone.
+    The local supervisor creates them all before starting its children.
+    """
+    if not cfg.recovery:
+        return
+    os.makedirs(cfg.recovery, mode=0o700, exist_ok=True)
+    if glob.glob(os.path.join(cfg.recovery, "*.sqlite3")):
+        return
+    count = max(RECOVERY_PARTITIONS_MIN, cfg.workers * members)
+    with tempfile.TemporaryDirectory(prefix="halflife-recovery-", dir=cfg.recovery) as staging:
+        init_db_dir(Path(staging), count)
+        for j in range(process_id, count, members):
+            name = f"part-{j}.sqlite3"
+            os.chmod(os.path.join(staging, name), 0o600)
+            os.replace(os.path.join(staging, name), os.path.join(cfg.recovery, name))
 
 
 def _free_ports(n: int) -> list[int]:
@@ -120,12 +142,12 @@ def _run_cluster_once(cfg: RunConfig, argv: list[str], started_timeout_s: float)
     addresses = ";".join(f"127.0.0.1:{p}" for p in _free_ports(cfg.processes))
     with tempfile.TemporaryDirectory(prefix="halflife-cluster-") as started_dir:
         env = {**os.environ, STARTED_DIR_ENV: started_dir}
-        procs = [
-            subprocess.Popen([sys.executable, "-m", "engine", *argv, "--process-id", str(i),
-                              "--addresses", addresses, "--summary-path", cfg.summary_path or ""],
-                             env=env)
-            for i in range(cfg.processes)
-        ]
+        procs = []
+        for i in range(cfg.processes):
+            member = [*argv, "--process-id", str(i), "--addresses", addresses, "--summary-path", cfg.summary_path or ""]
+            if cfg.metrics_port is not None:  # one port per local process: P, P + 1, ...
+                member += ["--metrics-port", str(cfg.metrics_port + i), "--metrics-host", cfg.metrics_host]
+            procs.append(subprocess.Popen([sys.executable, "-m", "engine", *member], env=env))
         launched = time.monotonic()
         try:
             while True:

@@ -56,6 +56,7 @@ class JsonLinesFileSink(FixedPartitionedSink[bytes, int]):
 
     def __init__(self, path: str) -> None:
         self.path = path
+        metrics.declare_sink("file")
 
     def list_parts(self) -> list[str]:
         return [self.path]

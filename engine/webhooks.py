@@ -438,6 +438,7 @@ class WebhookSink(DynamicSink[tuple[str, TriggerOut]]):
     def __init__(self, targets: dict[str, WebhookTarget], redis_url: str | None, prefix: str = "hl:",
                  timeout_s: float = 5.0, max_attempts: int = 8, base_delay_s: float = 0.2, max_delay_s: float = 30.0,
                  max_in_flight: int = 64) -> None:
+        metrics.declare_webhooks(sorted(targets))
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
         if max_in_flight < 1:

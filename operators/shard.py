@@ -164,7 +164,7 @@ class ShardState:
     def _fire_timer(self, deadline: int, slot: int, k: int, out: list[Any]) -> None:
         event = self.timers.event(slot, k)
         self.timers.cancel(slot, k)
-        self._fire(slot, self._timer_plans[k], deadline, event, out)
+        self._fire(slot, self._timer_plans[k], deadline, event, out, by_timer=True)
 
     def advance_watermark(self, watermark: int, out: list[Any]) -> None:
         """Path (b): fire every timer with deadline < watermark."""
@@ -191,7 +191,7 @@ class ShardState:
     def _suppressed_reason(self, slot: int, tp: TriggerPlan, at_ms: int) -> str | None:
         return self.suppression.reason(slot, tp.index, at_ms, tp.unless, tp.unless_within_ms, tp.cooldown_ms)
 
-    def _fire(self, slot: int, tp: TriggerPlan, at_ms: int, event: Armed, out: list[Any]) -> None:
+    def _fire(self, slot: int, tp: TriggerPlan, at_ms: int, event: Armed, out: list[Any], by_timer: bool = False) -> None:
         reason = self._suppressed_reason(slot, tp, at_ms)
         if reason is not None:
             self.suppressed[f"{tp.name}:{reason}"] += 1
@@ -199,9 +199,9 @@ class ShardState:
             return
         self.suppression.fired(slot, tp.index, at_ms)
         self.fired[tp.name] += 1
-        out.extend(self._outputs(slot, tp, at_ms, event))
+        out.extend(self._outputs(slot, tp, at_ms, event, by_timer))
 
-    def _outputs(self, slot: int, tp: TriggerPlan, at_ms: int, event: Armed) -> list[Any]:
+    def _outputs(self, slot: int, tp: TriggerPlan, at_ms: int, event: Armed, by_timer: bool = False) -> list[Any]:
         contact = self.index.ids[slot]
         outs: list[Any] = []
         if tp.channels:
@@ -210,7 +210,7 @@ class ShardState:
             }
             raw, name, t = event
             outs.extend(trigger_lines(tp.name, contact, at_ms, tp.channels, scores,
-                                      event_summary(raw, name, t), wall_ms()))
+                                      event_summary(raw, name, t), wall_ms(), by_timer))
         if tp.profile_actions:
             outs.extend(profile_lines(tp.name, contact, at_ms, tp.profile_actions))
         return outs
@@ -283,7 +283,8 @@ class ShardLogic(StatefulBatchLogic[Any, Any, dict]):
             if isinstance(v, TriggerOut):
                 fired[(v.rule, v.channel)] += 1
                 if self.live:
-                    metrics.TRIGGER_LATENCY.observe(max(0.0, (now_ms - v.at_ms) / 1000))
+                    latency = metrics.TRIGGER_LATENCY.labels("timer" if v.by_timer else "event")
+                    latency.observe(max(0.0, (now_ms - v.at_ms) / 1000))
         for (rule, channel), n in fired.items():
             metrics.TRIGGERS_FIRED.labels(rule, channel).inc(n)
         for (rule, reason), n in Counter(state.suppressed_in_batch).items():

@@ -249,7 +249,7 @@ def test_an_event_too_deep_to_re_encode_is_dead_lettered_not_fatal(redis_url, r)
     status, reply, _ = one(config(redis_url), "/v1/batch", data=json.dumps(body).encode())
     assert status == 400 and (reply["accepted"], reply["rejected"]) == (1, 1)
     [letter] = dlq(r)
-    assert letter["reason"] == "not_json" and letter["detail"].startswith("cannot be encoded as a JSON line")
+    assert letter["reason"] == "too_deep" and letter["detail"].startswith("nested deeper than 32 levels (cannot be encoded")
     assert [e["userId"] for events in all_events(r).values() for e in events] == ["u-2"]
 
 

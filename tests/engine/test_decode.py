@@ -241,6 +241,8 @@ def test_reasons_are_listed_in_check_order() -> None:
     assert REASONS == (
         "oversize",
         "not_json",
+        "too_deep",
+        "string_too_long",
         "not_object",
         "bad_type",
         "wrong_field_type",
@@ -300,14 +302,18 @@ def test_details_name_the_problem() -> None:
 
 
 def test_deeply_nested_values_in_details() -> None:
-    # orjson accepts 1024 levels; repr of such a value would hit the recursion limit.
+    # orjson accepts 1024 levels, the decoder MAX_DEPTH (too_deep, before any detail quotes a value);
+    # within the limit, containers in details are named, not shown.
     deep = b"[" * 1000 + b"]" * 1000
+    within = b"[" * 60 + b"]" * 60
     _, dead = decode(
         b'{"userId":"u","event":"E","timestamp":' + deep + b"}",
         b'{"userId":"u","event":"E","receivedAt":' + deep + b"}",
+        b'{"userId":"u","event":"E","timestamp":' + within + b"}",
+        b'{"userId":"u","event":"E","receivedAt":' + within + b"}",
         b'{"userId":"u","event":"E","timestamp":"' + b"9" * 30_000 + b'"}',
     )
-    assert [d.reason for d in dead] == ["bad_timestamp", "missing_timestamp", "bad_timestamp"]
+    assert [d.reason for d in dead] == ["too_deep", "too_deep", "bad_timestamp", "missing_timestamp", "bad_timestamp"]
     assert all(len(d.detail) < 200 for d in dead)
 
 
