@@ -117,3 +117,28 @@ def test_profiles_output(tmp_path):
                      for c in map(json.loads, prof.read_text().splitlines()))
     assert changes == [("u9", "stage", "customer", "2026-11-23T15:00:00.500Z"),
                        ("u9", "tag", "buyer", "2026-11-23T15:00:00.500Z")]
+
+
+def test_the_deepest_accepted_event_still_makes_a_trigger_record(tmp_path):
+    from engine.decode import MAX_DEPTH
+
+    def nested(levels: int) -> dict:
+        props: dict = {}
+        cur = props
+        for _ in range(levels - 1):
+            cur["a"] = {}
+            cur = cur["a"]
+        return props
+
+    rules = tmp_path / "r.yaml"
+    rules.write_text("version: 1\ntriggers:\n  t:\n    when: {count: {event: Ping}, within: 1h, at_least: 1}\n")
+    events = tmp_path / "e.jsonl"
+    # The event object is level 1, so properties may nest MAX_DEPTH - 1 levels; one more is too deep.
+    ok = {"event": "Ping", "userId": "ok", "timestamp": 1795442400000, "properties": nested(MAX_DEPTH - 1)}
+    deep = {"event": "Ping", "userId": "deep", "timestamp": 1795442400000, "properties": nested(MAX_DEPTH)}
+    events.write_text(json.dumps(ok) + "\n" + json.dumps(deep) + "\n")
+    out, dlq = tmp_path / "o.jsonl", tmp_path / "d.jsonl"
+    run = halflife("run", "--rules", str(rules), "--input", str(events), "--output", str(out), "--dlq", str(dlq))
+    assert run.returncode == 0, run.stderr.decode()[-1000:]
+    assert [json.loads(x)["contact"] for x in out.read_text().splitlines()] == ["ok"]
+    assert [json.loads(x)["reason"] for x in dlq.read_text().splitlines()] == ["too_deep"]
