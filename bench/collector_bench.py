@@ -19,12 +19,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -158,31 +160,47 @@ async def _drive(url: str, bodies: list[bytes], connections: int, seconds: float
 subprocess_by_pid: dict[int, subprocess.Popen] = {}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="collector_bench", description=__doc__.split("\n\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="measured duration")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load before measuring")
     parser.add_argument("--connections", type=int, default=16, help="concurrent client connections")
     parser.add_argument("--batch", type=int, default=100, help="events per /v1/batch request")
     parser.add_argument("--shards", type=int, default=64, help="collector --shards")
     parser.add_argument("--events", type=int, default=50_000, help="distinct pre-built events (cycled)")
-    args = parser.parse_args(argv)
 
-    bodies = _bodies(args.events, args.batch)
-    print(f"{len(bodies)} bodies of {args.batch} events, {sum(map(len, bodies)) / len(bodies) / 1024:.1f} KiB each",
-          flush=True)
+
+@contextlib.contextmanager
+def running_collector(shards: int) -> Iterator[tuple[str, subprocess.Popen, RedisServer]]:
+    """A throwaway redis-server and the collector (`halflife collect` in its own process): (url, process, server)."""
     with tempfile.TemporaryDirectory(prefix="halflife-collector-bench-") as tmp, RedisServer(tmp) as server:
         port = _free_port()
         cmd = [sys.executable, "-c", _RUN_COLLECTOR, "--redis", server.url, "--port", str(port),
-               "--write-key", WRITE_KEY, "--shards", str(args.shards), "--log-level", "WARNING"]
+               "--write-key", WRITE_KEY, "--shards", str(shards), "--log-level", "WARNING"]
         process = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         subprocess_by_pid[process.pid] = process
         try:
-            result = asyncio.run(_drive(f"http://127.0.0.1:{port}", bodies, args.connections, args.seconds, args.warmup,
-                                        process.pid, server.process.pid, server.url, args.shards, args.batch))
+            yield f"http://127.0.0.1:{port}", process, server
         finally:
             process.terminate()
             process.wait(timeout=15)
+
+
+def measure(args: argparse.Namespace) -> dict[str, float]:
+    """Drive the collector with the aiohttp client; the figures `main` prints."""
+    bodies = _bodies(args.events, args.batch)
+    with running_collector(args.shards) as (url, process, server):
+        result = asyncio.run(_drive(url, bodies, args.connections, args.seconds, args.warmup, process.pid,
+                                    server.process.pid, server.url, args.shards, args.batch))
+    result["body_kib"] = sum(map(len, bodies)) / len(bodies) / 1024
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="collector_bench", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    result = measure(args)
+    print(f"{args.events // args.batch} bodies of {args.batch} events, {result['body_kib']:.1f} KiB each")
     per_core = 1e6 / result["collector_cpu_s_per_million"]
     print(f"accepted: {result['events_per_s']:,.0f} events/s ({result['requests']} requests of {args.batch} in "
           f"{result['wall_s']:.1f} s, {result['errors']} non-200), {args.connections} connections, {args.shards} shards")

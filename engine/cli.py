@@ -122,6 +122,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--speed", action=_EnvDefault, type=_positive_float, default=10.0,
                       help="shop minutes per wall-clock second")
     demo.add_argument("--seed", action=_EnvDefault, type=int, default=7, help="random seed")
+
+    bench = sub.add_parser("bench", help="the benchmarks (workload, hotpath, baseline, e2e, collector, report)",
+                           description="The benchmarks; each prints a table and writes bench/results/*.json.")
+    from bench import cli as bench_cli  # argument definitions only: each benchmark imports its module when run
+
+    bench_cli.add_arguments(bench)
     return parser
 
 
@@ -248,6 +254,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from engine import redis_sinks
 
             return redis_sinks.profile_main(args)
+        if args.command == "bench":
+            from bench import cli as bench_cli
+
+            return bench_cli.main(args)
     except RuleError as exc:
         print(exc, file=sys.stderr)
         return 2

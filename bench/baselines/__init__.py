@@ -1,0 +1,1 @@
+"""Baselines: the same rules written the way a bytewax user would write them, for honest comparisons."""
