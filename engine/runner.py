@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import glob
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -50,12 +51,24 @@ def prepare_recovery(cfg: RunConfig) -> bool:
     """
     if not cfg.recovery:
         return True
-    os.makedirs(cfg.recovery, mode=0o700, exist_ok=True)
     if glob.glob(os.path.join(cfg.recovery, "*.sqlite3")):
         return False
-    init_db_dir(Path(cfg.recovery), max(RECOVERY_PARTITIONS_MIN, cfg.workers * cfg.processes))
-    for part in glob.glob(os.path.join(cfg.recovery, "*.sqlite3")):
-        os.chmod(part, 0o600)
+    # Create the partitions beside the directory and rename them into place in one step: a
+    # run killed during creation must not leave a partial set that no later run could start from.
+    parent = os.path.dirname(os.path.abspath(cfg.recovery))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".halflife-recovery-", dir=parent)
+    try:
+        init_db_dir(Path(staging), max(RECOVERY_PARTITIONS_MIN, cfg.workers * cfg.processes))
+        for part in glob.glob(os.path.join(staging, "*.sqlite3")):
+            os.chmod(part, 0o600)
+        os.chmod(staging, 0o700)
+        if os.path.isdir(cfg.recovery):
+            os.rmdir(cfg.recovery)  # empty (no partitions): replaced by the staged one
+        os.rename(staging, cfg.recovery)
+    finally:
+        if os.path.isdir(staging):
+            shutil.rmtree(staging, ignore_errors=True)
     return True
 
 

@@ -101,7 +101,7 @@ def test_supervisor_restarts_cluster_when_one_process_dies(tmp_path):
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and (not out.exists() or out.stat().st_size < 20_000):
         time.sleep(0.05)
-    child = subprocess.run(["pgrep", "-f", "--", "--process-id 1 --addresses"],
+    child = subprocess.run(["pgrep", "-P", str(supervisor.pid), "-f", "--", "--process-id 1 --addresses"],
                            capture_output=True, text=True).stdout.split()
     pids = [int(p) for p in child if int(p) != supervisor.pid]
     assert pids, "the second cluster process should be running"
