@@ -73,6 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--webhook", action="append", default=[], metavar="CHANNEL=URL",
                      help="POST the channel's triggers to URL (repeatable; secret from "
                           "HALFLIFE_WEBHOOK_SECRET_<CHANNEL>) [env: HALFLIFE_WEBHOOKS, comma-separated]")
+    run.add_argument("--webhook-max-attempts", action=_EnvDefault, type=_positive_int, default=8,
+                     help="delivery attempts per webhook before it goes to hl:triggers:failed")
     run.add_argument("--prefix", action=_EnvDefault, default="hl:", help="Redis key prefix")
     run.add_argument("--recovery", action=_EnvDefault,
                      help="recovery directory (bytewax SQLite snapshots); a killed run resumes from it")
@@ -150,7 +152,7 @@ def _run_config(args: argparse.Namespace, summary_path: str | None) -> RunConfig
         recovery=args.recovery, workers=int(args.workers), processes=int(args.processes),
         batch_size=int(args.batch_size), shards=int(args.shards),
         snapshot_interval_s=float(args.snapshot_interval), summary_path=summary_path,
-        prefix=args.prefix, webhooks=webhooks,
+        prefix=args.prefix, webhooks=webhooks, webhook_max_attempts=int(args.webhook_max_attempts),
         metrics_port=None if args.metrics_port is None else int(args.metrics_port), metrics_host=args.metrics_host,
     )
 
@@ -226,6 +228,7 @@ def _child_argv(args: argparse.Namespace) -> list[str]:
         argv += ["--recovery", args.recovery]
     for spec in _webhook_specs(args):
         argv += ["--webhook", spec]
+    argv += ["--webhook-max-attempts", str(args.webhook_max_attempts)]
     if args.metrics_port is not None:
         argv += ["--metrics-port", str(args.metrics_port), "--metrics-host", args.metrics_host]
     return argv + ["--prefix", args.prefix]

@@ -23,6 +23,7 @@ class RunConfig:
     prefix: str = "hl:"  # Redis key prefix (live mode)
     trigger_retention_s: int = 7 * 86400  # how long the Redis sink remembers trigger ids
     webhooks: dict[str, Any] = field(default_factory=dict)  # channel -> engine.webhooks.WebhookTarget
+    webhook_max_attempts: int = 8
     metrics_port: int | None = None  # process i serves /metrics on metrics_port + i
     metrics_host: str = "127.0.0.1"
 

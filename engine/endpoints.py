@@ -35,7 +35,8 @@ def trigger_sinks(cfg: RunConfig) -> list[tuple[str, Sink]]:
         from engine.webhooks import WebhookSink
 
         failed_to = cfg.output if is_redis(cfg.output) else None
-        sinks.append(("webhooks", WebhookSink(cfg.webhooks, failed_to, prefix=cfg.prefix)))
+        sinks.append(("webhooks", WebhookSink(cfg.webhooks, failed_to, prefix=cfg.prefix,
+                                              max_attempts=cfg.webhook_max_attempts)))
     return sinks
 
 

@@ -4,7 +4,8 @@ bytewax has no multi-process launcher for production: each process runs `cli_mai
 with its process id and every address. `--processes N` starts N children of this
 command on free localhost ports and supervises them. The cluster fails together (when
 one process dies its peers exit), so recovery means restarting the whole cluster from
-the recovery directory; the supervisor does that up to MAX_RESTARTS times. A start-up
+the recovery directory; the supervisor does that until MAX_RESTARTS quick failures in a
+row (a cluster that ran for STABLE_AFTER_S resets the count). A start-up
 watchdog restarts a cluster that has not started within STARTUP_TIMEOUT_S (a small
 fraction of two-process start-ups were seen to hang silently).
 """
@@ -32,7 +33,8 @@ from engine.config import RunConfig, is_redis
 from engine.dataflow import build_flow
 from engine.sources import STARTED_DIR_ENV
 
-MAX_RESTARTS = 5
+MAX_RESTARTS = 5  # consecutive quick failures before the supervisor gives up
+STABLE_AFTER_S = 60.0  # a cluster that ran this long resets the count
 NOT_STARTED = -1000  # a cluster that hung at start-up wrote nothing: always safe to start again
 STARTUP_TIMEOUT_S = 60.0
 RECOVERY_PARTITIONS_MIN = 8
@@ -188,16 +190,22 @@ def run(cfg: RunConfig, argv_for_children: list[str]) -> int:
     if cfg.processes == 1:
         run_in_process(cfg)
         return 0
-    for attempt in range(MAX_RESTARTS + 1):
+    restarts = 0
+    while True:
+        started = time.monotonic()
         code = _run_cluster_once(cfg, argv_for_children, STARTUP_TIMEOUT_S)
         if code == 0:
             return 0
         if code != NOT_STARTED and not cfg.recovery:
             return 1  # without recovery a restart would replay outputs already written
-        if attempt < MAX_RESTARTS:
-            print(f"halflife: restarting the cluster{' from ' + cfg.recovery if cfg.recovery else ''} "
-                  f"(restart {attempt + 1} of {MAX_RESTARTS})", file=sys.stderr)
-    return 1
+        # Only a crash loop gives up: a cluster that ran for a while earns its restarts back,
+        # so a long-running live cluster survives any number of occasional crashes.
+        restarts = 1 if time.monotonic() - started > STABLE_AFTER_S else restarts + 1
+        if restarts > MAX_RESTARTS:
+            print(f"halflife: the cluster failed {MAX_RESTARTS + 1} times in a row; giving up", file=sys.stderr)
+            return 1
+        print(f"halflife: restarting the cluster{' from ' + cfg.recovery if cfg.recovery else ''} "
+              f"(restart {restarts} of {MAX_RESTARTS} in a row)", file=sys.stderr)
 
 
 def format_summary(summary: dict[str, Any], wall_s: float) -> str:
