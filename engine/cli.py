@@ -24,10 +24,12 @@ class _EnvDefault(argparse.Action):
     def __init__(self, option_strings: list[str], dest: str, env: str | None = None, default: Any = None,
                  required: bool = False, help: str | None = None, **kwargs: Any) -> None:
         env = env or "HALFLIFE_" + dest.upper()
+        shown = default
         if env in os.environ:
             default = os.environ[env]
             required = False
-        help = f"{help or ''} [env: {env}]" + (f" (default: {default})" if default is not None else "")
+            shown = f"from {env}"  # never print the value: it may be a URL with a password
+        help = f"{help or ''} [env: {env}]" + (f" (default: {shown})" if shown is not None else "")
         super().__init__(option_strings, dest, default=default, required=required, help=help, **kwargs)
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,

@@ -60,6 +60,7 @@ def prepare_recovery(cfg: RunConfig) -> bool:
     parent = os.path.dirname(os.path.abspath(cfg.recovery))
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".halflife-recovery-", dir=parent)
+    previous_umask = os.umask(0o077)  # SQLite creates the files: private from their first byte
     try:
         init_db_dir(Path(staging), max(RECOVERY_PARTITIONS_MIN, cfg.workers * cfg.processes))
         for part in glob.glob(os.path.join(staging, "*.sqlite3")):
@@ -69,6 +70,7 @@ def prepare_recovery(cfg: RunConfig) -> bool:
             os.rmdir(cfg.recovery)  # empty (no partitions): replaced by the staged one
         os.rename(staging, cfg.recovery)
     finally:
+        os.umask(previous_umask)
         if os.path.isdir(staging):
             shutil.rmtree(staging, ignore_errors=True)
     return True
@@ -120,7 +122,11 @@ def prepare_member_recovery(cfg: RunConfig, process_id: int, members: int) -> No
         return
     count = max(RECOVERY_PARTITIONS_MIN, cfg.workers * members)
     with tempfile.TemporaryDirectory(prefix="halflife-recovery-", dir=cfg.recovery) as staging:
-        init_db_dir(Path(staging), count)
+        previous_umask = os.umask(0o077)
+        try:
+            init_db_dir(Path(staging), count)
+        finally:
+            os.umask(previous_umask)
         for j in range(process_id, count, members):
             name = f"part-{j}.sqlite3"
             os.chmod(os.path.join(staging, name), 0o600)

@@ -6,6 +6,7 @@ Values and the time of their last update live in two (contacts x scores) columns
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 
@@ -48,6 +49,8 @@ class ScoreColumns:
         """Apply one event's summed `add` at `now_ms`; returns (before, after)."""
         before = self.value_at(slot, score, now_ms, half_life_ms)
         after = min(max(before + add, lo), hi)
+        if not math.isfinite(after):  # absurd points (1e308 + 1e308): saturate rather than stop the engine
+            after = math.copysign(sys.float_info.max, after)
         arrays = self.columns.arrays
         arrays["score_value"][slot, score] = after
         arrays["score_last"][slot, score] = now_ms
