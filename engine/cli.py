@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from engine.argtypes import positive_float, positive_int
 from engine.config import RunConfig, is_redis
 from rules import RuleError, check_rules
 
@@ -37,26 +38,6 @@ class _EnvDefault(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
-    return value
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="halflife", description="Real-time behavioral trigger engine.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -75,20 +56,20 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--webhook", action="append", default=[], metavar="CHANNEL=URL",
                      help="POST the channel's triggers to URL (repeatable; secret from "
                           "HALFLIFE_WEBHOOK_SECRET_<CHANNEL>) [env: HALFLIFE_WEBHOOKS, comma-separated]")
-    run.add_argument("--webhook-max-attempts", action=_EnvDefault, type=_positive_int, default=8,
+    run.add_argument("--webhook-max-attempts", action=_EnvDefault, type=positive_int, default=8,
                      help="delivery attempts per webhook before it goes to hl:triggers:failed")
     run.add_argument("--prefix", action=_EnvDefault, default="hl:", help="Redis key prefix")
     run.add_argument("--recovery", action=_EnvDefault,
                      help="recovery directory (bytewax SQLite snapshots); a killed run resumes from it")
-    run.add_argument("--workers", action=_EnvDefault, type=_positive_int, default=1,
+    run.add_argument("--workers", action=_EnvDefault, type=positive_int, default=1,
                      help="worker threads per process")
-    run.add_argument("--processes", action=_EnvDefault, type=_positive_int, default=1,
+    run.add_argument("--processes", action=_EnvDefault, type=positive_int, default=1,
                      help="local processes forming one bytewax cluster (supervised)")
-    run.add_argument("--batch-size", action=_EnvDefault, type=_positive_int, default=1000,
+    run.add_argument("--batch-size", action=_EnvDefault, type=positive_int, default=1000,
                      help="input lines per batch")
-    run.add_argument("--shards", action=_EnvDefault, type=_positive_int, default=64,
+    run.add_argument("--shards", action=_EnvDefault, type=positive_int, default=64,
                      help="virtual shards (state partitions); the unit of parallelism")
-    run.add_argument("--snapshot-interval", action=_EnvDefault, type=_positive_float, default=10.0,
+    run.add_argument("--snapshot-interval", action=_EnvDefault, type=positive_float, default=10.0,
                      help="seconds between recovery snapshots (the bytewax epoch)")
     run.add_argument("--metrics-port", action=_EnvDefault, type=int,
                      help="serve Prometheus /metrics on this port (process i of --processes N uses port + i)")
@@ -120,10 +101,10 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="a synthetic shop streamed through the engine, triggers printed live")
     demo.add_argument("--rules", action=_EnvDefault, help="rule file or directory (default: shipped e-commerce rules)")
-    demo.add_argument("--contacts", action=_EnvDefault, type=_positive_int, default=300, help="shoppers in the pool")
-    demo.add_argument("--seconds", action=_EnvDefault, type=_positive_float, default=20.0,
+    demo.add_argument("--contacts", action=_EnvDefault, type=positive_int, default=300, help="shoppers in the pool")
+    demo.add_argument("--seconds", action=_EnvDefault, type=positive_float, default=20.0,
                       help="how long to run (wall clock)")
-    demo.add_argument("--speed", action=_EnvDefault, type=_positive_float, default=10.0,
+    demo.add_argument("--speed", action=_EnvDefault, type=positive_float, default=10.0,
                       help="shop minutes per wall-clock second")
     demo.add_argument("--seed", action=_EnvDefault, type=int, default=7, help="random seed")
 

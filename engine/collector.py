@@ -71,6 +71,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
+from engine.argtypes import port, positive_float, positive_int
 from engine.decode import MAX_DEPTH, REASONS, decode_lines
 from engine.redis_keys import Keys
 from engine.routing import shard_of
@@ -648,36 +649,6 @@ _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port number 0..65535, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
 def _option(parser: argparse.ArgumentParser, flag: str, help: str, *, default: Any = None, type: Any = str,
             secret: bool = False, required: bool = False, metavar: str | None = None) -> None:
     """`flag`, defaulting to $HALFLIFE_<NAME>; --help names the variable and, unless `secret`, the default."""
@@ -696,14 +667,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _option(parser, "--redis", "Redis URL of the event store, e.g. redis://127.0.0.1:6379/0", required=True,
             secret=True, metavar="URL")
     _option(parser, "--host", "address to listen on", default="127.0.0.1")
-    _option(parser, "--port", "port to listen on", default=8088, type=_port)
+    _option(parser, "--port", "port to listen on", default=8088, type=port)
     parser.add_argument("--write-key", action="append", metavar="KEY",
                         help="a write key accepted as the HTTP Basic user name or as `writeKey` in the body; repeatable "
                              "[env: HALFLIFE_WRITE_KEYS, comma-separated, used when neither --write-key nor "
                              "--write-keys-file is given]")
     _option(parser, "--write-keys-file", "file of write keys, one per line (blank lines and # comments ignored)",
             metavar="FILE")
-    _option(parser, "--shards", "shard streams; must equal the engine's --shards", default=64, type=_positive_int)
+    _option(parser, "--shards", "shard streams; must equal the engine's --shards", default=64, type=positive_int)
     _option(parser, "--prefix", "Redis key prefix", default="hl:")
     insecure = os.environ.get("HALFLIFE_INSECURE_NO_AUTH")
     parser.add_argument("--insecure-no-auth", action="store_true",
@@ -711,20 +682,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         else (insecure or "").strip().lower() in _TRUE,
                         help="accept requests without a write key (local testing only) [env: HALFLIFE_INSECURE_NO_AUTH]")
     _option(parser, "--max-body-bytes", "request body limit, as sent (compressed); over it: 413", default=512 * 1024,
-            type=_positive_int)
+            type=positive_int)
     _option(parser, "--max-decompressed-bytes", "decompressed body limit; over it: 413", default=4 * 1024 * 1024,
-            type=_positive_int)
-    _option(parser, "--max-batch-events", "events per /v1/batch request; over it: 400", default=2500, type=_positive_int)
+            type=positive_int)
+    _option(parser, "--max-batch-events", "events per /v1/batch request; over it: 400", default=2500, type=positive_int)
     _option(parser, "--max-depth", f"nesting levels per event (the event is level 1; at most {MAX_DEPTH}); a deeper event is "
-            "dead-lettered as too_deep (400)", default=32, type=_positive_int)
+            "dead-lettered as too_deep (400)", default=32, type=positive_int)
     _option(parser, "--max-string-bytes", "UTF-8 bytes of any key or string value of an event; a longer one is "
-            "dead-lettered as string_too_long (400)", default=8192, type=_positive_int)
+            "dead-lettered as string_too_long (400)", default=8192, type=positive_int)
     _option(parser, "--max-stream-length", "entries per shard stream; a write to a fuller stream gets 503 (the engine "
-            "trims what it has consumed and snapshotted)", default=1_000_000, type=_positive_int)
-    _option(parser, "--dlq-max-length", "approximate cap of the dead-letter stream", default=100_000, type=_positive_int)
-    _option(parser, "--redis-connections", "concurrent Redis operations (pool size)", default=32, type=_positive_int)
+            "trims what it has consumed and snapshotted)", default=1_000_000, type=positive_int)
+    _option(parser, "--dlq-max-length", "approximate cap of the dead-letter stream", default=100_000, type=positive_int)
+    _option(parser, "--redis-connections", "concurrent Redis operations (pool size)", default=32, type=positive_int)
     _option(parser, "--redis-timeout", "seconds per Redis operation before answering 503", default=5.0,
-            type=_positive_float)
+            type=positive_float)
     _option(parser, "--log-level", "DEBUG, INFO, WARNING or ERROR", default="INFO")
     access = os.environ.get("HALFLIFE_ACCESS_LOG", "").strip().lower() in _TRUE
     parser.add_argument("--access-log", action="store_true", default=access,
