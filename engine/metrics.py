@@ -62,7 +62,8 @@ WEBHOOK_DELIVERIES = Counter("halflife_webhook_deliveries", "Webhook deliveries 
                              "(delivered, retried, failed)", ["channel", "outcome"], registry=REGISTRY)
 
 SUPPRESSION_REASONS = ("cooldown", "unless", "same_time")
-DEAD_LETTER_REASONS = ("oversize", "not_json", "not_object", "bad_type", "wrong_field_type", "missing_contact",
+DEAD_LETTER_REASONS = ("oversize", "not_json", "too_deep", "string_too_long",
+                       "not_object", "bad_type", "wrong_field_type", "missing_contact",
                        "missing_event", "bad_timestamp", "missing_timestamp")
 
 

@@ -74,6 +74,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from engine import metrics
+from engine.collector import redact_url
 from engine.redis_keys import Keys
 from engine.sources import DecodingPartition, ReaderState, report_started
 
@@ -373,9 +374,9 @@ class RedisStreamSource(FixedPartitionedSource[tuple[str, Any], ReaderState]):
                 return
             except RETRYABLE as exc:
                 if attempt == attempts:
-                    raise RuntimeError(f"cannot reach Redis at {self.url} to check the shard count: {exc}") from exc
+                    raise RuntimeError(f"cannot reach Redis at {redact_url(self.url)} to check the shard count: {exc}") from exc
                 if attempt == 1:
-                    log.warning("cannot reach Redis at %s (%s); retrying", self.url, exc)
+                    log.warning("cannot reach Redis at %s (%s); retrying", redact_url(self.url), exc)
                 time.sleep(delay)
                 delay = min(BACKOFF_CAP_S * 2, delay * 2)
 
