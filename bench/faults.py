@@ -38,7 +38,7 @@ at-least-once with an idempotency key: after a crash the engine may POST a trigg
 `Idempotency-Key`, same record apart from `emitted_at`). The test receiver does what a receiver must:
 it verifies the signature, performs the effect for a key once and answers 2xx to a repeat without a
 second effect. So per channel: the set of keys accepted = the oracle's ids of that channel, every
-delivery of one key carries the same trigger, nothing in `hl:triggers:failed`; re-deliveries are
+delivery of one key carries the same trigger, nothing in `hl:webhooks:failed`; re-deliveries are
 counted (and reported) and allowed only across a crash -- without one (`webhook`, `slow`) each key must
 be accepted exactly once.
 
@@ -49,7 +49,7 @@ front of a restarting receiver): a delivery then meets at most one 503, and fail
 first 7 attempts all fall within the 0.3 s of refusal (p < 1e-6 by simulation of the backoff). With
 `Retry-After: 1` and 0.5 s of refusal that chance is 0.25% per delivery caught at the start of the
 outage, and a receiver refusing connections for 10 s (`--refuse-seconds 10`) sends deliveries to
-`hl:triggers:failed` for sure: nothing redelivers them.
+`hl:webhooks:failed` for sure: nothing redelivers them.
 """
 
 from __future__ import annotations
@@ -623,7 +623,7 @@ class Report:
     webhook_expected: int = 0
     webhook_accepted: int = 0  # distinct keys accepted
     webhook_redeliveries: int = 0  # 2xx answers beyond the first per key
-    failed: int = 0  # entries in hl:triggers:failed
+    failed: int = 0  # entries in hl:webhooks:failed
     dead_letters: int = 0
     seconds: float = 0.0
     notes: dict[str, Any] = field(default_factory=dict)
@@ -643,7 +643,7 @@ class Report:
 def wait_for_outputs(client: redis.Redis, oracle: list[dict], receiver: Receiver | None, channels: Iterable[str],
                      alive: Callable[[], bool], timeout_s: float, grace_s: float = 2.0) -> bool:
     """Wait until hl:triggers holds as many records as the oracle and every expected webhook key was accepted
-    or recorded in hl:triggers:failed, then `grace_s` more (for anything extra); False on timeout or when
+    or recorded in hl:webhooks:failed, then `grace_s` more (for anything extra); False on timeout or when
     the engine died."""
     expected = {ch: {r["id"] for r in oracle if r["channel"] == ch} for ch in channels}
     deadline = time.monotonic() + timeout_s

@@ -21,7 +21,7 @@ and accepted, non-200 answers, the backlog (events accepted by the collector min
 `halflife_events_in_total`; also `sum(halflife_source_backlog_entries)` and the XLEN sum of the shard
 streams, which includes consumed entries the engine has not trimmed yet), triggers/s (from
 `halflife_triggers_fired_total`), trigger latency p50/p99 over the interval (the engine's histogram),
-contacts in state, `hl:triggers:failed` and `hl:dlq` lengths and dead letters. The results go to
+contacts in state, `hl:webhooks:failed` and `hl:dlq` lengths and dead letters. The results go to
 `bench/results/<timestamp>-soak.json` and a table is printed as it goes.
 
 Verdicts (over the samples after warm-up = the last 2/3 of the run):
@@ -29,7 +29,7 @@ Verdicts (over the samples after warm-up = the last 2/3 of the run):
   i.e. < 10 MiB over 20 minutes), and the same for the collector;
 * backlog flat: its slope is below 0.5% of the offered rate (events/s of backlog growth), and the
   largest backlog is below 10 s of traffic;
-* no errors: no non-200 answer or connection error at the load generator, nothing in `hl:triggers:failed`,
+* no errors: no non-200 answer or connection error at the load generator, nothing in `hl:webhooks:failed`,
   no dead letter, no engine sink error;
 * the offered rate was achieved (>= 97% of the target: otherwise the load generator was the limit).
 
@@ -415,7 +415,7 @@ def slope_per_min(points: list[tuple[float, float]]) -> float:
 
 
 def stream_lengths(client: redis.Redis, shards: int) -> tuple[int, int, int, int]:
-    """(XLEN sum of the shard streams, hl:triggers, hl:triggers:failed, hl:dlq)."""
+    """(XLEN sum of the shard streams, hl:triggers, hl:webhooks:failed, hl:dlq)."""
     pipe = client.pipeline(transaction=False)
     for i in range(shards):
         pipe.xlen(KEYS.events(i))
@@ -629,6 +629,8 @@ def main(argv: list[str] | None = None) -> int:
         print(text, flush=True)
 
     log(f"halflife soak: workdir {workdir}, results {out_path}")
+    # `kill` (SIGTERM) stops the run like Ctrl-C: the stack's processes are stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     code = 0
     if args.rules:
         rules = Path(args.rules).resolve()

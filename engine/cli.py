@@ -57,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="POST the channel's triggers to URL (repeatable; secret from "
                           "HALFLIFE_WEBHOOK_SECRET_<CHANNEL>) [env: HALFLIFE_WEBHOOKS, comma-separated]")
     run.add_argument("--webhook-max-attempts", action=_EnvDefault, type=positive_int, default=8,
-                     help="delivery attempts per webhook before it goes to hl:triggers:failed")
+                     help="delivery attempts per webhook before it goes to hl:webhooks:failed")
     run.add_argument("--prefix", action=_EnvDefault, default="hl:", help="Redis key prefix")
     run.add_argument("--recovery", action=_EnvDefault,
                      help="recovery directory (bytewax SQLite snapshots); a killed run resumes from it")

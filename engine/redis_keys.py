@@ -3,7 +3,7 @@
     {p}events:{i}          shard i's event stream; entry field `events` = newline-joined JSON events
     {p}triggers            every trigger record (field `data`)
     {p}triggers:{channel}  the records of one channel (field `data`)
-    {p}triggers:failed     webhook deliveries that failed for good (fields `data`, `channel`, `error`)
+    {p}webhooks:failed     webhook deliveries that failed for good (fields `data`, `channel`, `error`)
     {p}trigger-id:{id}     idempotency ledger: set once per trigger id, expires after the retention
     {p}dlq                 dead letters (fields `reason`, `detail`, `raw`)
     {p}contact:{id}        profile hash: scores (JSON), stage, last_seen
@@ -35,7 +35,7 @@ class Keys:
 
     @property
     def failed(self) -> str:
-        return f"{self.prefix}triggers:failed"
+        return f"{self.prefix}webhooks:failed"
 
     def trigger_id(self, trigger_id: str) -> str:
         return f"{self.prefix}trigger-id:{trigger_id}"

@@ -45,13 +45,13 @@ backoff and full jitter (`uniform(0, min(max_delay_s, base_delay_s * 2**(attempt
 `Retry-After` header (seconds or HTTP date) raises the wait to its value, capped at `max_delay_s`.
 Any other status (other 4xx, and 3xx: redirects are not followed) fails at once. After
 `max_attempts` attempts, or a permanent failure, the record goes to the Redis stream
-`{prefix}triggers:failed` (fields `data`, `channel`, `error`, `attempts`); that write is retried
+`{prefix}webhooks:failed` (fields `data`, `channel`, `error`, `attempts`); that write is retried
 until Redis takes it. Without Redis it is written to stderr as one JSON line. Nothing is dropped.
 
 `write_batch` returns only when every delivery of the batch has succeeded or been recorded as
 failed: bytewax closes an epoch (and snapshots) only after the sink returns, so a resumed run
 never skips an undelivered trigger. It may send a trigger again (same Idempotency-Key) and may
-append a second `triggers:failed` entry for the same id.
+append a second `webhooks:failed` entry for the same id.
 """
 
 from __future__ import annotations
@@ -258,7 +258,7 @@ class _WebhookPartition(StatelessSinkPartition[Any]):
         self.keys = Keys(sink.prefix)
         self.delivered = 0  # 2xx answers
         self.retried = 0  # attempts after the first
-        self.failed = 0  # deliveries recorded in triggers:failed (or on stderr)
+        self.failed = 0  # deliveries recorded in webhooks:failed (or on stderr)
         self.ignored = 0  # items for channels without a webhook
         self.redis_errors = 0  # failed writes of a failure record (each retried)
         self._rng = random.Random()

@@ -20,10 +20,14 @@ class Columns:
         self.capacity = capacity
         self._specs: dict[str, tuple[Any, tuple[int, ...], Any]] = {}
         self.arrays: dict[str, np.ndarray] = {}
+        self.derived: set[str] = set()
 
-    def add(self, name: str, dtype: Any, fill: Any, width: int | None = None) -> np.ndarray:
+    def add(self, name: str, dtype: Any, fill: Any, width: int | None = None, derived: bool = False) -> np.ndarray:
+        """`derived`: computable from the other columns; left out of snapshots, its owner rebuilds it."""
         shape = () if width is None else (width,)
         self._specs[name] = (dtype, shape, fill)
+        if derived:
+            self.derived.add(name)
         arr = np.full((self.capacity, *shape), fill, dtype=dtype)
         self.arrays[name] = arr
         return arr
@@ -43,7 +47,7 @@ class Columns:
         return True
 
     def snapshot(self, size: int) -> dict[str, np.ndarray]:
-        return {name: arr[:size].copy() for name, arr in self.arrays.items()}
+        return {name: arr[:size].copy() for name, arr in self.arrays.items() if name not in self.derived}
 
     def restore(self, arrays: dict[str, np.ndarray], size: int) -> None:
         self.ensure(max(size, 1))

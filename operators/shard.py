@@ -4,7 +4,7 @@ Each shard is one bytewax stateful key. Its logic owns:
 
 * `ContactIndex`: contact id -> slot;
 * per-contact columns (`Columns`, numpy, slot-major): the contact clock, score values
-  and update times, count rings, timer deadlines and the events that armed them,
+  and update times, count rings, timer deadlines and the JSON lines of the events that armed them,
   `unless` last-seen times and last firing times;
 * one `TimerTable` heap for the whole shard.
 
@@ -19,8 +19,9 @@ then only applies effects in arrival order, because the SPEC's per-contact seman
 (clock, timers firing between events, cooldowns) are sequential per contact.
 
 Snapshot (for bytewax recovery): a dict with the contact ids, copies of every column
-cut to the number of contacts, the heap, the counters and the last watermark. Size is
-about (8 x columns + ids) bytes per contact plus 24 bytes per heap entry;
+cut to the number of contacts, the counters and the last watermark (the timer heap is
+rebuilt from the deadline column on restore). Size is about (8 x columns + ids) bytes
+per contact plus the JSON lines kept by pending timers;
 `ShardLogic.snapshot` returns copies, so later processing never mutates a snapshot.
 Resuming builds the same state, so a resumed run fires the same triggers.
 """
@@ -36,7 +37,7 @@ import numpy as np
 from bytewax.operators import StatefulBatchLogic
 
 from engine import metrics
-from engine.decode import EventBatch
+from engine.decode import EventBatch, decode_lines
 from engine.records import (
     ContactState,
     EndOfInput,
@@ -57,8 +58,10 @@ from rules.compiler import RISES_ABOVE, Plan, TriggerPlan
 
 NEVER = np.iinfo(np.int64).min
 
-# What a timer carries: the causing event, its name and its own time.
-Armed = tuple[dict, "str | None", int]
+# The causing event of a trigger: its decoded dict, its name and its own time. A timer keeps only
+# the event's JSON line (a fifth of the dict's bytes, and every contact holds one for an
+# `inactive_for` rule) and decodes it again, to the same event, when it fires.
+Causing = tuple[dict, "str | None", int]
 
 
 class ShardState:
@@ -112,7 +115,7 @@ class ShardState:
             clock[slot] = now
             effects = effects_for(bits[i])
             if not effects.empty:
-                self._apply(slot, now, effects, (batch.events[i], batch.names[i], t), out)
+                self._apply(slot, now, effects, batch, i, t, out)
         if watermarks[-1] > self.watermark:
             self.watermark = watermarks[-1]
         if self.contact_states:
@@ -122,19 +125,20 @@ class ShardState:
                           for sp in self.plan.scores}
                 out.append(ContactState(self.index.ids[slot], scores, now))
 
-    def _apply(self, slot: int, now: int, effects: Any, event: Armed, out: list[Any]) -> None:
+    def _apply(self, slot: int, now: int, effects: Any, batch: EventBatch, i: int, t: int, out: list[Any]) -> None:
+        line = batch.lines[i]
         plan = self.plan
         triggers = plan.triggers
         timers = self.timers
         for u in effects.unless_seen:
             self.suppression.saw(slot, u, now)
         firing: list[TriggerPlan] = []
-        for t, cancels, starts in effects.sequences:
-            tp = triggers[t]
+        for trigger, cancels, starts in effects.sequences:
+            tp = triggers[trigger]
             if cancels:
                 timers.cancel(slot, tp.timer)
             if starts:
-                timers.arm(slot, tp.timer, now + tp.within_ms, event)
+                timers.arm(slot, tp.timer, now + tp.within_ms, line)
         for s, add in effects.scores:
             sp = plan.scores[s]
             before, after = self.scores.update(slot, s, now, sp.half_life_ms, add, sp.lo, sp.hi)
@@ -143,16 +147,18 @@ class ShardState:
                     if before < tp.threshold <= after:
                         firing.append(tp)
                 elif after >= tp.threshold:
-                    timers.arm(slot, tp.timer, crossing_time(after, now, sp.half_life_ms, tp.threshold), event)
+                    timers.arm(slot, tp.timer, crossing_time(after, now, sp.half_life_ms, tp.threshold), line)
                 elif timers.deadline(slot, tp.timer) != NONE:
                     timers.cancel(slot, tp.timer)
                     firing.append(tp)
-        for t in effects.counts:
-            tp = triggers[t]
+        for trigger in effects.counts:
+            tp = triggers[trigger]
             if self.counts.add(slot, tp.count_slot, now, tp.within_ms):
                 firing.append(tp)
-        for tp in firing:
-            self._fire(slot, tp, now, event, out)
+        if firing:
+            event: Causing = (batch.events[i], batch.names[i], t)
+            for tp in firing:
+                self._fire(slot, tp, now, event, out)
 
     # -- timers ---------------------------------------------------------------------
 
@@ -162,7 +168,8 @@ class ShardState:
             self._fire_timer(deadline, slot, k, out)
 
     def _fire_timer(self, deadline: int, slot: int, k: int, out: list[Any]) -> None:
-        event = self.timers.event(slot, k)
+        decoded, _ = decode_lines([self.timers.event(slot, k)], [0])
+        event: Causing = (decoded.events[0], decoded.names[0], int(decoded.times[0]))
         self.timers.cancel(slot, k)
         self._fire(slot, self._timer_plans[k], deadline, event, out, by_timer=True)
 
@@ -191,7 +198,7 @@ class ShardState:
     def _suppressed_reason(self, slot: int, tp: TriggerPlan, at_ms: int) -> str | None:
         return self.suppression.reason(slot, tp.index, at_ms, tp.unless, tp.unless_within_ms, tp.cooldown_ms)
 
-    def _fire(self, slot: int, tp: TriggerPlan, at_ms: int, event: Armed, out: list[Any], by_timer: bool = False) -> None:
+    def _fire(self, slot: int, tp: TriggerPlan, at_ms: int, event: Causing, out: list[Any], by_timer: bool = False) -> None:
         reason = self._suppressed_reason(slot, tp, at_ms)
         if reason is not None:
             self.suppressed[f"{tp.name}:{reason}"] += 1
@@ -201,7 +208,7 @@ class ShardState:
         self.fired[tp.name] += 1
         out.extend(self._outputs(slot, tp, at_ms, event, by_timer))
 
-    def _outputs(self, slot: int, tp: TriggerPlan, at_ms: int, event: Armed, by_timer: bool = False) -> list[Any]:
+    def _outputs(self, slot: int, tp: TriggerPlan, at_ms: int, event: Causing, by_timer: bool = False) -> list[Any]:
         contact = self.index.ids[slot]
         outs: list[Any] = []
         if tp.channels:
@@ -223,10 +230,9 @@ class ShardState:
         if self.shard >= 0:
             metrics.STATE_BYTES.labels(str(self.shard)).set(sum(a.nbytes for a in columns.values()))
         return {
-            "version": 1,
+            "version": 2,
             "ids": self.index.snapshot(),
             "columns": columns,
-            "heap": self.timers.snapshot(),
             "watermark": self.watermark,
             "fired": dict(self.fired),
             "suppressed": dict(self.suppressed),
@@ -237,7 +243,7 @@ class ShardState:
         state = cls(plan, contact_states)
         state.index = ContactIndex.restore(snap["ids"])
         state.columns.restore(snap["columns"], len(state.index))
-        state.timers.restore(snap["heap"])
+        state.timers.restore()
         state.watermark = snap["watermark"]
         state.shard = snap.get("shard", -1)
         state.fired = Counter(snap["fired"])
@@ -253,6 +259,12 @@ class ShardLogic(StatefulBatchLogic[Any, Any, dict]):
         self.state = (ShardState(plan, contact_states) if resume is None
                       else ShardState.restore(plan, resume, contact_states))
         self.live = live
+        # Labelled children resolved once: `.labels()` costs more than the observation itself.
+        self._batch_duration = metrics.BATCH_DURATION.labels("rules")
+        self._batch_size = metrics.BATCH_SIZE.labels("rules")
+        self._latency = {True: metrics.TRIGGER_LATENCY.labels("timer"), False: metrics.TRIGGER_LATENCY.labels("event")}
+        self._fired_children: dict[tuple[str, str], Any] = {}
+        self._shard_gauges: tuple[Any, Any] | None = None
 
     def on_batch(self, values: list[Any]) -> tuple[Iterable[Any], bool]:
         started = time.perf_counter()
@@ -275,25 +287,32 @@ class ShardLogic(StatefulBatchLogic[Any, Any, dict]):
         """Metrics, once per batch."""
         state = self.state
         if events:
-            metrics.BATCH_DURATION.labels("rules").observe(seconds)
-            metrics.BATCH_SIZE.labels("rules").observe(events)
-        fired: Counter[tuple[str, str]] = Counter()
-        now_ms = wall_ms() if self.live else 0
-        for v in out:
-            if isinstance(v, TriggerOut):
-                fired[(v.rule, v.channel)] += 1
-                if self.live:
-                    latency = metrics.TRIGGER_LATENCY.labels("timer" if v.by_timer else "event")
-                    latency.observe(max(0.0, (now_ms - v.at_ms) / 1000))
-        for (rule, channel), n in fired.items():
-            metrics.TRIGGERS_FIRED.labels(rule, channel).inc(n)
-        for (rule, reason), n in Counter(state.suppressed_in_batch).items():
-            metrics.TRIGGERS_SUPPRESSED.labels(rule, reason).inc(n)
-        state.suppressed_in_batch.clear()
+            self._batch_duration.observe(seconds)
+            self._batch_size.observe(events)
+        if out:
+            fired: Counter[tuple[str, str]] = Counter()
+            now_ms = wall_ms() if self.live else 0
+            for v in out:
+                if isinstance(v, TriggerOut):
+                    fired[(v.rule, v.channel)] += 1
+                    if self.live:
+                        self._latency[v.by_timer].observe(max(0.0, (now_ms - v.at_ms) / 1000))
+            for key, n in fired.items():
+                child = self._fired_children.get(key)
+                if child is None:
+                    child = self._fired_children[key] = metrics.TRIGGERS_FIRED.labels(*key)
+                child.inc(n)
+        if state.suppressed_in_batch:
+            for (rule, reason), n in Counter(state.suppressed_in_batch).items():
+                metrics.TRIGGERS_SUPPRESSED.labels(rule, reason).inc(n)
+            state.suppressed_in_batch.clear()
         if state.shard >= 0:
-            shard = str(state.shard)
-            metrics.CONTACTS.labels(shard).set(len(state.index))
-            metrics.PENDING_TIMERS.labels(shard).set(state.timers.pending())
+            if self._shard_gauges is None:
+                shard = str(state.shard)
+                self._shard_gauges = (metrics.CONTACTS.labels(shard), metrics.PENDING_TIMERS.labels(shard))
+            contacts, pending = self._shard_gauges
+            contacts.set(len(state.index))
+            pending.set(state.timers.pending())
 
     def snapshot(self) -> dict:
         return self.state.snapshot()

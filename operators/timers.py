@@ -8,6 +8,10 @@ pushes nothing, and the earlier entry, once popped and found stale, re-pushes th
 current deadline. Re-arms to earlier deadlines do push; the heap is rebuilt from the
 deadlines whenever it doubles, so it stays within twice the pending timers.
 
+A heap entry is one int, `deadline << 40 | slot << 8 | k`, ordered as (deadline, slot, k):
+44 bytes with its list slot against 132 for a tuple of three ints. The heap is derived state:
+snapshots leave it out and `restore` rebuilds it from the deadlines.
+
 Bytewax's own per-key timers are not used: with one key per contact the runtime scans
 every key with a timer on every activation (see BYTEWAX-NOTES.md).
 """
@@ -20,21 +24,40 @@ from typing import Any
 import numpy as np
 
 from operators.contacts import Columns
+from rules.model import MAX_TIMER_TRIGGERS
 
 NONE = np.iinfo(np.int64).max
+_K_BITS = (MAX_TIMER_TRIGGERS - 1).bit_length()  # the loader refuses rule sets with more timer rules
+_SLOT_BITS = 32  # contacts per shard: at most 2**32
+_SLOT_SHIFT = _K_BITS
+_DEADLINE_SHIFT = _SLOT_BITS + _K_BITS
+_K_MASK = (1 << _K_BITS) - 1
+_SLOT_MASK = (1 << _SLOT_BITS) - 1
+
+
+def _entry(deadline: int, slot: int, k: int) -> int:
+    return deadline << _DEADLINE_SHIFT | slot << _SLOT_SHIFT | k
+
+
+def _unpack(entry: int) -> tuple[int, int, int]:
+    return entry >> _DEADLINE_SHIFT, entry >> _SLOT_SHIFT & _SLOT_MASK, entry & _K_MASK
 
 
 class TimerTable:
     COMPACT_MIN = 1024
+    MAX_TIMERS = 1 << _K_BITS
+
     def __init__(self, columns: Columns, n_timers: int) -> None:
+        if n_timers > self.MAX_TIMERS:
+            raise ValueError(f"at most {self.MAX_TIMERS} timer rules per rule set, got {n_timers}")
         self.columns = columns
         self.n_timers = n_timers
         width = max(n_timers, 1)
         columns.add("timer_deadline", np.int64, NONE, width)
-        columns.add("timer_queued", np.int64, NONE, width)  # deadline of the live heap entry
-        columns.add("timer_next", np.int64, NONE)  # min over the row: the contact's next deadline
+        columns.add("timer_queued", np.int64, NONE, width, derived=True)  # deadline of the live heap entry
+        columns.add("timer_next", np.int64, NONE, derived=True)  # min over the row: the contact's next deadline
         columns.add("timer_event", object, None, width)  # the event that armed the timer
-        self.heap: list[tuple[int, int, int]] = []
+        self.heap: list[int] = []  # packed entries, see the module docstring
         self._compact_at = self.COMPACT_MIN
         self.pending_count = 0  # timers armed and not fired or cancelled, kept as they change
 
@@ -53,7 +76,7 @@ class TimerTable:
         arrays["timer_event"][slot, k] = event
         if deadline < arrays["timer_queued"][slot, k]:
             arrays["timer_queued"][slot, k] = deadline
-            heapq.heappush(self.heap, (deadline, slot, k))
+            heapq.heappush(self.heap, _entry(deadline, slot, k))
             if len(self.heap) > self._compact_at:
                 self._compact()
         self._refresh_next(slot, previous, deadline)
@@ -71,7 +94,7 @@ class TimerTable:
         queued = arrays["timer_queued"]
         queued.fill(NONE)
         queued[slots, ks] = deadlines[slots, ks]
-        self.heap = [(int(deadlines[s, k]), int(s), int(k)) for s, k in zip(slots, ks, strict=True)]
+        self.heap = [_entry(int(deadlines[s, k]), int(s), int(k)) for s, k in zip(slots, ks, strict=True)]
         heapq.heapify(self.heap)
         self._compact_at = max(self.COMPACT_MIN, 2 * len(self.heap))
 
@@ -104,9 +127,11 @@ class TimerTable:
         deadlines = arrays["timer_deadline"]
         queued = arrays["timer_queued"]
         heap = self.heap
+        # Entries below `bound` have a deadline below the limit (or at it, when inclusive).
+        bound = (limit_ms + 1 if inclusive else limit_ms) << _DEADLINE_SHIFT
         out = []
-        while heap and (heap[0][0] < limit_ms or (inclusive and heap[0][0] == limit_ms)):
-            d, slot, k = heapq.heappop(heap)
+        while heap and heap[0] < bound:
+            d, slot, k = _unpack(heapq.heappop(heap))
             if queued[slot, k] != d:
                 continue  # an extra entry superseded by an earlier re-arm
             queued[slot, k] = NONE
@@ -115,7 +140,7 @@ class TimerTable:
                 out.append((d, slot, k))
             elif current != NONE:
                 queued[slot, k] = current
-                heapq.heappush(heap, (current, slot, k))
+                heapq.heappush(heap, _entry(current, slot, k))
         return out
 
     def due_between(self, after_ms: int, until_ms: int) -> list[tuple[int, int, int]]:
@@ -133,13 +158,13 @@ class TimerTable:
         elif previous == nxt:  # the earliest timer moved later or went away: rescan the row
             arrays["timer_next"][slot] = arrays["timer_deadline"][slot].min()
 
-    def snapshot(self) -> list[tuple[int, int, int]]:
-        return list(self.heap)
+    def entries(self) -> list[tuple[int, int, int]]:
+        """The heap's entries as (deadline, slot, k), in order (for inspection)."""
+        return [_unpack(e) for e in sorted(self.heap)]
 
-    def restore(self, heap: list[tuple[int, int, int]]) -> None:
-        """Restore the heap (after the columns were restored)."""
+    def restore(self) -> None:
+        """Rebuild the derived state (pending count, heap) after the columns were restored."""
         deadlines = self.columns.arrays["timer_deadline"]
         self.pending_count = int(np.count_nonzero(deadlines != NONE)) if self.n_timers else 0
-        self.heap = list(heap)
-        heapq.heapify(self.heap)
-        self._compact_at = max(self.COMPACT_MIN, 2 * len(self.heap))
+        self.columns.arrays["timer_next"][:] = deadlines.min(axis=1)
+        self._compact()

@@ -22,6 +22,7 @@ from yaml.reader import ReaderError
 from rules.durations import parse_duration
 from rules.errors import Problem, RuleError
 from rules.model import (
+    MAX_TIMER_TRIGGERS,
     Action,
     Condition,
     Condition_,
@@ -802,6 +803,12 @@ class _Builder:
                 close = difflib.get_close_matches(score, list(self.score_origins), n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 self.problems.append((file, line, f"{path}: undefined score {score!r}{hint}; defined scores: {defined}"))
+        timed = [t for t in self.triggers if isinstance(t.when, (Sequence, FallsBelow))]
+        if len(timed) > MAX_TIMER_TRIGGERS:
+            extra = timed[MAX_TIMER_TRIGGERS]
+            self.problems.append((extra.origin.file, extra.origin.line, (
+                f"triggers.{extra.name}: more than {MAX_TIMER_TRIGGERS} triggers need a timer (first/then_not, "
+                f"inactive_for, falls_below; {len(timed)} here); split the rules over several engines")))
 
 
 def _complete(items: list[_T | None]) -> tuple[_T, ...] | None:

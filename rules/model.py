@@ -14,6 +14,11 @@ ConditionOp = Literal[
 ]
 
 
+# Triggers that need a timer (sequences, inactive_for, falls_below): the timer heap packs the
+# rule's timer number into 8 bits of an entry.
+MAX_TIMER_TRIGGERS = 256
+
+
 @dataclass(frozen=True)
 class Origin:
     file: str

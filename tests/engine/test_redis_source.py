@@ -408,3 +408,12 @@ def test_crash_and_resume_gives_every_trigger_once(redis_url, client, tmp_path):
     got = stream_triggers(client)
     assert len({t[4] for t in got}) == len(got)  # no id twice
     assert got == expected
+
+
+def test_no_channel_name_reaches_a_key_of_another_kind():
+    keys = Keys("hl:")
+    # Channels live under triggers:{channel}; the engine's own streams are outside that namespace,
+    # so a rule may emit to a channel called "failed" or "dlq" without mixing records.
+    own = {keys.failed, keys.dlq, keys.triggers, keys.config}
+    assert {keys.channel(name) for name in ("failed", "dlq", "config", "")}.isdisjoint(own)
+    assert keys.failed == "hl:webhooks:failed"

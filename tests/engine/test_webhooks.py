@@ -168,7 +168,7 @@ def deliver(sink: WebhookSink, *batches: list[Any]) -> None:
 def failed_entries(url: str, prefix: str = "hl:") -> list[dict[bytes, bytes]]:
     client = redis.Redis.from_url(url)
     try:
-        return [fields for _, fields in client.xrange(f"{prefix}triggers:failed")]
+        return [fields for _, fields in client.xrange(f"{prefix}webhooks:failed")]
     finally:
         client.close()
 
@@ -391,7 +391,7 @@ def test_without_redis_failures_go_to_stderr(capsys) -> None:
         sink = fast_sink(targets_for(receiver.url), None)
         deliver(sink, items)
     lines = [orjson.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
-    assert lines == [{"stream": "hl:triggers:failed", "channel": "email", "error": "HTTP 422: unprocessable",
+    assert lines == [{"stream": "hl:webhooks:failed", "channel": "email", "error": "HTTP 422: unprocessable",
                       "attempts": 1, "data": orjson.loads(out.line)}]
 
 

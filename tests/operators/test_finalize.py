@@ -139,9 +139,10 @@ def test_every_shard_fires_up_to_the_inputs_largest_time(tmp_path: Path):
     # One input, read in this order, stamped as the source does (lateness 0), split over two shards.
     rows = [("a", "Added", T0), ("c", "Added", T0 + 10 * MIN), ("b", "Added", T0 + 20 * MIN),
             ("d", "Page", T0 + 40 * MIN)]
-    read = EventBatch([{"type": "track", "event": n, "userId": c, "timestamp": t} for c, n, t in rows],
-                      [c for c, _, _ in rows], [n for _, n, _ in rows],
+    events = [{"type": "track", "event": n, "userId": c, "timestamp": t} for c, n, t in rows]
+    read = EventBatch(events, [c for c, _, _ in rows], [n for _, n, _ in rows],
                       np.array([t for _, _, t in rows], dtype=np.int64), [None] * 4, [0, 1, 2, 3],
+                      [orjson.dumps(e) for e in events],
                       watermarks=np.array([NEVER, T0, T0 + 10 * MIN, T0 + 20 * MIN], dtype=np.int64))
     s1, s2 = ShardState(plan), ShardState(plan)
     out: list[Any] = []

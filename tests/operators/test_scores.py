@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import orjson
 
 from engine.decode import EventBatch
 from operators.contacts import Columns
@@ -158,7 +159,7 @@ def _batch(rows: list[tuple[str, str, int]], before: int) -> EventBatch:
     marks = [max([before, *times[:i]]) for i in range(len(rows))]
     return EventBatch(events, [c for c, _, _ in rows], [n for _, n, _ in rows],
                       np.array(times, dtype=np.int64), [None] * len(rows),
-                      list(range(len(rows))), watermarks=np.array(marks, dtype=np.int64))
+                      list(range(len(rows))), [orjson.dumps(e) for e in events], watermarks=np.array(marks, dtype=np.int64))
 
 
 def test_clamp_applies_after_the_sum_of_points(tmp_path: Path):

@@ -127,7 +127,8 @@ def test_a_suppressed_firing_starts_no_cooldown_shard(tmp_path: Path):
     # Stamped as the source does (lateness 0): the largest time read before each event.
     marks = [NEVER, *np.maximum.accumulate(times)[:-1].tolist()]
     batch = EventBatch(events, ["u"] * len(PINGS), [n for n, _ in PINGS], np.array(times, dtype=np.int64),
-                       [None] * len(PINGS), list(range(len(PINGS))), watermarks=np.array(marks, dtype=np.int64))
+                       [None] * len(PINGS), list(range(len(PINGS))), [orjson.dumps(e) for e in events],
+                       watermarks=np.array(marks, dtype=np.int64))
     out: list = []
     state.process(batch, out)
     assert [o.rule for o in out] == ["ping", "ping"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pickle
 
+import pytest
+
 from operators.contacts import Columns
 from operators.timers import NONE, TimerTable
 
@@ -108,10 +110,10 @@ def test_rearm_to_a_later_deadline_is_re_pushed_when_the_earlier_entry_pops():
     tt = _table()
     tt.arm(0, 0, T0 + 100, "a")
     tt.arm(0, 0, T0 + 500, "b")  # later: no new heap entry
-    assert tt.heap == [(T0 + 100, 0, 0)]
+    assert tt.entries() == [(T0 + 100, 0, 0)]
     # The watermark passes +100: the entry is stale, the current deadline +500 is pushed instead.
     assert tt.pop_due(T0 + 200, inclusive=False) == []
-    assert tt.heap == [(T0 + 500, 0, 0)]
+    assert tt.entries() == [(T0 + 500, 0, 0)]
     assert tt.pop_due(T0 + 500, inclusive=False) == []
     assert tt.pop_due(T0 + 500, inclusive=True) == [(T0 + 500, 0, 0)]
 
@@ -170,23 +172,41 @@ def test_due_between_is_after_exclusive_until_inclusive_and_untouched():
     assert len(tt.pop_due(T0 + 1000, inclusive=True)) == 4
 
 
-def test_snapshot_is_a_copy_and_restores():
+def test_restore_rebuilds_the_heap_from_the_deadlines():
     tt = _table()
     tt.arm(0, 0, T0 + 100, "a")
+    tt.arm(0, 0, T0 + 400, "a2")  # later: the heap keeps the stale +100 entry
     tt.arm(1, 1, T0 + 50, "b")
-    heap = tt.snapshot()
     cols = tt.columns.snapshot(3)
     # Later changes to the live table do not reach the snapshot.
     tt.arm(2, 0, T0 + 10, "c")
     tt.cancel(1, 1)
-    assert sorted(heap) == [(T0 + 50, 1, 1), (T0 + 100, 0, 0)]
     restored_columns = Columns(2)
     other = TimerTable(restored_columns, 3)
     restored_columns.restore(pickle.loads(pickle.dumps(cols)), 3)
-    other.restore(pickle.loads(pickle.dumps(heap)))
+    other.restore()
+    assert other.entries() == [(T0 + 50, 1, 1), (T0 + 400, 0, 0)]  # one entry per pending timer
     assert other.pending() == 2
     assert other.event(1, 1) == "b"
-    assert other.pop_due(T0 + 1000, inclusive=True) == [(T0 + 50, 1, 1), (T0 + 100, 0, 0)]
+    assert other.pop_due(T0 + 1000, inclusive=True) == [(T0 + 50, 1, 1), (T0 + 400, 0, 0)]
+
+
+def test_heap_entries_order_as_deadline_slot_k():
+    tt = _table(n_timers=3, capacity=512)
+    # Slot 300 and k 2 above their deadline-mates; a deadline before 1970 orders first too.
+    tt.arm(300, 2, T0, "a")
+    tt.arm(7, 1, T0, "b")
+    tt.arm(7, 0, T0, "c")
+    tt.arm(511, 0, T0 - 1, "d")
+    tt.arm(5, 0, -5, "e")
+    assert tt.entries() == [(-5, 5, 0), (T0 - 1, 511, 0), (T0, 7, 0), (T0, 7, 1), (T0, 300, 2)]
+    assert tt.pop_due(T0, inclusive=False) == [(-5, 5, 0), (T0 - 1, 511, 0)]
+    assert tt.pop_due(T0, inclusive=True) == [(T0, 7, 0), (T0, 7, 1), (T0, 300, 2)]
+
+
+def test_more_timer_rules_than_a_heap_entry_holds_are_refused():
+    with pytest.raises(ValueError, match="at most 256 timer rules"):
+        _table(n_timers=257)
 
 
 def test_a_table_without_timer_rules():
