@@ -135,10 +135,10 @@ class ShardState:
         firing: list[TriggerPlan] = []
         for trigger, cancels, starts in effects.sequences:
             tp = triggers[trigger]
-            if cancels:
-                timers.cancel(slot, tp.timer)
-            if starts:
+            if starts:  # (re)starts: also what cancelling and then starting would leave
                 timers.arm(slot, tp.timer, now + tp.within_ms, line)
+            elif cancels:
+                timers.cancel(slot, tp.timer)
         for s, add in effects.scores:
             sp = plan.scores[s]
             before, after = self.scores.update(slot, s, now, sp.half_life_ms, add, sp.lo, sp.hi)

@@ -68,14 +68,17 @@ class TimerTable:
         return int(self.columns.arrays["timer_next"][slot])
 
     def arm(self, slot: int, k: int, deadline: int, event: Any) -> None:
+        """Arm (or re-arm: one call restarts a pending timer) timer k of a contact."""
         arrays = self.columns.arrays
-        previous = int(arrays["timer_deadline"][slot, k])
-        arrays["timer_deadline"][slot, k] = deadline
+        deadlines = arrays["timer_deadline"]
+        previous = int(deadlines[slot, k])
+        deadlines[slot, k] = deadline
         if previous == NONE:
             self.pending_count += 1
         arrays["timer_event"][slot, k] = event
-        if deadline < arrays["timer_queued"][slot, k]:
-            arrays["timer_queued"][slot, k] = deadline
+        queued = arrays["timer_queued"]
+        if deadline < queued[slot, k]:
+            queued[slot, k] = deadline
             heapq.heappush(self.heap, _entry(deadline, slot, k))
             if len(self.heap) > self._compact_at:
                 self._compact()
@@ -152,11 +155,13 @@ class TimerTable:
     def _refresh_next(self, slot: int, previous: int, current: int) -> None:
         """Keep `timer_next[slot]` = the row's minimum after one deadline went previous -> current."""
         arrays = self.columns.arrays
-        nxt = int(arrays["timer_next"][slot])
+        timer_next = arrays["timer_next"]
+        nxt = int(timer_next[slot])
         if current <= nxt:
-            arrays["timer_next"][slot] = current
+            timer_next[slot] = current
         elif previous == nxt:  # the earliest timer moved later or went away: rescan the row
-            arrays["timer_next"][slot] = arrays["timer_deadline"][slot].min()
+            # min() of a short list: a numpy reduction costs more than the row holds.
+            timer_next[slot] = min(arrays["timer_deadline"][slot].tolist())
 
     def entries(self) -> list[tuple[int, int, int]]:
         """The heap's entries as (deadline, slot, k), in order (for inspection)."""
