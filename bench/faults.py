@@ -62,7 +62,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -83,7 +82,7 @@ import redis
 from engine.redis_keys import Keys
 from engine.routing import shard_of
 from engine.shop import Shop, ShopConfig
-from engine.testing import RedisServer
+from engine.testing import RedisServer, free_port, stop_process, stream_records, wait_port
 from engine.times import format_time, parse_time
 from engine.webhooks import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, secret_env_name, verify_signature
 
@@ -131,12 +130,6 @@ CHANNELS = ("sales", "onsite", "email", "lifecycle")  # of about 0.012, 0.022, 0
 # -- small helpers ----------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -171,19 +164,6 @@ def read_metrics(port: int, timeout_s: float = 2.0) -> dict[str, float] | None:
         except ValueError:
             continue
     return dict(sums)
-
-
-def stream_records(client: redis.Redis, key: str) -> list[dict]:
-    out: list[dict] = []
-    start = "-"
-    while True:
-        chunk = client.xrange(key, min=start, count=10_000)
-        if not chunk:
-            return out
-        out.extend(orjson.loads(fields[b"data"]) for _, fields in chunk)
-        last = chunk[-1][0].decode()
-        ms, seq = last.split("-")
-        start = f"{ms}-{int(seq) + 1}"
 
 
 def contact_of(event: dict) -> str:
@@ -556,23 +536,10 @@ class Engine:
     def kill(self) -> None:
         """SIGKILL the whole process group (a supervisor and its cluster members)."""
         if self.proc is not None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.proc.wait()
+            stop_process(self.proc, signal.SIGKILL)
 
     def stop(self) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        return self.proc.returncode
+        return None if self.proc is None else stop_process(self.proc)[0]
 
     def recovery_parts(self) -> list[str]:
         try:
@@ -902,17 +869,6 @@ def _post_probe(port: int, event: dict) -> tuple[int, str | None]:
         return exc.code, exc.headers.get("Retry-After")
 
 
-def _wait_http(port: int, timeout_s: float = 20) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
-
-
 def scenario_redis(workdir: Path, *, seed: int = 3, events: int = 30_000, contacts: int = 400, rate: float = 4000.0,
                    outages: int = 1, down_s: float = 2.0, shards: int = 8, batch: int = 10,
                    timeout_s: float = 120.0) -> Report:
@@ -931,7 +887,7 @@ def scenario_redis(workdir: Path, *, seed: int = 3, events: int = 30_000, contac
     client = redis.Redis.from_url(server.url)
     probes: list[tuple[str, int, str | None]] = []
     try:
-        _wait_http(port)
+        wait_port(port, proc=collector)
         engine.start()
         producer = HttpProducer(port, evs, batch, rate, flush)
         producer.start()
@@ -979,9 +935,7 @@ def scenario_redis(workdir: Path, *, seed: int = 3, events: int = 30_000, contac
         check(report, client, oracle_job.result())
     finally:
         engine.stop()
-        if collector.poll() is None:
-            os.killpg(collector.pid, signal.SIGTERM)
-            collector.wait(timeout=20)
+        stop_process(collector)
         client.close()
         server.stop()
     report.seconds = time.monotonic() - started

@@ -51,7 +51,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -65,7 +64,7 @@ import orjson
 import redis
 
 from engine.redis_keys import Keys
-from engine.testing import RedisServer
+from engine.testing import RedisServer, free_port, stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -118,12 +117,6 @@ MIB = 1024.0
 
 # Shared counters of the load generator (one writer: the load generator process).
 STAT_NAMES = ("offered", "accepted", "requests", "ok", "non200", "unavailable", "conn_errors", "behind_s", "ready")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_kb(pid: int | None) -> int | None:
@@ -328,13 +321,8 @@ class Stack:
             if self.loadgen.is_alive():
                 self.loadgen.terminate()
         for proc in (getattr(self, "engine", None), getattr(self, "collector", None)):
-            if proc is not None and proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+            if proc is not None:
+                stop_process(proc, timeout_s=30)
         if getattr(self, "client", None) is not None:
             self.client.close()
         if getattr(self, "server", None) is not None:

@@ -2,18 +2,26 @@
 
     triggers = run_rules(RULES_YAML, [event, event, ...])
     assert [(t["rule"], t["contact"], t["at"]) for t in triggers] == [...]
+
+Also the small process, port and stream helpers the tests and bench/faults.py, bench/soak.py share.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import socket
+import subprocess
 import tempfile
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 import orjson
+import redis
 from bytewax.testing import run_main
 
 from engine.config import RunConfig
@@ -66,6 +74,55 @@ def run_rules(rules_yaml: str, events: Iterable[dict[str, Any] | bytes | str], *
         )
 
 
+def free_port() -> int:
+    """A localhost TCP port free right now (the OS picks it; another process may take it before use)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout_s: float = 30, proc: subprocess.Popen | None = None) -> None:
+    """Wait until 127.0.0.1:`port` accepts connections; fail early if `proc` (meant to listen there) exited."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"the process meant to listen on {port} exited with {proc.returncode}") from None
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port} after {timeout_s:g} s")
+
+
+def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout_s: float = 20) -> tuple[int, str]:
+    """Signal the group of `proc` (start_new_session=True), SIGKILL it if it lingers: (returncode, piped output or "")."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+    text = b"".join(x if isinstance(x, bytes) else x.encode() for x in (out, err) if x)
+    return proc.returncode, text.decode(errors="replace")
+
+
+def stream_records(client: redis.Redis, key: str) -> list[dict[str, Any]]:
+    """The JSON `data` field of every entry of a Redis stream, oldest first (read 10,000 at a time)."""
+    out: list[dict[str, Any]] = []
+    start = "-"
+    while True:
+        chunk = cast("list[tuple[bytes, dict[bytes, bytes]]]", client.xrange(key, min=start, count=10_000))
+        if not chunk:
+            return out
+        out.extend(orjson.loads(fields[b"data"]) for _, fields in chunk)
+        ms, seq = chunk[-1][0].decode().split("-")
+        start = f"{ms}-{int(seq) + 1}"
+
+
 class RedisServer:
     """A throwaway `redis-server` on a free localhost port, in its own directory.
 
@@ -77,22 +134,14 @@ class RedisServer:
     """
 
     def __init__(self, directory: str, appendonly: bool = False) -> None:
-        import socket
-
         self.directory = directory
         self.appendonly = appendonly
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: Any = None
 
     def start(self, timeout_s: float = 10.0) -> None:
         import shutil
-        import subprocess
-        import time
-
-        import redis
 
         binary = shutil.which("redis-server")
         if binary is None:

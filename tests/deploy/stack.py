@@ -11,7 +11,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from engine.testing import free_port, stop_process
 from tests.conftest import ROOT
 
 DEPLOY = ROOT / "deploy"
@@ -192,25 +192,6 @@ def registry_names(registry: Any) -> set[str]:
 
 # --- processes --------------------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout_s: float = 30, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            if proc is not None and proc.poll() is not None:
-                raise RuntimeError(f"the process meant to listen on {port} exited with {proc.returncode}") from None
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port} after {timeout_s} s")
-
-
 def halflife_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HALFLIFE_")}
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
@@ -235,22 +216,13 @@ def spawn_shell(script: str, log: Path, env: dict[str, str]) -> subprocess.Popen
     return proc
 
 
-def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout_s: float = 20) -> int | None:
-    """Signal the process group, wait, and kill it if it lingers."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout_s: float = 20) -> int:
+    """`stop_process`, then close the log file `spawn`/`spawn_shell` opened for it."""
+    code, _ = stop_process(proc, sig, timeout_s)
     log = getattr(proc, "log", None)
     if log is not None:
         log.close()
-    return proc.returncode
+    return code
 
 
 def tail(path: Path, chars: int = 3000) -> str:

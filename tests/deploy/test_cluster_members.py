@@ -21,12 +21,11 @@ import yaml
 
 from engine.routing import shard_of
 from engine.shop import Shop, ShopConfig
-from engine.testing import RedisServer
+from engine.testing import RedisServer, free_port, stream_records, wait_port
 from engine.times import format_time
 from tests.deploy.stack import (
     COMPOSE,
     container,
-    free_port,
     halflife_env,
     http_get,
     http_post,
@@ -38,7 +37,6 @@ from tests.deploy.stack import (
     spawn_shell,
     stop,
     tail,
-    wait_port,
 )
 
 pytestmark = pytest.mark.slow
@@ -86,7 +84,7 @@ def substitute(text: str, replacements: dict[str, str]) -> str:
 
 
 def trigger_ids(client: redis.Redis) -> list[str]:
-    return [orjson.loads(fields[b"data"])["id"] for _, fields in client.xrange("hl:triggers")]
+    return [r["id"] for r in stream_records(client, "hl:triggers")]
 
 
 def wait_settled(client: redis.Redis, procs: list, logs: list[Path], minimum: int, timeout_s: float = 90) -> int:

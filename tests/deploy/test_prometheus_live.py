@@ -30,7 +30,7 @@ import redis
 import yaml
 
 from engine.shop import Shop, ShopConfig
-from engine.testing import RedisServer
+from engine.testing import RedisServer, free_port, wait_port
 from engine.times import format_time
 from tests.deploy.stack import (
     ALERTS_YML,
@@ -41,7 +41,6 @@ from tests.deploy.stack import (
     alert_rules,
     dashboard_exprs,
     exposition_names,
-    free_port,
     grafana_to_promql,
     halflife_env,
     http_get,
@@ -51,7 +50,6 @@ from tests.deploy.stack import (
     stop,
     tail,
     tool,
-    wait_port,
 )
 
 pytestmark = pytest.mark.slow

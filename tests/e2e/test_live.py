@@ -7,9 +7,7 @@ triggers the live pipeline must produce.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +18,7 @@ import pytest
 import redis
 
 from engine.shop import Shop, ShopConfig
+from engine.testing import free_port, stop_process, stream_records, wait_port
 from engine.times import format_time
 from tests.conftest import ROOT, halflife
 
@@ -59,41 +58,9 @@ SHARDS = 8
 WRITE_KEY = "test-write-key"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(port: int, timeout_s: float = 20) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
-
-
 def spawn(*args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "engine", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, start_new_session=True)
-
-
-def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> str:
-    if proc.poll() is None:
-        os.killpg(proc.pid, sig)
-    try:
-        _, err = proc.communicate(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        _, err = proc.communicate()
-    return err.decode(errors="replace")
-
-
-def stream_records(client: redis.Redis, key: str) -> list[dict]:
-    return [orjson.loads(fields[b"data"]) for _, fields in client.xrange(key)]
 
 
 def retimed_session(n: int, start_ms: int, span_ms: int) -> list[dict]:
@@ -126,7 +93,7 @@ def test_http_to_triggers_equals_replay(redis_url, tmp_path):
                       "--shards", str(SHARDS))
     engine = spawn(*engine_args(rules, redis_url, tmp_path / "rec"))
     try:
-        wait_http(port)
+        wait_port(port, proc=collector)
         wait_started(tmp_path / "rec")
         import urllib.request
         from base64 import b64encode
@@ -147,9 +114,9 @@ def test_http_to_triggers_equals_replay(redis_url, tmp_path):
         client = redis.Redis.from_url(redis_url)
         live = stream_records(client, "hl:triggers")
     finally:
-        engine_err = stop(engine)
-        stop(collector)
-    assert engine.returncode in (0, -signal.SIGTERM, 143), engine_err[-2000:]
+        code, engine_err = stop_process(engine)
+        stop_process(collector)
+    assert code in (0, -signal.SIGTERM, 143), engine_err[-2000:]
 
     # The oracle: the same events replayed from a file. (The collector adds receivedAt, which
     # does not change an event's time when it has a timestamp and no sentAt.)
@@ -205,7 +172,7 @@ def test_live_timer_fires_within_two_seconds_of_its_deadline(redis_url, tmp_path
                 break
             time.sleep(0.02)
     finally:
-        stop(engine)
+        stop_process(engine)
     assert arrived is not None, "no trigger within 10 s after the deadline"
     [record] = stream_records(client, "hl:triggers")
     assert (record["rule"], record["contact"], record["at"]) == ("cart_abandoned", "u-1", format_time(now + 30_000))
@@ -242,7 +209,7 @@ def test_sigkill_and_restart_gives_the_no_crash_streams(redis_server, tmp_path):
                 last, since = n, time.monotonic()
             elif time.monotonic() - since > 3 and n > 0:
                 return
-            assert proc.poll() is None, stop(proc)
+            assert proc.poll() is None, stop_process(proc)
             time.sleep(0.2)
         raise AssertionError("the engine did not settle")
 
@@ -255,12 +222,12 @@ def test_sigkill_and_restart_gives_the_no_crash_streams(redis_server, tmp_path):
         engine = spawn(*engine_args(rules, redis_server.url, rec, "--batch-size", "200"))
         if crash:
             while client.xlen("hl:triggers") < 200:
-                assert engine.poll() is None, stop(engine)
+                assert engine.poll() is None, stop_process(engine)
                 time.sleep(0.02)
-            stop(engine, signal.SIGKILL)
+            stop_process(engine, signal.SIGKILL)
             engine = spawn(*engine_args(rules, redis_server.url, rec, "--batch-size", "200"))
         settle(client, engine)
-        stop(engine)
+        stop_process(engine)
         records = stream_records(client, "hl:triggers")
         ids = [r["id"] for r in records]
         assert len(ids) == len(set(ids)), "a trigger id appears twice in hl:triggers"

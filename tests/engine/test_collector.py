@@ -14,8 +14,6 @@ import json
 import logging
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,7 +31,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from engine.collector import CollectorConfig, add_arguments, build_app, config_from_args, main
 from engine.decode import decode_lines
 from engine.routing import shard_of
-from engine.testing import RedisServer
+from engine.testing import RedisServer, free_port, stop_process
 from engine.times import parse_time
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -473,14 +471,8 @@ def test_full_shard_stream_is_503_with_retry_after_and_nothing_written(redis_url
     assert dlq(r) == []  # the refused request's dead letter was not written either
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_redis_down_is_503_with_retry_after_and_health_503(caplog):
-    url = f"redis://:s3cret-pass@127.0.0.1:{_free_port()}/0"
+    url = f"redis://:s3cret-pass@127.0.0.1:{free_port()}/0"
     caplog.set_level(logging.DEBUG)
 
     async def scenario(client: TestClient) -> tuple[Any, ...]:
@@ -668,11 +660,11 @@ _RUN_MAIN = (
 
 
 def test_main_serves_until_sigterm_and_never_logs_the_key(redis_url, r):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "HALFLIFE_WRITE_KEYS": KEY, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen([sys.executable, "-c", _RUN_MAIN, "--redis", redis_url, "--port", str(port), "--shards",
                                 str(SHARDS), "--log-level", "DEBUG", "--access-log"],
-                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
         async def scenario() -> tuple[int, int, int]:
             url = f"http://127.0.0.1:{port}"
@@ -698,14 +690,9 @@ def test_main_serves_until_sigterm_and_never_logs_the_key(redis_url, r):
                 return ok, denied, too_big
 
         assert asyncio.run(scenario()) == (200, 401, 413)
-        process.send_signal(signal.SIGTERM)
-        out, err = process.communicate(timeout=20)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert process.returncode == 0
-    logs = (out + err).decode()
+        code, logs = stop_process(process)
+    assert code == 0
     assert "halflife collect listening on http://127.0.0.1:" in logs and '"POST /v1/batch HTTP/1.1" 200' in logs
     assert KEY not in logs and base64.b64encode(f"{KEY}:".encode()).decode() not in logs
     assert [e["userId"] for e in all_events(r)[shard_of("u-1", SHARDS)]] == ["u-1"]

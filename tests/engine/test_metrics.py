@@ -5,7 +5,7 @@ from __future__ import annotations
 import urllib.request
 
 from engine import metrics
-from engine.testing import run_rules
+from engine.testing import free_port, run_rules
 
 RULES = """
 version: 1
@@ -76,11 +76,7 @@ def test_cooldown_suppressions_are_counted_by_rule_and_reason():
 
 
 def test_serve_exposes_the_registry(tmp_path):
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     metrics.serve(port)
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     assert "# TYPE halflife_events_in_total counter" in body

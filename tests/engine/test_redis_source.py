@@ -29,7 +29,7 @@ from engine.redis_source import (
 )
 from engine.routing import shard_key, shard_of
 from engine.shop import Shop, ShopConfig
-from engine.testing import RedisServer, run_rules
+from engine.testing import RedisServer, run_rules, stream_records
 from rules import load_rules
 from rules.compiler import compile_rules
 
@@ -370,8 +370,7 @@ def live_run(url: str, tmp_path, source, recovery=None) -> None:
 
 
 def stream_triggers(client: redis.Redis, key: str = "hl:triggers") -> list[tuple[str, str, str, str, str]]:
-    records = [orjson.loads(f[b"data"]) for _, f in client.xrange(key)]
-    return sorted((t["rule"], t["contact"], t["at"], t["channel"], t["id"]) for t in records)
+    return sorted((t["rule"], t["contact"], t["at"], t["channel"], t["id"]) for t in stream_records(client, key))
 
 
 def replay_triggers(lines: list[bytes]) -> list[tuple[str, str, str, str, str]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import statistics
 import threading
 import time
@@ -16,6 +15,7 @@ import pytest
 import redis
 
 from engine.records import TriggerOut, trigger_lines
+from engine.testing import free_port
 from engine.webhooks import (
     WebhookConfigError,
     WebhookSink,
@@ -41,12 +41,6 @@ Plan = Any
 class _Server(ThreadingHTTPServer):
     request_queue_size = 256  # the default backlog of 5 drops concurrent connects (1 s SYN retransmits)
     daemon_threads = True
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Receiver:

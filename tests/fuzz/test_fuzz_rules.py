@@ -9,7 +9,6 @@ their exact line), and `halflife rules check` as a subprocess on hostile files (
 from __future__ import annotations
 
 import copy
-import re
 import subprocess
 import sys
 import tempfile
@@ -24,66 +23,11 @@ from hypothesis import strategies as st
 
 from engine.testing import run_rules
 from rules import RuleError, RuleSet, load_rules
+from tests.rules.rulefiles import LINE, SPEC_EXAMPLE, outcome, write
 
 ROOT = Path(__file__).resolve().parents[2]
-LINE = re.compile(r"^[^:]+:\d+: .+$")
 
-SPEC_EXAMPLE = """\
-version: 1
-lateness: 5m                 # allowed event-time disorder (default 0s)
-scores:
-  engagement:
-    half_life: 7d            # the score halves every 7 days without activity
-    min: 0                   # optional clamps, applied after every update
-    max: 100
-    points:
-      - {event: Page Viewed, where: {properties.path: {startswith: /pricing}}, add: 3}
-      - {event: Email Opened, add: 2}
-      - {event: Unsubscribed, add: -20}
-triggers:
-  hot_lead:
-    when: {score: engagement, rises_above: 10}
-    unless: {event: Order Completed, within: 30d}
-    cooldown: 1d
-    actions: [{emit: sales_alerts}, {tag: hot}]
-  pricing_binge:
-    when: {count: {event: Page Viewed, where: {properties.path: {startswith: /pricing}}},
-           within: 1h, at_least: 3}
-    actions: [{emit: sales_alerts}]
-  cart_abandoned:
-    when: {first: {event: Product Added}, then_not: {event: Order Completed}, within: 30m}
-    cooldown: 1d
-    actions: [{emit: email}]
-  cooling_off:
-    when: {score: engagement, falls_below: 2}
-    actions: [{untag: hot}]
-  gone_quiet:
-    when: {inactive_for: 30d}
-    actions: [{emit: email}, {stage: dormant}]
-"""
 SPEC = yaml.safe_load(SPEC_EXAMPLE)
-
-
-def outcome(data: bytes) -> RuleSet | RuleError:
-    """Load `data` as a rule file: a RuleSet, or a RuleError whose every line is `file:line: message`
-    pointing into the file. Anything else (an exception, a traceback) fails the test."""
-    with tempfile.TemporaryDirectory(prefix="halflife-fuzz-") as directory:
-        path = str(Path(directory) / "rules.yaml")
-        Path(path).write_bytes(data)
-        try:
-            return load_rules(path)
-        except RuleError as error:
-            assert error.problems
-            text = str(error)
-            lines = text.split("\n")
-            assert len(lines) == len(error.problems)
-            for line in lines:
-                assert LINE.match(line), line
-                assert line.startswith(path + ":")
-            # YAML's line breaks: also a lone CR, NEL, LS and PS (an editor may count them differently).
-            max_line = len(re.findall(r"\r\n|[\r\n\x85\u2028\u2029]", data.decode("utf-8", "replace"))) + 2
-            assert all(1 <= line <= max_line for _, line, _ in error.problems), error.problems
-            return error
 
 
 # --- random text and bytes ---------------------------------------------------------------------------------
@@ -221,8 +165,8 @@ def test_duplicate_trigger_ids_are_refused(name: str, where: str) -> None:
         assert any(f"duplicate key '{name}'" in message for _, _, message in error.problems)
         return
     with tempfile.TemporaryDirectory(prefix="halflife-fuzz-") as directory:
-        Path(directory, "a.yaml").write_text(SPEC_EXAMPLE)
-        Path(directory, "b.yaml").write_text("version: 1\ntriggers:\n" + block)
+        write(Path(directory), SPEC_EXAMPLE, "a.yaml")
+        write(Path(directory), "version: 1\ntriggers:\n" + block, "b.yaml")
         with pytest.raises(RuleError) as info:
             load_rules(directory)
         assert any(f"trigger '{name}' is already defined" in message for _, _, message in info.value.problems)

@@ -25,18 +25,12 @@ import redis
 
 from engine import cli, collector, metrics, runner
 from engine.collector import COLLECTOR_KEY, CollectorConfig, build_app
-from engine.testing import RedisServer
+from engine.testing import RedisServer, free_port, stop_process
 from engine.webhooks import parse_webhook_specs, sign, verify_signature
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "rules" / "examples" / "ecommerce.yaml"
 TS = "2026-11-23T14:00:00.000Z"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -64,16 +58,6 @@ def wait_for_health(port: int, process: subprocess.Popen[bytes], want: int = 200
         time.sleep(0.05)
 
 
-def stop(process: subprocess.Popen[bytes]) -> tuple[bytes, bytes]:
-    process.send_signal(signal.SIGTERM)
-    try:
-        return process.communicate(timeout=20)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-
-
 # --- collector authentication ------------------------------------------------------------------------------
 
 
@@ -90,13 +74,13 @@ def test_insecure_no_auth_must_be_explicit_and_is_logged(redis_url: str) -> None
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "engine", "collect", "--redis", redis_url, "--port", str(port),
                                 "--insecure-no-auth"], cwd=ROOT, env=clean_env(), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE)
+                               stderr=subprocess.PIPE, start_new_session=True)
     try:
         wait_for_health(port, process)
     finally:
-        out, err = stop(process)
-    assert process.returncode == 0
-    assert b"--insecure-no-auth: accepting requests without a write key" in out + err
+        code, output = stop_process(process)
+    assert code == 0
+    assert "--insecure-no-auth: accepting requests without a write key" in output
     done = halflife("collect", "--redis", redis_url, "--port", str(free_port()),
                     env=clean_env(HALFLIFE_INSECURE_NO_AUTH="maybe"))
     assert done.returncode == 2  # only an unambiguous yes turns authentication off
@@ -187,14 +171,15 @@ def test_collector_run_never_logs_keys_or_the_redis_password(tmp_path: Path, pas
     keys_file = tmp_path / "keys"
     keys_file.write_text("# keys\nwk-file-secret-22\n")
     secrets = [b"wk-flag-secret-11", b"wk-file-secret-22", password.encode()]
-    logs = b""
+    logs = ""
     for url, want in [(f"redis://:{password}@127.0.0.1:{server.port}/0", 200),
                       (f"redis://:wrong-{password}@127.0.0.1:{server.port}/0", 503)]:  # the error paths log too
         port = free_port()
         process = subprocess.Popen([sys.executable, "-m", "engine", "collect", "--redis", url, "--port", str(port),
                                     "--write-key", "wk-flag-secret-11", "--write-keys-file", str(keys_file),
                                     "--shards", "2", "--log-level", "DEBUG", "--access-log"],
-                                   cwd=ROOT, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                   cwd=ROOT, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   start_new_session=True)
         try:
             wait_for_health(port, process, want)
             event = orjson.dumps({"userId": "u", "event": "E", "timestamp": TS})
@@ -209,12 +194,12 @@ def test_collector_run_never_logs_keys_or_the_redis_password(tmp_path: Path, pas
             _, _, page = http_request(port, "GET", "/metrics", [], b"")
             assert not any(secret in page for secret in secrets)
         finally:
-            out, err = stop(process)
-        logs += out + err
-    assert b"POST /v1/track HTTP/1.1" in logs and b"redis://:***@127.0.0.1" in logs
+            _, output = stop_process(process)
+        logs += output
+    assert "POST /v1/track HTTP/1.1" in logs and "redis://:***@127.0.0.1" in logs
     encoded = [base64.b64encode(k + b":" + password.encode()) for k in secrets[:2]]
     for secret in secrets + encoded + [base64.b64encode(b"wk-flag-secret-11:")[:16]]:
-        assert secret not in logs, secret
+        assert secret.decode() not in logs, secret
 
 
 # --- listening addresses --------------------------------------------------------------------------------------
@@ -290,7 +275,7 @@ def test_collector_listens_on_loopback_only(redis_url: str) -> None:
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "engine", "collect", "--redis", redis_url, "--port", str(port)],
                                cwd=ROOT, env=clean_env(HALFLIFE_WRITE_KEYS="k-listen"), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE)
+                               stderr=subprocess.PIPE, start_new_session=True)
     try:
         wait_for_health(port, process)
         listening = [local for state, local, _ in _tcp_sockets({process.pid}) if state == "LISTEN"]
@@ -299,7 +284,7 @@ def test_collector_listens_on_loopback_only(redis_url: str) -> None:
             with pytest.raises(OSError), socket.create_connection((address, port), timeout=2):
                 pass
     finally:
-        stop(process)
+        stop_process(process)
 
 
 @needs_ss

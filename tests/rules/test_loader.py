@@ -1,4 +1,3 @@
-import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -26,61 +25,13 @@ from rules import (
     load_rules,
 )
 from rules.loader import MAX_DEPTH, MAX_FILE_BYTES
+from tests.rules.rulefiles import SPEC_EXAMPLE, outcome, problems, write
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "rules" / "examples"
-
-# SPEC §3, verbatim.
-SPEC_EXAMPLE = """\
-version: 1
-lateness: 5m                 # allowed event-time disorder (default 0s)
-scores:
-  engagement:
-    half_life: 7d            # the score halves every 7 days without activity
-    min: 0                   # optional clamps, applied after every update
-    max: 100
-    points:
-      - {event: Page Viewed, where: {properties.path: {startswith: /pricing}}, add: 3}
-      - {event: Email Opened, add: 2}
-      - {event: Unsubscribed, add: -20}
-triggers:
-  hot_lead:
-    when: {score: engagement, rises_above: 10}
-    unless: {event: Order Completed, within: 30d}
-    cooldown: 1d
-    actions: [{emit: sales_alerts}, {tag: hot}]
-  pricing_binge:
-    when: {count: {event: Page Viewed, where: {properties.path: {startswith: /pricing}}},
-           within: 1h, at_least: 3}
-    actions: [{emit: sales_alerts}]
-  cart_abandoned:
-    when: {first: {event: Product Added}, then_not: {event: Order Completed}, within: 30m}
-    cooldown: 1d
-    actions: [{emit: email}]
-  cooling_off:
-    when: {score: engagement, falls_below: 2}
-    actions: [{untag: hot}]
-  gone_quiet:
-    when: {inactive_for: 30d}
-    actions: [{emit: email}, {stage: dormant}]
-"""
 
 MINUTE = 60_000
 HOUR = 60 * MINUTE
 DAY = 24 * HOUR
-
-
-def write(directory: Path, text: str, name: str = "rules.yaml") -> str:
-    path = directory / name
-    path.write_text(textwrap.dedent(text), encoding="utf-8")
-    return str(path)
-
-
-def problems(path: str) -> list[tuple[int, str]]:
-    """(line, message) of every problem, all of which must be in `path`."""
-    with pytest.raises(RuleError) as info:
-        load_rules(path)
-    assert {file for file, _, _ in info.value.problems} == {path}
-    return [(line, message) for _, line, message in info.value.problems]
 
 
 def test_spec_example_loads_to_the_exact_model(tmp_path: Path) -> None:
@@ -934,11 +885,4 @@ def test_mangled_rules_give_problems_never_tracebacks(edits: list[tuple[int, str
     text = SPEC_EXAMPLE
     for position, piece, replace in edits:
         text = text[:position] + piece + text[position + replace :]
-    with tempfile.TemporaryDirectory() as directory:
-        path = str(Path(directory) / "rules.yaml")
-        Path(path).write_text(text, encoding="utf-8")
-        try:
-            load_rules(path)
-        except RuleError as error:
-            assert error.problems
-            assert all(file == path and line >= 1 and message for file, line, message in error.problems)
+    outcome(text.encode("utf-8"))
