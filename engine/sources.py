@@ -91,6 +91,9 @@ class DecodingPartition(StatefulSourcePartition[tuple[str, Any], ReaderState]):
         self.dedupe = Deduplicator() if state.dedupe is None else Deduplicator.restore(state.dedupe)
         state.dedupe = None
         self._broadcast_at = 0.0
+        # Resumed after the input had ended: send the end markers again, so that a rerun of a
+        # finished run ends with its summary (the shards' end-of-input work is idempotent).
+        self._end_again = state.finished
 
     def current_watermark(self) -> int:
         state = self.state
@@ -105,6 +108,9 @@ class DecodingPartition(StatefulSourcePartition[tuple[str, Any], ReaderState]):
     def next_batch(self) -> list[tuple[str, Any]]:
         state = self.state
         if state.finished:
+            if self._end_again:
+                self._end_again = False
+                return self._end_items()
             raise StopIteration()
         read = self.read_lines()
         if read is None:

@@ -142,3 +142,21 @@ def test_the_deepest_accepted_event_still_makes_a_trigger_record(tmp_path):
     assert run.returncode == 0, run.stderr.decode()[-1000:]
     assert [json.loads(x)["contact"] for x in out.read_text().splitlines()] == ["ok"]
     assert [json.loads(x)["reason"] for x in dlq.read_text().splitlines()] == ["too_deep"]
+
+
+def test_rerun_of_a_finished_run_with_its_recovery_repeats_the_summary(shop_events, tmp_path):
+    args = ["run", "--rules", str(EXAMPLE_RULES), "--input", str(shop_events), "--output", str(tmp_path / "out.jsonl"),
+            "--dlq", str(tmp_path / "dlq.jsonl"), "--recovery", str(tmp_path / "rec")]
+    first = halflife(*args)
+    assert first.returncode == 0, first.stderr.decode()
+    written = (tmp_path / "out.jsonl").read_bytes()
+    again = halflife(*args)
+    assert again.returncode == 0, again.stderr.decode()
+
+    def summary(run: subprocess.CompletedProcess) -> list[str]:
+        return [line for line in run.stderr.decode().splitlines() if not line.startswith("wall time")]
+
+    assert summary(again) == summary(first)
+    distinct = len({json.loads(line)["messageId"] for line in shop_events.read_text().splitlines()})
+    assert summary(first)[0] == f"events in 20000: processed {distinct}, deduplicated {20000 - distinct}, dead-lettered 0"
+    assert (tmp_path / "out.jsonl").read_bytes() == written  # the end-of-input timers are not fired twice
