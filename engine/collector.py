@@ -67,6 +67,7 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 import redis.asyncio as aioredis
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import NoScriptError, RedisError, ResponseError
@@ -162,6 +163,7 @@ class CollectorConfig:
     dlq_max_length: int = 100_000  # approximate cap of {prefix}dlq (MAXLEN ~)
     redis_connections: int = 32  # concurrent Redis operations (pool size); more requests wait
     redis_timeout_s: float = 5.0  # per Redis operation; then 503
+    body_timeout_s: float = 30.0  # to receive a whole request body; then 408 (a trickling client holds a connection)
 
     def __post_init__(self) -> None:
         if not self.insecure_no_auth:
@@ -177,10 +179,41 @@ class CollectorConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_depth > MAX_DEPTH:
             raise ValueError(f"max_depth must be <= {MAX_DEPTH} (the engine's own limit), got {self.max_depth}")
-        if not self.redis_timeout_s > 0:
-            raise ValueError(f"redis_timeout_s must be > 0, got {self.redis_timeout_s}")
+        for name in ("redis_timeout_s", "body_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be within 0..65535, got {self.port}")
+
+
+class MalformedHttpLog(logging.Filter):
+    """For the `aiohttp.server` logger: one WARNING line per `every_s` for malformed requests.
+
+    aiohttp's parser refuses malformed HTTP (bad request line, headers or chunking) with 400 before
+    any handler runs, and logs each at ERROR with a traceback: a hostile client could fill the logs.
+    """
+
+    def __init__(self, every_s: float = 10.0) -> None:
+        super().__init__()
+        self.every_s = every_s
+        self.refused = 0
+        self.last = -every_s
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        self.refused += 1
+        now = time.monotonic()
+        if now - self.last < self.every_s:
+            return False
+        detail = (exc.message or "").strip().splitlines()[:1]
+        record.msg = "%d malformed HTTP request(s) refused with 400 in the last %.0f s (latest: %s)"
+        record.args = (self.refused, min(now - self.last, self.every_s), (detail[0] if detail else "?")[:100])
+        record.exc_info = record.exc_text = None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        self.refused, self.last = 0, now
+        return True
 
 
 def redact_url(url: str) -> str:
@@ -300,14 +333,18 @@ class _Collector:
         chunks = []
         size = 0
         content = request.content
-        while True:
-            chunk = await content.readany()
-            if not chunk:
-                break
-            size += len(chunk)
-            if size > cfg.max_body_bytes:
-                raise _Reject(413, f"body is over the limit of {cfg.max_body_bytes} bytes")
-            chunks.append(chunk)
+        try:
+            async with _timeout(cfg.body_timeout_s):
+                while True:
+                    chunk = await content.readany()
+                    if not chunk:
+                        break
+                    size += len(chunk)
+                    if size > cfg.max_body_bytes:
+                        raise _Reject(413, f"body is over the limit of {cfg.max_body_bytes} bytes")
+                    chunks.append(chunk)
+        except asyncio.TimeoutError:
+            raise _Reject(408, f"the body did not arrive within {cfg.body_timeout_s:g} s") from None
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         self.metrics.bytes.inc(size)
         encoding = request.headers.get("Content-Encoding")
@@ -560,8 +597,8 @@ class _Collector:
                 status, body, headers = 500, b'{"success":false,"error":"internal error"}', None
             response = web.Response(status=status, body=body, content_type="application/json", headers=headers)
             response.headers.update(_CORS)
-            if status == 413:
-                response.force_close()  # do not read the rest of an oversized body
+            if status in (408, 413):
+                response.force_close()  # do not read the rest of an oversized or trickling body
             metrics.request(label, status, perf() - started)
             return response
 
@@ -696,6 +733,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _option(parser, "--redis-connections", "concurrent Redis operations (pool size)", default=32, type=positive_int)
     _option(parser, "--redis-timeout", "seconds per Redis operation before answering 503", default=5.0,
             type=positive_float)
+    _option(parser, "--body-timeout", "seconds to receive a request body before answering 408", default=30.0,
+            type=positive_float)
     _option(parser, "--log-level", "DEBUG, INFO, WARNING or ERROR", default="INFO")
     access = os.environ.get("HALFLIFE_ACCESS_LOG", "").strip().lower() in _TRUE
     parser.add_argument("--access-log", action="store_true", default=access,
@@ -723,7 +762,7 @@ def config_from_args(args: argparse.Namespace) -> CollectorConfig:
         max_depth=args.max_depth, max_string_bytes=args.max_string_bytes,
         max_stream_length=args.max_stream_length, insecure_no_auth=bool(args.insecure_no_auth),
         dlq_max_length=args.dlq_max_length, redis_connections=args.redis_connections,
-        redis_timeout_s=args.redis_timeout,
+        redis_timeout_s=args.redis_timeout, body_timeout_s=args.body_timeout,
     )
 
 
@@ -744,6 +783,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     if not logging.getLogger().handlers:
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiohttp.server").addFilter(MalformedHttpLog())
     log.setLevel(level)
     try:
         config = config_from_args(args)

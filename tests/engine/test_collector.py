@@ -382,6 +382,25 @@ def test_chunked_body_over_the_limit_is_413_while_reading(redis_url, r):
     assert stream_keys(r) == []
 
 
+def test_a_body_that_trickles_in_is_408_and_writes_nothing(redis_url, r):
+    body = orjson.dumps({"batch": [track("u-1")]})
+
+    async def trickle():
+        yield body[:10]
+        await asyncio.sleep(3)  # the rest would come after the collector gave up
+        yield body[10:]
+
+    async def scenario(client: TestClient) -> tuple[int, dict[str, Any], float]:
+        started = time.monotonic()
+        async with client.post("/v1/batch", data=trickle(), headers=basic()) as resp:
+            return resp.status, orjson.loads(await resp.read()), time.monotonic() - started
+
+    status, reply, took = serve(config(redis_url, body_timeout_s=0.5), scenario)
+    assert (status, reply) == (408, {"success": False, "error": "the body did not arrive within 0.5 s"})
+    assert took < 2.5
+    assert stream_keys(r) == []
+
+
 def test_gzip_body_is_accepted(redis_url, r):
     body = {"batch": [track("u-1", properties={"i": i}) for i in range(50)]}
     status, reply, _ = one(config(redis_url), "/v1/batch", data=gzip.compress(orjson.dumps(body)),
@@ -731,3 +750,30 @@ def test_a_redis_that_does_not_answer_is_503_within_the_timeout():
     status, reply, retry_after, elapsed = asyncio.run(run())
     assert (status, reply, retry_after) == (503, {"success": False, "error": "event store unavailable, retry later"}, "1")
     assert elapsed < 1.5
+
+
+def test_malformed_http_is_logged_as_one_line_per_interval_without_traceback():
+    from aiohttp.http_exceptions import BadHttpMessage
+
+    from engine.collector import MalformedHttpLog
+
+    def record(exc: BaseException) -> logging.LogRecord:
+        try:
+            raise exc
+        except BaseException:
+            return logging.LogRecord("aiohttp.server", logging.ERROR, __file__, 1, "Error handling request from %s",
+                                     ("127.0.0.1",), sys.exc_info())
+
+    quiet = MalformedHttpLog(every_s=3600)
+    first = record(BadHttpMessage("Invalid character in chunk size:\n\n  b'zz'\n    ^"))
+    assert quiet.filter(first)
+    assert (first.levelname, first.exc_info, first.getMessage()) == (
+        "WARNING", None, "1 malformed HTTP request(s) refused with 400 in the last 3600 s "
+                         "(latest: Invalid character in chunk size:)")
+    assert [quiet.filter(record(BadHttpMessage("Invalid method"))) for _ in range(5)] == [False] * 5
+    other = record(ValueError("a bug"))
+    assert quiet.filter(other) and other.exc_info is not None and other.levelname == "ERROR"
+    quiet.last -= 3600  # the interval has passed: the next one reports the 5 held back and itself
+    again = record(BadHttpMessage("Invalid method"))
+    assert quiet.filter(again)
+    assert again.getMessage().startswith("6 malformed HTTP request(s) refused with 400")
