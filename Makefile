@@ -16,8 +16,9 @@ venv: $(BIN)/halflife
 demo: venv
 	$(BIN)/halflife demo
 
+# Two workers, a test file each: most of the suite waits on subprocesses, Redis and timers.
 test: venv
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 conformance: venv
 	../shared/conformance/run.sh

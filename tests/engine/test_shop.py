@@ -5,11 +5,8 @@ from __future__ import annotations
 import math
 import random
 import re
-import subprocess
-import sys
 from collections import Counter, defaultdict
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -17,7 +14,6 @@ import pytest
 
 from engine.shop import Shop, ShopConfig, _iso_formatter, _Stream
 
-ROOT = Path(__file__).resolve().parents[2]
 ISO = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 TYPES = {"track", "page", "identify"}
 CHANNELS = {"web", "app", "email", "api"}
@@ -338,48 +334,3 @@ def test_high_session_rate_still_progresses() -> None:
     times = [to_ms(e["timestamp"]) for e in events]
     assert times == sorted(times)
     assert times[-1] - times[0] < 60_000
-
-
-# -- bench.gen_events -------------------------------------------------------------------------------
-
-
-def test_gen_events_cli_writes_the_same_lines(tmp_path: Path) -> None:
-    out = tmp_path / "events.jsonl"
-    args = [
-        "--events",
-        "1500",
-        "--contacts",
-        "200",
-        "--seed",
-        "5",
-        "--disorder-ms",
-        "500",
-        "--duplicates",
-        "0.05",
-    ]
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.gen_events", *args, "--output", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        check=True,
-    )
-    assert b"events/s" in proc.stderr
-    expected = Shop(ShopConfig(seed=5, contacts=200, disorder_ms=500, duplicate_rate=0.05)).lines(1500)
-    assert out.read_bytes() == b"".join(line + b"\n" for line in expected)
-    stdout = subprocess.run(
-        [sys.executable, "-m", "bench.gen_events", *args, "--output", "-"],
-        cwd=ROOT,
-        capture_output=True,
-        check=True,
-    ).stdout
-    assert stdout == out.read_bytes()
-
-
-def test_gen_events_cli_rejects_bad_arguments(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.gen_events", "--events", "10", "--duplicates", "2", "--output", "-"],
-        cwd=ROOT,
-        capture_output=True,
-    )
-    assert proc.returncode == 2
-    assert b"--duplicates" in proc.stderr

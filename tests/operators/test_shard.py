@@ -654,11 +654,16 @@ class Run:
     def snapshot(self) -> tuple[ReaderState, dict[str, dict]]:
         return self.part.snapshot(), {k: logic.snapshot() for k, logic in self.logics.items()}
 
-    def carry(self, other: Run) -> Run:
-        """What `other` had already emitted downstream before the snapshot."""
+    def carry(self, other: Run, ends: bool = True) -> Run:
+        """What `other` had already emitted downstream before the snapshot.
+
+        `ends=False`: its end reports are not carried. With one reader, a snapshot taken after the
+        input ended also holds the summary step's state after it emitted the summary and discarded
+        its reports; the resumed source sends the end markers again and a new summary follows."""
         self.outputs = list(other.outputs)
-        self.shard_ends = list(other.shard_ends)
-        self.reader_ends = list(other.reader_ends)
+        if ends:
+            self.shard_ends = list(other.shard_ends)
+            self.reader_ends = list(other.reader_ends)
         self.dead = list(other.dead)
         return self
 
@@ -678,7 +683,7 @@ def _run(plan: Plan, lines: list[bytes], batch_size: int, split: int | None = No
     if split is None:
         return first.result()
     snap = first.snapshot()
-    carried = Run(plan, lines, batch_size, shards, broadcast).carry(first)
+    carried = Run(plan, lines, batch_size, shards, broadcast).carry(first, ends=not snap[0].finished)
     uninterrupted = None
     if late_pickle:
         uninterrupted = first.run().result()
