@@ -34,6 +34,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
+import orjson
 from bytewax.operators import StatefulBatchLogic
 
 from engine import metrics
@@ -242,7 +243,14 @@ class ShardState:
     def restore(cls, plan: Plan, snap: dict[str, Any], contact_states: bool = False) -> ShardState:
         state = cls(plan, contact_states)
         state.index = ContactIndex.restore(snap["ids"])
-        state.columns.restore(snap["columns"], len(state.index))
+        columns = snap["columns"]
+        if snap.get("version", 1) == 1:
+            # Version 1 timers kept (decoded event, name, time); the event's JSON encodes it again.
+            kept = columns["timer_event"].copy()
+            for at in zip(*np.nonzero(kept != None), strict=True):  # noqa: E711 - elementwise on objects
+                kept[at] = orjson.dumps(kept[at][0])
+            columns = {**columns, "timer_event": kept}
+        state.columns.restore(columns, len(state.index))
         state.timers.restore()
         state.watermark = snap["watermark"]
         state.shard = snap.get("shard", -1)

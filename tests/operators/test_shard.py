@@ -841,3 +841,30 @@ def test_shard_state_snapshot_round_trip_keeps_every_column(contract):
     assert restored.fired == state.fired and restored.suppressed == state.suppressed
     assert sum(state.fired.values()) > 0
     assert restored.timers.pending() == state.timers.pending() > 0
+
+
+def _as_version_1(snap: dict[str, Any]) -> dict[str, Any]:
+    """A snapshot in the previous release's layout: timers keep (decoded event, name, time), the
+    derived timer columns and the heap are saved too."""
+    columns = dict(snap["columns"])
+    kept = columns["timer_event"].copy()
+    for at in zip(*np.nonzero(kept != None), strict=True):  # noqa: E711 - elementwise on objects
+        event = orjson.loads(kept[at])
+        kept[at] = (event, event.get("event"), 0)  # only the event is read back from here
+    columns["timer_event"] = kept
+    deadlines = columns["timer_deadline"]
+    columns["timer_queued"] = deadlines.copy()
+    columns["timer_next"] = deadlines.min(axis=1)
+    heap = sorted((int(deadlines[s, k]), int(s), int(k)) for s, k in zip(*np.nonzero(deadlines != NONE), strict=True))
+    return {**snap, "version": 1, "columns": columns, "heap": heap}
+
+
+def test_a_version_1_snapshot_resumes_to_the_same_outputs(contract, reference):
+    plan, lines = contract
+    first = Run(plan, lines, batch_size=50, shards=SHARDS, broadcast=False).run(10)
+    reader, shards = first.snapshot()
+    old = {key: _as_version_1(snap) for key, snap in shards.items()}
+    assert sum(int(np.count_nonzero(s["columns"]["timer_event"] != None)) for s in old.values()) > 20  # noqa: E711
+    carried = Run(plan, lines, batch_size=50, shards=SHARDS, broadcast=False).carry(first)
+    resumed = Run(plan, lines, batch_size=50, shards=SHARDS, broadcast=False, snapshot=pickle.loads(pickle.dumps((reader, old))))
+    assert resumed.carry(carried).run().result() == reference
