@@ -21,7 +21,6 @@ import asyncio
 import base64
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,7 @@ import redis.asyncio as aioredis
 
 from engine.redis_keys import Keys
 from engine.shop import Shop, ShopConfig
-from engine.testing import RedisServer
+from engine.testing import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 WRITE_KEY = "bench-write-key"
@@ -46,12 +45,6 @@ _RUN_COLLECTOR = (
     "add_arguments(parser)\n"
     "sys.exit(main(parser.parse_args(sys.argv[1:])))\n"
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -173,7 +166,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def running_collector(shards: int) -> Iterator[tuple[str, subprocess.Popen, RedisServer]]:
     """A throwaway redis-server and the collector (`halflife collect` in its own process): (url, process, server)."""
     with tempfile.TemporaryDirectory(prefix="halflife-collector-bench-") as tmp, RedisServer(tmp) as server:
-        port = _free_port()
+        port = free_port()
         cmd = [sys.executable, "-c", _RUN_COLLECTOR, "--redis", server.url, "--port", str(port),
                "--write-key", WRITE_KEY, "--shards", str(shards), "--log-level", "WARNING"]
         process = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
