@@ -56,7 +56,7 @@ class TimerTable:
         columns.add("timer_deadline", np.int64, NONE, width)
         columns.add("timer_queued", np.int64, NONE, width, derived=True)  # deadline of the live heap entry
         columns.add("timer_next", np.int64, NONE, derived=True)  # min over the row: the contact's next deadline
-        columns.add("timer_event", object, None, width)  # the event that armed the timer
+        columns.add("timer_event", object, None, width)  # the JSON line of the event that armed the timer
         self.heap: list[int] = []  # packed entries, see the module docstring
         self._compact_at = self.COMPACT_MIN
         self.pending_count = 0  # timers armed and not fired or cancelled, kept as they change
