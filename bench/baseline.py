@@ -61,7 +61,8 @@ def main(args: argparse.Namespace) -> int:
         result["workload"] = gen
         lines = read_lines(path)
     result["rules"] = os.path.relpath(args.rules)
-    hl = run_halflife(lines, args.rules, shards=args.shards, batch_size=args.batch_size, collect=True)
+    hl = run_halflife(b"\n".join(lines) + b"\n", args.rules, shards=args.shards, batch_size=args.batch_size,
+                      collect=True)
     hl_keys = trigger_keys(hl.pop("trigger_lines"))
     if hl["summary"].get("late"):
         print(f"warning: {hl['summary']['late']} late events: the baseline fires timers by the contact path only")

@@ -32,59 +32,65 @@ import numpy as np
 from bytewax.inputs import FixedPartitionedSource
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from bench.common import EXAMPLE_RULES, Timer, generate_file, new_result, read_lines, table, write_result
+from bench.common import EXAMPLE_RULES, Timer, generate_file, new_result, table, write_result
 from engine import metrics
-from engine.sources import DecodingPartition, ReaderState
+from engine.decode import split_lines
+from engine.records import each_record
+from engine.sources import Block, DecodingPartition, ReaderState, block_of
+from rules.compiler import Plan
 
 # -- in-memory source and blackhole sink --------------------------------------------------------------
 
 
 class MemoryPartition(DecodingPartition):
-    """The engine's decoding partition over lines held in memory (no file reads in the measurement)."""
+    """The engine's decoding partition over a file's bytes held in memory (no file reads in the measurement).
 
-    def __init__(self, lines: list[bytes], state: ReaderState, shards: int, lateness_ms: int, batch_size: int) -> None:
-        super().__init__("memory", state, shards, lateness_ms)
-        self.lines = lines
+    Blocks of `batch_size` lines are views of the one buffer, as the file source's blocks are views
+    of its read buffer; `state.offset` counts lines.
+    """
+
+    def __init__(self, data: bytes, state: ReaderState, shards: int, plan: Plan, batch_size: int) -> None:
+        super().__init__("memory", state, shards, plan)
+        self.buf, self.starts, self.ends = split_lines(data)
         self.batch_size = batch_size
 
-    def read_lines(self) -> tuple[list[bytes], list[int]] | None:
+    def read_block(self) -> Block | None:
         i = self.state.offset
-        if i >= len(self.lines):
+        if i >= len(self.starts):
             return None
-        j = min(len(self.lines), i + self.batch_size)
+        j = min(len(self.starts), i + self.batch_size)
         self.state.offset = j
-        return self.lines[i:j], list(range(i, j))
+        return self.buf, self.starts[i:j], self.ends[i:j], self.starts[i:j]
 
 
 class IterPartition(DecodingPartition):
     """The decoding partition over an iterator of line batches (for building large states)."""
 
-    def __init__(self, batches: Iterator[list[bytes]], shards: int, lateness_ms: int) -> None:
-        super().__init__("iter", ReaderState(), shards, lateness_ms)
+    def __init__(self, batches: Iterator[list[bytes]], shards: int, plan: Plan) -> None:
+        super().__init__("iter", ReaderState(), shards, plan)
         self.batches = batches
 
-    def read_lines(self) -> tuple[list[bytes], list[int]] | None:
+    def read_block(self) -> Block | None:
         lines = next(self.batches, None)
         if lines is None:
             return None
         i = self.state.offset
         self.state.offset += len(lines)
-        return lines, list(range(i, i + len(lines)))
+        return block_of(lines, range(i, i + len(lines)))
 
 
 class MemorySource(FixedPartitionedSource[tuple[str, Any], ReaderState]):
-    def __init__(self, lines: list[bytes], shards: int, batch_size: int, lateness_ms: int) -> None:
-        self.lines = lines
+    def __init__(self, data: bytes, shards: int, batch_size: int, plan: Plan) -> None:
+        self.data = data
         self.shards = shards
         self.batch_size = batch_size
-        self.lateness_ms = lateness_ms
+        self.plan = plan
 
     def list_parts(self) -> list[str]:
         return ["memory"]
 
     def build_part(self, step_id: str, for_part: str, resume_state: ReaderState | None) -> MemoryPartition:
-        return MemoryPartition(self.lines, resume_state or ReaderState(), self.shards, self.lateness_ms,
-                               self.batch_size)
+        return MemoryPartition(self.data, resume_state or ReaderState(), self.shards, self.plan, self.batch_size)
 
 
 class _Blackhole(StatelessSinkPartition[Any]):
@@ -92,9 +98,10 @@ class _Blackhole(StatelessSinkPartition[Any]):
         self.sink = sink
 
     def write_batch(self, items: list[Any]) -> None:
-        self.sink.items += len(items)
+        records = list(each_record(v for _, v in items))
+        self.sink.items += len(records)
         if self.sink.collect is not None:
-            self.sink.collect.extend(v.line for _, v in items)
+            self.sink.collect.extend(v.line for v in records)
 
 
 class BlackholeSink(DynamicSink[Any]):
@@ -134,9 +141,10 @@ def gauge_sum(name: str) -> float:
 # -- the halflife run -----------------------------------------------------------------------------------
 
 
-def run_halflife(lines: list[bytes], rules: str, *, shards: int = 64, batch_size: int = 1000, epoch_s: float = 10.0,
+def run_halflife(data: bytes, rules: str, *, shards: int = 64, batch_size: int = 1000, epoch_s: float = 10.0,
                  collect: bool = False, profile: str | None = None) -> dict[str, Any]:
-    """The engine's dataflow on `lines` in this process; figures, the run summary and (optionally) trigger lines."""
+    """The engine's dataflow on a file's bytes in this process; figures, the run summary and (optionally)
+    trigger lines."""
     import orjson
     from bytewax._bytewax import cli_main
 
@@ -150,7 +158,8 @@ def run_halflife(lines: list[bytes], rules: str, *, shards: int = 64, batch_size
                         batch_size=batch_size, snapshot_interval_s=epoch_s, summary_path=summary_path)
         collected: list[bytes] | None = [] if collect else None
         sink = BlackholeSink(collected)
-        flow = build_flow(cfg, plan, source=MemorySource(lines, shards, batch_size, plan.lateness_ms), trigger_sink=sink)
+        source = MemorySource(data, shards, batch_size, plan)
+        flow = build_flow(cfg, plan, source=source, trigger_sink=sink)
         stages0 = stage_seconds()
         profiler = None
         if profile:
@@ -166,7 +175,7 @@ def run_halflife(lines: list[bytes], rules: str, *, shards: int = 64, batch_size
         stages1 = stage_seconds()
         with open(summary_path, "rb") as f:
             summary = orjson.loads(f.read())
-    events = len(lines)
+    events = int(summary["events_in"])
     stages = {k: stages1.get(k, 0.0) - stages0.get(k, 0.0) for k in stages1}
     stages = {k: v for k, v in stages.items() if v > 0}
     stages["other (bytewax, filters, sinks, snapshots)"] = max(0.0, timer.wall - sum(stages.values()))
@@ -306,7 +315,7 @@ def state_size(rules: str, contacts: int, *, shards: int = 64, seed: int = 7, ba
             for i in range(0, len(lines), batch_size):
                 yield lines[i:i + batch_size]
 
-    partition = IterPartition(batches(), shards, plan.lateness_ms)
+    partition = IterPartition(batches(), shards, plan)
     logics: dict[str, ShardLogic] = {}
     events = 0
     with Timer() as build:
@@ -390,7 +399,8 @@ def main(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="halflife-bench-") as tmp:
         path, gen = prepare_input(args, tmp, disorder_ms=2_000, duplicates=0.005)
         result["workload"] = gen
-        lines = read_lines(path)
+        with open(path, "rb") as f:
+            data = f.read()
     profile = None
     if args.profile:
         from bench.common import RESULTS_DIR
@@ -398,7 +408,7 @@ def main(args: argparse.Namespace) -> int:
         directory = args.results_dir or str(RESULTS_DIR)
         os.makedirs(directory, exist_ok=True)
         profile = os.path.join(directory, f"{result['started_at_stamp']}-hotpath.pstats")
-    run = run_halflife(lines, args.rules, shards=args.shards, batch_size=args.batch_size, profile=profile)
+    run = run_halflife(data, args.rules, shards=args.shards, batch_size=args.batch_size, profile=profile)
     run.pop("trigger_lines", None)
     if profile:
         import pstats

@@ -25,7 +25,7 @@ from engine import metrics
 from engine.config import RunConfig, is_redis
 from engine.decode import DeadLetter
 from engine.endpoints import dead_letter_sink, profile_sink, source_for, trigger_sinks
-from engine.records import ContactState, ProfileOut, ReaderEnd, ShardEnd, TriggerOut
+from engine.records import ProfileRecords, ReaderEnd, ShardEnd, TriggerRecords
 from engine.sources import END_KEY
 from operators.finalize import EndOfInputLogic
 from operators.shard import ShardLogic
@@ -63,7 +63,7 @@ def build_flow(cfg: RunConfig, plan: Plan | None = None, source: FixedPartitione
     plan = plan or load_plan(cfg.rules)
     metrics.declare([t.name for t in plan.triggers], {t.name: t.channels for t in plan.triggers})
     flow = Dataflow("halflife")
-    read = op.input("read", flow, source or source_for(cfg, plan.lateness_ms))
+    read = op.input("read", flow, source or source_for(cfg, plan))
 
     dead = op.filter("dead_letters", read, lambda kv: isinstance(kv[1], DeadLetter))
     op.output("dlq", dead, dead_letter_sink(cfg))
@@ -75,12 +75,12 @@ def build_flow(cfg: RunConfig, plan: Plan | None = None, source: FixedPartitione
     shard_values = op.key_rm("shard_values", shard_out)
 
     triggers = op.filter_map("trigger_records", shard_values,
-                             lambda v: (v.channel, v) if isinstance(v, TriggerOut) else None)
+                             lambda v: ("triggers", v) if isinstance(v, TriggerRecords) else None)
     for name, sink in [("triggers", trigger_sink)] if trigger_sink else trigger_sinks(cfg):
         op.output(name, triggers, sink)
     if profiles is not None:
         changes = op.filter_map("profile_changes", shard_values,
-                                lambda v: (v.contact, v) if isinstance(v, ProfileOut | ContactState) else None)
+                                lambda v: ("profiles", v) if isinstance(v, ProfileRecords) else None)
         op.output("profiles", changes, profiles)
 
     reader_ends = op.filter("reader_ends", read, lambda kv: isinstance(kv[1], ReaderEnd))

@@ -1,12 +1,17 @@
-"""The batch decoder: JSON Lines bytes to validated, columnar events and dead letters (SPEC §2).
+"""The decoder: JSON Lines bytes to validated events and dead letters (SPEC §2).
 
-`decode_lines` is the engine's hot path: every input line goes through it exactly once. It is one
-loop with local aliases and the checks written inline, and it builds plain lists that become one
-numpy array at the end, because per-event helper calls and per-event numpy writes would each cost
-more than the validation itself.
+Two paths with one contract:
 
-The order of the checks is part of the contract (the first failing check names the dead letter)
-and is the order of `REASONS`.
+* `decode_lines` is exact and per line: orjson decodes each line to a dict and the checks run in
+  Python, in the order of `REASONS` (the first failing check names the dead letter). The collector
+  validates requests with it, and it is the engine's slow path.
+* `BatchDecoder` is the engine's hot path: it takes a block of lines in one buffer, lets the
+  compiled scanner (engine/jsonscan.py) validate them and locate their fields, runs the same
+  checks compiled (`_classify`), and produces columns (`EventBatch`), never a dict per event. Every
+  line it cannot vouch for -- anything invalid, anything unusual (escapes in an id, a float
+  timestamp, a number the scanner does not vouch for) -- goes through `decode_lines`, so dead
+  letters, their reasons and details, and every accepted event are exactly what `decode_lines`
+  says (tests/engine/test_decode.py checks the two against each other on hostile input).
 """
 
 from __future__ import annotations
@@ -14,15 +19,25 @@ from __future__ import annotations
 import base64
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import numpy.typing as npt
 import orjson
 
-from engine.times import MAX_TIME_MS, parse_time
+from engine.blobs import Blobs, copy_bytes
+from engine.compiled import kernel
+from engine.hashing import NO_DIGEST, digest, digest_spans, digests
+from engine.jsonscan import ABSENT, FLOAT, INT, NULL, OBJECT, OK, SLOW, STRING, PathTrie, scan_line
+from engine.records import event_summary
+from engine.times import MAX_TIME_MS, format_iso_bytes, parse_int_bytes, parse_iso_bytes, parse_time
+from rules.columns import NO_NAME, OTHER_NAME, ColumnMatchers, Located
 
-__all__ = ["MAX_DEPTH", "MAX_LINE_BYTES", "REASONS", "DeadLetter", "EventBatch", "decode_lines"]
+if TYPE_CHECKING:
+    from rules.compiler import Plan
+
+__all__ = ["MAX_DEPTH", "MAX_LINE_BYTES", "REASONS", "BatchDecoder", "DeadLetter", "DecodedLines", "EventBatch",
+           "decode_lines"]
 
 # 32 KiB, not counting the newline the caller strips.
 MAX_LINE_BYTES: Final = 32768
@@ -93,8 +108,8 @@ class DeadLetter:
 
 
 @dataclass(slots=True)
-class EventBatch:
-    """Valid events as columns: index ``i`` of every field describes one event, in input order.
+class DecodedLines:
+    """What `decode_lines` accepted: index ``i`` of every field describes one event, in input order.
 
     `names` is the matchable event name (``None`` for identify, group and alias); `times` is event
     time in epoch ms after clock-skew correction; `positions` are the caller's positions.
@@ -106,11 +121,7 @@ class EventBatch:
     times: npt.NDArray[np.int64]
     message_ids: list[str | None]
     positions: list[int]
-    # Each event's JSON line as read: a timer keeps the line, not the decoded dict (about a fifth of its size).
     lines: list[bytes]
-    # The input's watermark just before each event; the source sets it after de-duplication.
-    watermarks: npt.NDArray[np.int64] | None = None
-    shard: int = -1  # set by routing: the shard a sub-batch is for
 
     def __len__(self) -> int:
         return len(self.contacts)
@@ -193,7 +204,7 @@ def _string_over(value: object, limit: int) -> int:
 
 
 def decode_lines(lines: Sequence[bytes], positions: Sequence[int], *, max_depth: int = MAX_DEPTH,
-                 max_string_bytes: int | None = None) -> tuple[EventBatch, list[DeadLetter]]:
+                 max_string_bytes: int | None = None) -> tuple[DecodedLines, list[DeadLetter]]:
     """Decode and validate JSON Lines; return the valid events and the dead letters, in order.
 
     `lines` are the lines without their newline; `positions[i]` (e.g. a byte offset) is carried
@@ -348,6 +359,417 @@ def decode_lines(lines: Sequence[bytes], positions: Sequence[int], *, max_depth:
         add_position(pos)
         add_line(line)
 
-    batch = EventBatch(events, contacts, names, np.array(times, dtype=np.int64), message_ids, valid_positions,
-                       valid_lines)
+    batch = DecodedLines(events, contacts, names, np.array(times, dtype=np.int64), message_ids, valid_positions,
+                         valid_lines)
     return batch, dead
+
+
+# -- the batch path ---------------------------------------------------------------------------------------
+
+# The fields every event is scanned for, in this order; the rules' paths follow them.
+FIXED_FIELDS: Final = (
+    ("type",), ("event",), ("userId",), ("anonymousId",), ("messageId",), ("timestamp",), ("sentAt",),
+    ("receivedAt",), ("properties",), ("context",), ("traits",),
+)
+(F_TYPE, F_EVENT, F_USER, F_ANONYMOUS, F_MESSAGE_ID, F_TIMESTAMP, F_SENT_AT, F_RECEIVED_AT, F_PROPERTIES,
+ F_CONTEXT, F_TRAITS) = range(len(FIXED_FIELDS))
+
+# Call types, in the order of `_TYPE_NAMES`.
+TRACK, PAGE, SCREEN, IDENTIFY, GROUP, ALIAS = range(6)
+_TYPE_NAMES: Final = ("track", "page", "screen", "identify", "group", "alias")
+
+
+def _table(parts: Sequence[bytes]) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
+    """Byte strings end to end, and the offsets between them: part k is table[offsets[k]:offsets[k + 1]]."""
+    return (np.frombuffer(b"".join(parts) or b"\0", np.uint8).copy(),
+            np.cumsum([0] + [len(p) for p in parts]).astype(np.int64))
+
+
+# Part k < 6: call type k's name (to recognise `type`); 6 + k: its summary "type" value; 12 + k: its
+# summary "event" value (empty for track: the event's own name); then the summary's fixed text.
+_SUMMARY_PARTS: Final = [b'{"messageId":', b',"type":', b',"event":', b',"timestamp":"', b'","properties":',
+                         b',"traits":', b"null", b"{}", b"}"]
+_TEXT, _TEXT_OFFSETS = _table([n.encode() for n in _TYPE_NAMES]
+                              + [b'"%s"' % n.encode() for n in _TYPE_NAMES]
+                              + [b"", b'"Page Viewed"', b'"Screen Viewed"', b"null", b"null", b"null"]
+                              + _SUMMARY_PARTS)
+_TYPE_VALUE, _TYPE_EVENT, _PART = 6, 12, 18
+_SUMMARY_OVERHEAD: Final = sum(map(len, _SUMMARY_PARTS)) + 24 + 20
+
+
+@dataclass(slots=True)
+class EventBatch:
+    """Accepted events as columns, in input order; what moves from the source to the shards.
+
+    `times` is event time (ms, after clock-skew correction); `bits` the matcher bit sets
+    (`rules.columns`, one row of 64-bit words per event); `contact_hashes` digests of the contact
+    ids (`engine.hashing`), `message_digests` of the message ids (0: none); `contacts` the contact
+    ids' UTF-8 and `summaries` each event's trigger-record ``event`` JSON (what a trigger it causes,
+    or a timer it arms, carries); `positions` the caller's positions.
+    """
+
+    times: npt.NDArray[np.int64]
+    bits: npt.NDArray[np.uint64]
+    contact_hashes: npt.NDArray[np.int64]
+    message_digests: npt.NDArray[np.int64]
+    contacts: Blobs
+    summaries: Blobs
+    positions: npt.NDArray[np.int64]
+    # The input's watermark just before each event; the source sets it after de-duplication.
+    watermarks: npt.NDArray[np.int64] | None = None
+    shard: int = -1  # set by routing: the shard a sub-batch is for
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+    def take(self, idx: npt.NDArray[np.intp]) -> EventBatch:
+        return EventBatch(self.times[idx], self.bits[idx], self.contact_hashes[idx], self.message_digests[idx],
+                          self.contacts.take(idx), self.summaries.take(idx), self.positions[idx],
+                          None if self.watermarks is None else self.watermarks[idx], self.shard)
+
+    def slice(self, a: int, b: int) -> EventBatch:
+        """Events a..b-1, sharing this batch's buffers."""
+        return EventBatch(self.times[a:b], self.bits[a:b], self.contact_hashes[a:b], self.message_digests[a:b],
+                          self.contacts.slice(a, b), self.summaries.slice(a, b), self.positions[a:b],
+                          None if self.watermarks is None else self.watermarks[a:b], self.shard)
+
+    def contact(self, i: int) -> str:
+        return self.contacts[i].decode("utf-8")
+
+    def contact_ids(self) -> list[str]:
+        return [self.contact(i) for i in range(len(self))]
+
+    def summary(self, i: int) -> dict[str, Any]:
+        """Event i's summary, decoded (for inspection; the engine keeps it as JSON)."""
+        return orjson.loads(self.summaries[i])
+
+    @staticmethod
+    def concat(a: EventBatch, b: EventBatch) -> EventBatch:
+        return EventBatch(np.concatenate([a.times, b.times]), np.concatenate([a.bits, b.bits]),
+                          np.concatenate([a.contact_hashes, b.contact_hashes]),
+                          np.concatenate([a.message_digests, b.message_digests]),
+                          Blobs.concat([a.contacts, b.contacts]), Blobs.concat([a.summaries, b.summaries]),
+                          np.concatenate([a.positions, b.positions]))
+
+
+def split_lines(data: bytes) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """A buffer of JSON Lines as the batch decoder takes it: (buffer, line starts, line ends).
+
+    The returned buffer ends with a newline (one is added when `data` lacks it), so that every
+    line is followed by one, as the scanner requires. Blank lines stay (the decoder skips them).
+    """
+    if data and not data.endswith(b"\n"):
+        data += b"\n"
+    buf = np.frombuffer(data or b"\n", np.uint8)
+    ends = np.flatnonzero(buf == 10).astype(np.int64) if data else np.zeros(0, np.int64)
+    starts = np.empty_like(ends)
+    if len(ends):
+        starts[0] = 0
+        starts[1:] = ends[:-1] + 1
+    return buf, starts, ends
+
+
+class BatchDecoder:
+    """Decodes blocks of lines into `EventBatch`es for one rule plan (see the module docstring).
+
+        decoder = BatchDecoder(plan)
+        batch, dead = decoder.decode(*split_lines(data), positions)
+    """
+
+    def __init__(self, plan: Plan | None = None, max_depth: int = MAX_DEPTH) -> None:
+        if not 1 <= max_depth <= MAX_DEPTH:
+            raise ValueError(f"max_depth must be within 1..{MAX_DEPTH}, got {max_depth}")
+        self.plan = plan
+        self.max_depth = max_depth
+        self.matchers = ColumnMatchers(plan.matchers if plan else [])
+        self.trie = PathTrie.build(list(FIXED_FIELDS) + list(self.matchers.paths))
+        code = self.matchers.code
+        self._call_codes = np.array([OTHER_NAME, code("Page Viewed"), code("Screen Viewed"), NO_NAME, NO_NAME,
+                                     NO_NAME], np.int32)
+        fields = self.trie.fields
+        # A line's fields and the scanner's stacks, reused from line to line.
+        self._scratch = (np.zeros(fields, np.uint8), np.zeros(fields, np.int64), np.zeros(fields, np.int64),
+                         np.zeros(fields, np.uint8), np.empty(max_depth + 1, np.uint8),
+                         np.empty(max_depth + 1, np.int32), np.empty(max_depth + 1, np.int32))
+
+    def decode(self, buf: npt.NDArray[np.uint8], starts: npt.NDArray[np.int64], ends: npt.NDArray[np.int64],
+               positions: npt.NDArray[np.int64]) -> tuple[EventBatch, list[DeadLetter]]:
+        """Decode lines `buf[starts[i]:ends[i]]` (each followed by a newline in `buf`, see `split_lines`);
+        `positions[i]` is carried into the batch or the dead letter of line i. Blank lines are skipped."""
+        n = len(starts)
+        if n and (int(ends.max()) >= len(buf) or not (buf[ends] == 10).all()):
+            raise ValueError("every line must be followed by a newline in the buffer")
+        paths = len(self.matchers.paths)
+        status = np.empty(n, np.uint8)
+        times = np.empty(n, np.int64)
+        codes = np.empty(n, np.int32)
+        kind = np.empty((n, paths), np.uint8)
+        vstart = np.empty((n, paths), np.int64)
+        vend = np.empty((n, paths), np.int64)
+        escaped = np.empty((n, paths), np.uint8)
+        hashes = np.empty(n, np.int64)
+        digests_ = np.empty(n, np.int64)
+        contact_data = np.empty(len(buf), np.uint8)
+        contact_offsets = np.empty(n + 1, np.int64)
+        summary_data = np.empty(len(buf) + n * _SUMMARY_OVERHEAD, np.uint8)
+        summary_offsets = np.empty(n + 1, np.int64)
+        t = self.trie
+        m = self.matchers
+        accepted = _decode_lines(
+            buf, starts, ends, t.first, t.count, t.key_start, t.key_len, t.field, t.child, t.keys, self.max_depth,
+            MAX_LINE_BYTES, m.name_table, m.name_starts, m.name_ends, self._call_codes, _TEXT, _TEXT_OFFSETS,
+            self._scratch, status, times, codes, kind, vstart, vend, escaped, hashes, digests_, contact_data, contact_offsets,
+            summary_data, summary_offsets)
+        fast = np.flatnonzero(status == OK)
+        located = Located(buf, kind[:accepted], vstart[:accepted], vend[:accepted], escaped[:accepted])
+        batch = EventBatch(
+            times[:accepted], m.bits(codes[:accepted], located), hashes[:accepted], digests_[:accepted],
+            Blobs(contact_data[:contact_offsets[accepted]], contact_offsets[:accepted + 1]),
+            Blobs(summary_data[:summary_offsets[accepted]], summary_offsets[:accepted + 1]),
+            positions[fast].astype(np.int64, copy=False))
+        dead: list[DeadLetter] = []
+        slow = np.flatnonzero(status == SLOW)
+        if len(slow):
+            # decode_lines carries each line's index, mapped back to the caller's position afterwards.
+            lines = [buf[starts[i]:ends[i]].tobytes() for i in slow.tolist()]
+            decoded, dead = decode_lines(lines, slow.tolist())
+            held = positions.tolist()
+            dead = [DeadLetter(d.reason, d.raw, held[d.position], d.detail) for d in dead]
+            if len(decoded):
+                rows = np.array(decoded.positions, np.intp)
+                exact = self._from_decoded(decoded, positions[rows])
+                both = EventBatch.concat(batch, exact)
+                batch = both.take(np.argsort(np.concatenate([fast, rows]), kind="stable"))
+        return batch, dead
+
+    def _from_decoded(self, decoded: DecodedLines, positions: npt.NDArray[np.int64]) -> EventBatch:
+        """The columns of events `decode_lines` accepted."""
+        plan = self.plan
+        words = self.matchers.words
+        bits = np.zeros((len(decoded), words), np.uint64)
+        if plan is not None:
+            for i, b in enumerate(plan.match(decoded.names, decoded.events)):
+                for w in range(words):
+                    bits[i, w] = (b >> (64 * w)) & 0xFFFF_FFFF_FFFF_FFFF
+        contacts = Blobs.of(c.encode("utf-8") for c in decoded.contacts)
+        hashes = digest_spans(contacts.data, contacts.offsets[:-1], contacts.offsets[1:], np.empty(len(decoded), np.int64))
+        summaries = Blobs.of(orjson.dumps(event_summary(e, name, int(t)))
+                             for e, name, t in zip(decoded.events, decoded.names, decoded.times.tolist(), strict=True))
+        return EventBatch(decoded.times, bits, hashes, digests(decoded.message_ids), contacts, summaries,
+                          positions.astype(np.int64, copy=False))
+
+
+# -- compiled part ------------------------------------------------------------------------------------
+
+
+@kernel(inline=True)
+def _put(text, text_offsets, k, out, pos):  # type: ignore[no-untyped-def]
+    return copy_bytes(out, pos, text, text_offsets[k], text_offsets[k + 1] - text_offsets[k])
+
+
+@kernel(inline=True)
+def _copy(buf, s, e, out, pos):  # type: ignore[no-untyped-def]
+    return copy_bytes(out, pos, buf, s, e - s)
+
+
+@kernel
+def _is_empty_object(buf, s, e):  # type: ignore[no-untyped-def]
+    for j in range(s + 1, e - 1):
+        c = buf[j]
+        if c != 32 and c != 9 and c != 13 and c != 10:
+            return False
+    return True
+
+
+@kernel
+def _time_of(buf, kind, start, end, escaped, f):  # type: ignore[no-untyped-def]
+    """`parse_time` of field f: (status, ms) with status 1 = parsed, 0 = not a time, -1 = only the exact
+    decoder can tell (an escaped string, a float)."""
+    k = kind[f]
+    if k == STRING:
+        if escaped[f]:
+            return -1, 0
+        ok, ms = parse_iso_bytes(buf, start[f] + 1, end[f] - 1)
+        return (1 if ok else 0), ms
+    if k == INT:
+        ok, ms = parse_int_bytes(buf, start[f], end[f])
+        return (1 if ok else 0), ms
+    if k == FLOAT:
+        return -1, 0
+    return 0, 0
+
+
+@kernel
+def _contact_span(buf, kind, start, end, escaped, f):  # type: ignore[no-untyped-def]
+    """The contact id's UTF-8 span if field f holds a usable one: (1, s, e), (0, 0, 0) if it does not,
+    (-1, 0, 0) if only the exact decoder can tell."""
+    k = kind[f]
+    if k == STRING:
+        s = start[f] + 1
+        e = end[f] - 1
+        if e == s:
+            return 0, 0, 0
+        if escaped[f]:
+            return -1, 0, 0
+        return 1, s, e
+    if k == INT:
+        s = start[f]
+        e = end[f]
+        if e - s == 2 and buf[s] == 45 and buf[s + 1] == 48:  # -0 is the integer 0
+            return -1, 0, 0
+        return 1, s, e
+    return 0, 0, 0
+
+
+@kernel
+def _same(buf, s, e, table, a, b):  # type: ignore[no-untyped-def]
+    if e - s != b - a:
+        return False
+    for j in range(e - s):
+        if buf[s + j] != table[a + j]:
+            return False
+    return True
+
+
+@kernel
+def _classify(buf, kind, start, end, escaped, text, text_offsets):  # type: ignore[no-untyped-def]
+    """The checks of `decode_lines` on a scanned line: (ok, time, call type, contact start, contact end).
+    Not ok: the exact decoder must decide (a dead letter, or something the fast path does not vouch for)."""
+    no = (False, 0, 0, 0, 0)
+    k = kind[F_TYPE]
+    if k == ABSENT or k == NULL:
+        t = TRACK
+    elif k == STRING and not escaped[F_TYPE]:
+        t = -1
+        for c in range(6):
+            if _same(buf, start[F_TYPE] + 1, end[F_TYPE] - 1, text, text_offsets[c], text_offsets[c + 1]):
+                t = c
+                break
+        if t < 0:
+            return no
+    else:
+        return no
+    for f in (F_EVENT, F_MESSAGE_ID):
+        k = kind[f]
+        if k != ABSENT and k != NULL and (k != STRING or escaped[f]):
+            return no
+    for f in (F_PROPERTIES, F_CONTEXT, F_TRAITS):
+        k = kind[f]
+        if k != ABSENT and k != NULL and k != OBJECT:
+            return no
+    got, cs, ce = _contact_span(buf, kind, start, end, escaped, F_USER)
+    if got == 0:
+        got, cs, ce = _contact_span(buf, kind, start, end, escaped, F_ANONYMOUS)
+    if got != 1:
+        return no
+    if t == TRACK and (kind[F_EVENT] != STRING or end[F_EVENT] - start[F_EVENT] == 2):
+        return no
+    k = kind[F_TIMESTAMP]
+    if k != ABSENT and k != NULL:
+        got, ms = _time_of(buf, kind, start, end, escaped, F_TIMESTAMP)
+        if got != 1:
+            return no
+        ks = kind[F_SENT_AT]
+        kr = kind[F_RECEIVED_AT]
+        if ks != ABSENT and ks != NULL and kr != ABSENT and kr != NULL:
+            got_sent, sent = _time_of(buf, kind, start, end, escaped, F_SENT_AT)
+            got_received, received = _time_of(buf, kind, start, end, escaped, F_RECEIVED_AT)
+            if got_sent < 0 or got_received < 0:
+                return no
+            if got_sent == 1 and got_received == 1:  # Segment's skew correction
+                ms = received - (sent - ms)
+                if ms < 0 or ms >= MAX_TIME_MS:
+                    return no
+    else:
+        got, ms = _time_of(buf, kind, start, end, escaped, F_RECEIVED_AT)
+        if got != 1:
+            return no
+    return True, ms, t, cs, ce
+
+
+@kernel
+def _summary(buf, kind, start, end, ms, t, text, text_offsets, out, pos):  # type: ignore[no-untyped-def]
+    """`event_summary` as JSON (messageId, type, event, timestamp, properties, non-empty traits), the
+    values copied from the line's own JSON text; returns the position after it."""
+    pos = _put(text, text_offsets, _PART, out, pos)
+    if kind[F_MESSAGE_ID] == STRING:
+        pos = _copy(buf, start[F_MESSAGE_ID], end[F_MESSAGE_ID], out, pos)
+    else:
+        pos = _put(text, text_offsets, _PART + 6, out, pos)
+    pos = _put(text, text_offsets, _PART + 1, out, pos)
+    pos = _put(text, text_offsets, _TYPE_VALUE + t, out, pos)
+    pos = _put(text, text_offsets, _PART + 2, out, pos)
+    if t == TRACK:
+        pos = _copy(buf, start[F_EVENT], end[F_EVENT], out, pos)
+    else:
+        pos = _put(text, text_offsets, _TYPE_EVENT + t, out, pos)
+    pos = _put(text, text_offsets, _PART + 3, out, pos)
+    pos = format_iso_bytes(ms, out, pos)
+    pos = _put(text, text_offsets, _PART + 4, out, pos)
+    if kind[F_PROPERTIES] == OBJECT:
+        pos = _copy(buf, start[F_PROPERTIES], end[F_PROPERTIES], out, pos)
+    else:
+        pos = _put(text, text_offsets, _PART + 7, out, pos)
+    if kind[F_TRAITS] == OBJECT and not _is_empty_object(buf, start[F_TRAITS], end[F_TRAITS]):
+        pos = _put(text, text_offsets, _PART + 5, out, pos)
+        pos = _copy(buf, start[F_TRAITS], end[F_TRAITS], out, pos)
+    return _put(text, text_offsets, _PART + 8, out, pos)
+
+
+@kernel
+def _decode_lines(buf, starts, ends, first, count, key_start, key_len, field, child, keys, max_depth,  # type: ignore[no-untyped-def]
+                  max_line, names, name_starts, name_ends, call_codes, text, text_offsets, scratch,
+                  status, times, codes, kind, vstart, vend, escaped, hashes, digests, contact_data, contact_offsets,
+                  summary_data, summary_offsets):
+    """Scan, check and extract every line in one pass (a line's fields stay in cache). Accepted lines
+    fill the outputs in order, row j for the j-th accepted line; returns how many were accepted.
+    `scratch`: a line's fields and the scanner's stacks (BatchDecoder._scratch)."""
+    line_kind, line_start, line_end, line_escaped, stack_obj, stack_node, stack_field = scratch
+    paths = kind.shape[1]
+    base = len(line_kind) - paths  # the rules' paths follow FIXED_FIELDS
+    j = 0
+    contact_offsets[0] = 0
+    summary_offsets[0] = 0
+    for r in range(len(starts)):
+        line_kind[:] = ABSENT
+        s = starts[r]
+        e = ends[r]
+        st = scan_line(buf, np.uint64(s), np.uint64(e), first, count, key_start, key_len, field, child, keys,
+                       max_depth, line_kind, line_start, line_end, line_escaped, stack_obj, stack_node, stack_field)
+        if st == OK:
+            if e - s > max_line:
+                st = SLOW
+            else:
+                ok, ms, t, cs, ce = _classify(buf, line_kind, line_start, line_end, line_escaped, text, text_offsets)
+                if not ok:
+                    st = SLOW
+        status[r] = st
+        if st != OK:
+            continue
+        times[j] = ms
+        if t == TRACK:
+            a = line_start[F_EVENT] + 1
+            b = line_end[F_EVENT] - 1
+            code = -1
+            for c in range(len(name_starts)):
+                if _same(buf, a, b, names, name_starts[c], name_ends[c]):
+                    code = c
+                    break
+            codes[j] = code
+        else:
+            codes[j] = call_codes[t]
+        for p in range(paths):
+            kind[j, p] = line_kind[base + p]
+            vstart[j, p] = line_start[base + p]
+            vend[j, p] = line_end[base + p]
+            escaped[j, p] = line_escaped[base + p]
+        contact_offsets[j + 1] = copy_bytes(contact_data, contact_offsets[j], buf, cs, ce - cs)
+        hashes[j] = digest(buf, cs, ce)
+        if line_kind[F_MESSAGE_ID] == STRING:
+            digests[j] = digest(buf, line_start[F_MESSAGE_ID] + 1, line_end[F_MESSAGE_ID] - 1)
+        else:
+            digests[j] = NO_DIGEST
+        summary_offsets[j + 1] = _summary(buf, line_kind, line_start, line_end, ms, t, text, text_offsets,
+                                          summary_data, summary_offsets[j])
+        j += 1
+    return j

@@ -22,9 +22,11 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from engine.config import RunConfig
 from engine.dataflow import build_flow, load_plan
+from engine.records import each_record
 from engine.shop import Shop, ShopConfig
-from engine.sources import DecodingPartition, ReaderState
+from engine.sources import Block, DecodingPartition, ReaderState, block_of
 from engine.times import parse_time
+from rules.compiler import Plan
 
 POLL_S = 0.05
 
@@ -55,9 +57,8 @@ STATS = _Stats()
 
 
 class _ShopPartition(DecodingPartition):
-    def __init__(self, shop: Shop, start_ms: int, speed: float, seconds: float, shards: int,
-                 lateness_ms: int) -> None:
-        super().__init__("shop", ReaderState(), shards, lateness_ms)
+    def __init__(self, shop: Shop, start_ms: int, speed: float, seconds: float, shards: int, plan: Plan) -> None:
+        super().__init__("shop", ReaderState(), shards, plan)
         self.events = shop.events()
         self.pending: dict | None = None
         self.start_ms = start_ms
@@ -65,7 +66,7 @@ class _ShopPartition(DecodingPartition):
         self.stop_at = time.monotonic() + seconds
         self.began = time.monotonic()
 
-    def read_lines(self) -> tuple[list[bytes], list[int]] | None:
+    def read_block(self) -> Block | None:
         if time.monotonic() >= self.stop_at:
             return None
         shop_now = self.start_ms + int((time.monotonic() - self.began) * self.speed * 60_000)
@@ -82,31 +83,30 @@ class _ShopPartition(DecodingPartition):
         STATS.events += len(lines)
         STATS.shop_ms = shop_now
         STATS.status()
-        return lines, positions
+        return block_of(lines, positions)
 
     def next_awake(self) -> datetime | None:
         return datetime.now(timezone.utc) + timedelta(seconds=POLL_S)
 
 
 class _ShopSource(FixedPartitionedSource[tuple[str, Any], ReaderState]):
-    def __init__(self, args: argparse.Namespace, shards: int, lateness_ms: int) -> None:
+    def __init__(self, args: argparse.Namespace, shards: int, plan: Plan) -> None:
         self.args = args
         self.shards = shards
-        self.lateness_ms = lateness_ms
+        self.plan = plan
 
     def list_parts(self) -> list[str]:
         return ["shop"]
 
     def build_part(self, step_id: str, for_part: str, resume_state: ReaderState | None) -> _ShopPartition:
         cfg = ShopConfig(seed=self.args.seed, contacts=self.args.contacts)
-        return _ShopPartition(Shop(cfg), cfg.start_ms, self.args.speed, self.args.seconds, self.shards,
-                              self.lateness_ms)
+        return _ShopPartition(Shop(cfg), cfg.start_ms, self.args.speed, self.args.seconds, self.shards, self.plan)
 
 
 class _TerminalPartition(StatelessSinkPartition[Any]):
     def write_batch(self, items: list[Any]) -> None:
         STATS.clear()
-        for _, trigger in items:
+        for trigger in each_record(v for _, v in items):
             r = orjson.loads(trigger.line)
             STATS.triggers += 1
             ev = r["event"] or {}
@@ -128,7 +128,7 @@ def main(args: argparse.Namespace) -> int:
     cfg = RunConfig(rules=rules, dlq="stderr", shards=16)
     print(f"halflife demo: {args.contacts} shoppers, {args.speed:g} shop minutes per second, "
           f"{args.seconds:g} s, rules {os.path.relpath(rules)}", file=sys.stderr)
-    flow = build_flow(cfg, plan, source=_ShopSource(args, cfg.shards, plan.lateness_ms),
+    flow = build_flow(cfg, plan, source=_ShopSource(args, cfg.shards, plan),
                       trigger_sink=_TerminalSink())
     cli_main(flow, epoch_interval=timedelta(seconds=1))
     STATS.clear()

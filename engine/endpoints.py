@@ -12,14 +12,15 @@ from bytewax.outputs import Sink
 from engine.config import RunConfig, is_redis
 from engine.sinks import line_sink
 from engine.sources import JsonLinesSource
+from rules.compiler import Plan
 
 
-def source_for(cfg: RunConfig, lateness_ms: int) -> FixedPartitionedSource:
+def source_for(cfg: RunConfig, plan: Plan) -> FixedPartitionedSource:
     if is_redis(cfg.input):
         from engine.redis_source import RedisStreamSource
 
-        return RedisStreamSource(cfg.input, cfg.shards, cfg.batch_size, lateness_ms, prefix=cfg.prefix)
-    return JsonLinesSource(cfg.input, cfg.shards, cfg.batch_size, lateness_ms)
+        return RedisStreamSource(cfg.input, cfg.shards, cfg.batch_size, plan, prefix=cfg.prefix)
+    return JsonLinesSource(cfg.input, cfg.shards, cfg.batch_size, plan)
 
 
 def trigger_sinks(cfg: RunConfig) -> list[tuple[str, Sink]]:

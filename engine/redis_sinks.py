@@ -57,7 +57,7 @@ from redis.retry import Retry
 
 from engine import metrics
 from engine.decode import DeadLetter
-from engine.records import ProfileOut, TriggerOut
+from engine.records import ProfileOut, TriggerOut, each_record
 from engine.redis_keys import Keys
 from engine.times import format_time
 
@@ -205,6 +205,8 @@ return 1
 
 def _trigger_record(value: Any) -> tuple[bytes, str, str]:
     """(JSON line, channel, trigger id) of a TriggerOut or of its JSON line."""
+    if isinstance(value, TriggerOut) and value.id:
+        return value.line, value.channel, value.id
     line = value.line if isinstance(value, TriggerOut) else value
     record = orjson.loads(line)
     channel = value.channel if isinstance(value, TriggerOut) else record["channel"]
@@ -230,10 +232,11 @@ class _TriggerPartition(_Partition):
         return build
 
     def write_batch(self, items: list[tuple[str, Any]]) -> None:
-        metrics.SINK_WRITES.labels(self.metric_name).inc(len(items))
+        records = list(each_record(v for _, v in items))
+        metrics.SINK_WRITES.labels(self.metric_name).inc(len(records))
         keys = self.keys
         calls = []
-        for _, value in items:
+        for value in records:
             line, channel, trigger_id = _trigger_record(value)
             calls.append(((keys.trigger_id(trigger_id), keys.triggers, keys.channel(channel)), (line, self.retention)))
         for start in range(0, len(calls), CHUNK):
@@ -383,10 +386,11 @@ class _ProfilePartition(_Partition):
         return build
 
     def write_batch(self, items: list[tuple[str, Any]]) -> None:
-        metrics.SINK_WRITES.labels(self.metric_name).inc(len(items))
+        records = list(each_record(v for _, v in items))
+        metrics.SINK_WRITES.labels(self.metric_name).inc(len(records))
         keys = self.keys
         ops: list[tuple[str, Any, Any]] = []
-        for _, value in items:
+        for value in records:
             if hasattr(value, "last_seen_ms") and hasattr(value, "scores"):  # records.ContactState
                 ops.append(("hset", keys.contact(value.contact), {
                     "scores": orjson.dumps(value.scores), "last_seen": format_time(value.last_seen_ms)}))

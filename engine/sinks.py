@@ -15,6 +15,7 @@ from typing import Any, BinaryIO
 from bytewax.outputs import DynamicSink, FixedPartitionedSink, StatefulSinkPartition, StatelessSinkPartition
 
 from engine import metrics
+from engine.records import each_record
 
 
 def as_line(value: Any) -> bytes:
@@ -39,8 +40,9 @@ class _FilePartition(StatefulSinkPartition[Any, int]):
         self.file.seek(offset)
 
     def write_batch(self, items: list[Any]) -> None:
-        self.file.write(b"".join(as_line(v) + b"\n" for v in items))
-        metrics.SINK_WRITES.labels("file").inc(len(items))
+        lines = [as_line(v) + b"\n" for v in each_record(items)]
+        self.file.write(b"".join(lines))
+        metrics.SINK_WRITES.labels("file").inc(len(lines))
         self.file.flush()  # readers (and `tail -f`) see triggers as they fire
 
     def snapshot(self) -> int:
@@ -73,7 +75,7 @@ class _StreamPartition(StatelessSinkPartition[Any]):
         self.stream = stream
 
     def write_batch(self, items: list[Any]) -> None:
-        self.stream.write(b"".join(as_line(v) + b"\n" for _, v in items))
+        self.stream.write(b"".join(as_line(v) + b"\n" for v in each_record(v for _, v in items)))
         self.stream.flush()
 
 

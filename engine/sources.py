@@ -1,11 +1,11 @@
 """Replay input: JSON Lines from a file or stdin, read and decoded in batches.
 
 One partition per input file: one contact's events must reach its shard in input
-order, and a single reader guarantees that. The partition decodes each batch
-(`engine.decode`), drops duplicates, stamps each event with the watermark before it, routes valid events
-to their shard as one sub-batch per shard, sends dead letters to the dead-letter output,
-and after the last line sends `EndOfInput` to every shard and its counters to the
-end-of-input step.
+order, and a single reader guarantees that. The partition reads a block of lines into one
+buffer, decodes it (`engine.decode.BatchDecoder`), drops duplicates, stamps each event with the
+watermark before it, routes valid events to their shard as one sub-batch per shard, sends dead
+letters to the dead-letter output, and after the last line sends `EndOfInput` to every shard and
+its counters to the end-of-input step.
 
 Resume state: the byte offset of the next line, the counters and the dedupe rings, so
 a resumed run continues exactly after the last snapshot and reports the same totals.
@@ -16,17 +16,26 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from io import BufferedIOBase
+from typing import Any, cast
 
 import numpy as np
+import numpy.typing as npt
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from engine import metrics
-from engine.decode import EventBatch, decode_lines
+from engine.compiled import kernel
+from engine.decode import BatchDecoder, EventBatch, split_lines
 from engine.records import EndOfInput, ReaderEnd, Watermark, wall_ms
-from engine.routing import shard_key, split_by_shard, take
+from engine.routing import shard_key, split_by_shard
 from operators.dedupe import Deduplicator
+from rules.compiler import Plan
+
+# A block of input: (buffer, line starts, line ends, positions); every line is followed by a
+# newline in the buffer (`engine.decode.split_lines`), blank lines may be among them.
+Block = tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]
 
 STARTED_DIR_ENV = "HALFLIFE_CLUSTER_STARTED_DIR"
 
@@ -62,11 +71,19 @@ class ReaderState:
     cursor: str = "0-0"  # stream sources: the id of the last entry read
 
 
-class DecodingPartition(StatefulSourcePartition[tuple[str, Any], ReaderState]):
-    """Decodes, de-duplicates, stamps watermarks on and routes what `read_lines` returns.
+def block_of(lines: Sequence[bytes], positions: Sequence[int]) -> Block:
+    """A block holding `lines` (without newlines; a newline inside one stands in as a carriage return,
+    which JSON reads the same way) with their positions; blank lines are dropped."""
+    kept = [(line.replace(b"\n", b"\r"), p) for line, p in zip(lines, positions, strict=True) if line.strip()]
+    buf, starts, ends = split_lines(b"\n".join(line for line, _ in kept))
+    return buf, starts, ends, np.array([p for _, p in kept], np.int64)
 
-    Subclasses provide `read_lines` (and advance `state.offset`): `None` means the
-    input has ended, an empty list that nothing is available yet.
+
+class DecodingPartition(StatefulSourcePartition[tuple[str, Any], ReaderState]):
+    """Decodes, de-duplicates, stamps watermarks on and routes what `read_block` returns.
+
+    Subclasses provide `read_block` (and advance `state.offset`): `None` means the
+    input has ended, an empty block that nothing is available yet.
 
     Every event carries the input's watermark just before it (largest accepted time
     read so far − lateness), so a shard fires a contact's timers exactly as if the
@@ -77,15 +94,17 @@ class DecodingPartition(StatefulSourcePartition[tuple[str, Any], ReaderState]):
 
     WATERMARK_EVERY_S = 0.2
 
-    def __init__(self, name: str, state: ReaderState, shards: int, lateness_ms: int, *, live: bool = False,
+    def __init__(self, name: str, state: ReaderState, shards: int, plan: Plan | None, *, live: bool = False,
                  own_shard: int | None = None) -> None:
-        """`live`: the watermark also advances with the wall clock (SPEC §3, live mode).
+        """`plan`: the rules, whose matchers the decoder evaluates (None: no rules, lateness 0).
+        `live`: the watermark also advances with the wall clock (SPEC §3, live mode).
         `own_shard`: a partition that carries one shard's stream sends its watermark
         broadcasts to that shard only (the wall clock reaches the others anyway)."""
         self.name = name
         self.state = state
         self.shards = shards
-        self.lateness_ms = lateness_ms
+        self.decoder = BatchDecoder(plan)
+        self.lateness_ms = plan.lateness_ms if plan is not None else 0
         self.live = live
         self.watermark_targets = list(range(shards)) if own_shard is None else [own_shard]
         self.dedupe = Deduplicator() if state.dedupe is None else Deduplicator.restore(state.dedupe)
@@ -102,7 +121,7 @@ class DecodingPartition(StatefulSourcePartition[tuple[str, Any], ReaderState]):
             watermark = max(watermark, wall_ms() - self.lateness_ms)
         return watermark
 
-    def read_lines(self) -> tuple[list[bytes], list[int]] | None:
+    def read_block(self) -> Block | None:
         raise NotImplementedError
 
     def next_batch(self) -> list[tuple[str, Any]]:
@@ -112,17 +131,16 @@ class DecodingPartition(StatefulSourcePartition[tuple[str, Any], ReaderState]):
                 self._end_again = False
                 return self._end_items()
             raise StopIteration()
-        read = self.read_lines()
-        if read is None:
+        block = self.read_block()
+        if block is None:
             state.finished = True
             return self._end_items()
-        lines, positions = read
         out: list[tuple[str, Any]] = []
-        if lines:
+        if len(block[1]):
             started = time.perf_counter()
-            out = self._decode(lines, positions)
+            out = self._decode(block)
             metrics.BATCH_DURATION.labels("read").observe(time.perf_counter() - started)
-            metrics.BATCH_SIZE.labels("read").observe(len(lines))
+            metrics.BATCH_SIZE.labels("read").observe(len(block[1]))
         now = time.monotonic()
         if now - self._broadcast_at >= self.WATERMARK_EVERY_S:
             watermark = self.current_watermark()
@@ -134,11 +152,12 @@ class DecodingPartition(StatefulSourcePartition[tuple[str, Any], ReaderState]):
                 metrics.EVENT_TIME_LAG.set(max(0.0, (wall_ms() - watermark) / 1000))
         return out
 
-    def _decode(self, lines: list[bytes], positions: list[int]) -> list[tuple[str, Any]]:
+    def _decode(self, block: Block) -> list[tuple[str, Any]]:
         state = self.state
-        batch, dead = decode_lines(lines, positions)
-        state.events_in += len(lines)
-        metrics.EVENTS_IN.inc(len(lines))
+        batch, dead = self.decoder.decode(*block)
+        lines = len(batch) + len(dead)  # blank lines are not events
+        state.events_in += lines
+        metrics.EVENTS_IN.inc(lines)
         out: list[tuple[str, Any]] = []
         reasons: dict[str, int] = {}
         for dl in dead:
@@ -148,16 +167,16 @@ class DecodingPartition(StatefulSourcePartition[tuple[str, Any], ReaderState]):
             state.dead_lettered += n
             state.reasons[reason] = state.reasons.get(reason, 0) + n
             metrics.EVENTS_DEAD_LETTERED.labels(reason).inc(n)
-        if len(batch.contacts):
-            keep = self.dedupe.accepted(batch.contacts, batch.message_ids)
-            duplicates = len(batch.contacts) - len(keep)
+        if len(batch):
+            keep = self.dedupe.accepted(batch)
+            duplicates = len(batch) - int(np.count_nonzero(keep))
             if duplicates:
                 state.deduplicated += duplicates
                 metrics.EVENTS_DEDUPLICATED.inc(duplicates)
-                batch = take(batch, keep)
-        if len(batch.contacts):
-            state.processed += len(batch.contacts)
-            metrics.EVENTS_PROCESSED.inc(len(batch.contacts))
+                batch = batch.take(np.flatnonzero(keep))
+        if len(batch):
+            state.processed += len(batch)
+            metrics.EVENTS_PROCESSED.inc(len(batch))
             self._stamp_watermarks(batch)
             out.extend((shard_key(s), sub) for s, sub in split_by_shard(batch, self.shards))
         return out
@@ -196,51 +215,137 @@ class DecodingPartition(StatefulSourcePartition[tuple[str, Any], ReaderState]):
 
 
 class _StreamPartition(DecodingPartition):
-    def __init__(self, name: str, stream: BinaryIO, state: ReaderState, shards: int, batch_size: int,
-                 lateness_ms: int) -> None:
-        super().__init__(name, state, shards, lateness_ms)
-        self.stream = stream
-        self.batch_size = batch_size
+    """Reads blocks of `batch_size` lines from a binary stream into one reused buffer.
 
-    def read_lines(self) -> tuple[list[bytes], list[int]] | None:
-        lines: list[bytes] = []
-        positions: list[int] = []
-        offset = self.state.offset
-        readline = self.stream.readline
-        while len(lines) < self.batch_size:
-            line = readline(KEEP_RAW_BYTES)
-            if not line:
-                break
-            start = offset
-            offset += len(line)
-            if len(line) == KEEP_RAW_BYTES and not line.endswith(b"\n"):
-                # Skip the rest of a huge line; its prefix is dead-lettered as oversize.
-                while True:
-                    rest = readline(KEEP_RAW_BYTES)
-                    offset += len(rest)
-                    if not rest or rest.endswith(b"\n"):
-                        break
-            line = line.rstrip(b"\n")
-            if line.strip():
-                lines.append(line)
-                positions.append(start)
-        at_end = offset == self.state.offset
-        self.state.offset = offset
-        return None if at_end else (lines, positions)
+    Bytes after the last complete line wait in the buffer for the next block. A block's buffer is
+    this partition's own and is overwritten by the next read: the decoder copies what it keeps.
+    A line longer than KEEP_RAW_BYTES is not held whole: its first KEEP_RAW_BYTES bytes are the
+    line (an `oversize` dead letter) and the rest up to its newline is skipped.
+    """
+
+    CHUNK = 1 << 20
+
+    def __init__(self, name: str, stream: BufferedIOBase, state: ReaderState, shards: int, batch_size: int,
+                 plan: Plan | None) -> None:
+        super().__init__(name, state, shards, plan)
+        self.stream = stream
+        # A pipe answers with what it has (read1): lines reach the engine as they are written.
+        self._readinto = stream.readinto1 if stream is sys.stdin.buffer else stream.readinto
+        self.batch_size = batch_size
+        self._buf = np.empty(4 * self.CHUNK, np.uint8)
+        self._lo = 0  # the unconsumed bytes are _buf[_lo:_hi]; _buf[_lo] is at file offset state.offset
+        self._hi = 0
+        self._newlines = np.empty(0, np.int64)  # positions of the newlines in _buf[_lo:_hi], ascending
+        self._skip = False  # inside a line longer than KEEP_RAW_BYTES, after its kept prefix
+        self._eof = False
+
+    def _fill(self) -> None:
+        """Read one more chunk behind the unconsumed bytes (moved to the front first)."""
+        if self._lo:
+            kept = self._hi - self._lo
+            self._buf[:kept] = self._buf[self._lo:self._hi]
+            self._newlines -= self._lo
+            self._lo, self._hi = 0, kept
+        if self._hi + self.CHUNK + 1 > len(self._buf):
+            grown = np.empty(2 * len(self._buf) + self.CHUNK, np.uint8)
+            grown[:self._hi] = self._buf[:self._hi]
+            self._buf = grown
+        got = self._readinto(memoryview(self._buf)[self._hi:self._hi + self.CHUNK]) or 0  # type: ignore[arg-type]
+        if not got:
+            self._eof = True
+            return
+        found = np.empty(got, np.int64)
+        n = newline_positions(self._buf, self._hi, self._hi + got, found)
+        self._newlines = np.concatenate([self._newlines, found[:n]])
+        self._hi += got
+        if self._skip:
+            self._skip_rest()
+
+    def _skip_rest(self) -> None:
+        """Drop the rest of an over-long line, up to and with its newline."""
+        if len(self._newlines):
+            cut = int(self._newlines[0]) + 1
+            self._newlines = self._newlines[1:]
+            self._skip = False
+        else:
+            cut = self._hi
+        self.state.offset += cut - self._lo
+        self._lo = cut
+
+    def _tail(self) -> int:
+        """Bytes after the last newline read: the line being read."""
+        return self._hi - (int(self._newlines[-1]) + 1 if len(self._newlines) else self._lo)
+
+    def read_block(self) -> Block | None:
+        while not self._eof and (self._skip or (len(self._newlines) < self.batch_size
+                                                and self._tail() <= KEEP_RAW_BYTES)):
+            self._fill()
+        lo = self._lo
+        if not len(self._newlines):
+            if self._hi - lo > KEEP_RAW_BYTES:  # one line longer than the limit: its prefix is the line
+                end = lo + KEEP_RAW_BYTES
+                self._skip = True
+            elif self._eof and self._hi > lo:  # the last line, without its newline
+                end = self._hi
+            else:
+                return None if self._eof else _EMPTY_BLOCK
+            self._buf[end] = 10
+            block = self._block(np.array([end], np.int64))
+            self.state.offset += self._hi - lo
+            self._lo = self._hi
+            return block
+        take = min(self.batch_size, len(self._newlines))
+        ends = self._newlines[:take]
+        self._newlines = self._newlines[take:]
+        block = self._block(ends)
+        self.state.offset += int(ends[-1]) + 1 - lo
+        self._lo = int(ends[-1]) + 1
+        return block
+
+    def _block(self, ends: npt.NDArray[np.int64]) -> Block:
+        """The lines ending at `ends` (newlines in _buf) from _lo on, as a block."""
+        starts = np.empty_like(ends)
+        starts[0] = self._lo
+        starts[1:] = ends[:-1] + 1
+        positions = starts - self._lo + self.state.offset
+        long = np.flatnonzero(ends - starts > KEEP_RAW_BYTES)
+        if len(long):  # read whole with its chunk: keep only the prefix, as for one read in parts
+            ends = ends.copy()
+            ends[long] = starts[long] + KEEP_RAW_BYTES
+            self._buf[ends[long]] = 10
+        return self._buf, starts, ends, positions
 
     def close(self) -> None:
         if self.stream is not sys.stdin.buffer:
             self.stream.close()
 
 
+@kernel
+def newline_positions(buf, start, end, out):  # type: ignore[no-untyped-def]
+    """The positions of the newlines in buf[start:end], written to out; returns how many."""
+    n = 0
+    i = np.uint64(start)
+    stop = np.uint64(end)
+    while i < stop:
+        if buf[i] == 10:
+            out[n] = i
+            n += 1
+        i += np.uint64(1)
+    return n
+
+
+_EMPTY_BLOCK: Block = (np.frombuffer(b"\n", np.uint8), np.zeros(0, np.int64), np.zeros(0, np.int64),
+                       np.zeros(0, np.int64))
+
+
 class JsonLinesSource(FixedPartitionedSource[tuple[str, Any], ReaderState]):
     """A file (or `-` for stdin) of JSON Lines events, as one partition."""
 
-    def __init__(self, path: str, shards: int, batch_size: int, lateness_ms: int) -> None:
+    def __init__(self, path: str, shards: int, batch_size: int, plan: Plan | None) -> None:
         self.path = path
         self.shards = shards
         self.batch_size = batch_size
-        self.lateness_ms = lateness_ms
+        self.plan = plan
 
     def list_parts(self) -> list[str]:
         # bytewax lists partitions on every worker once the cluster is connected:
@@ -251,8 +356,8 @@ class JsonLinesSource(FixedPartitionedSource[tuple[str, Any], ReaderState]):
     def build_part(self, step_id: str, for_part: str, resume_state: ReaderState | None) -> _StreamPartition:
         state = resume_state or ReaderState()
         if self.path == "-":
-            stream: BinaryIO = sys.stdin.buffer
+            stream = cast(BufferedIOBase, sys.stdin.buffer)
         else:
             stream = open(self.path, "rb")  # noqa: SIM115 - closed by the partition
             stream.seek(state.offset)
-        return _StreamPartition(for_part, stream, state, self.shards, self.batch_size, self.lateness_ms)
+        return _StreamPartition(for_part, stream, state, self.shards, self.batch_size, self.plan)

@@ -20,12 +20,16 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, cast
 
+import numpy as np
 import orjson
 import redis
 from bytewax.testing import run_main
 
 from engine.config import RunConfig
 from engine.dataflow import build_flow
+from engine.decode import BatchDecoder, EventBatch, split_lines
+from rules import load_rules
+from rules.compiler import Plan, compile_rules
 
 
 @dataclass
@@ -42,6 +46,28 @@ def _read_jsonl(path: str) -> list[dict[str, Any]]:
         return []
     with open(path, "rb") as f:
         return [orjson.loads(line) for line in f.read().splitlines() if line.strip()]
+
+
+def event_batch(events: Iterable[dict[str, Any] | bytes], plan: Plan | None = None,
+                watermarks: Iterable[int] | None = None) -> EventBatch:
+    """The columnar batch the engine's decoder makes of `events` (dicts or JSON lines) for `plan`'s
+    matchers; every event must be valid. `watermarks`: what the source would stamp on them."""
+    lines = [e if isinstance(e, bytes) else orjson.dumps(e) for e in events]
+    batch, dead = BatchDecoder(plan).decode(*split_lines(b"\n".join(lines)), np.arange(len(lines), dtype=np.int64))
+    if dead or len(batch) != len(lines):
+        raise ValueError(f"not every event is valid: {[(d.reason, d.detail) for d in dead]}")
+    if watermarks is not None:
+        batch.watermarks = np.array(list(watermarks), np.int64)
+    return batch
+
+
+def plan_of(rules_yaml: str) -> Plan:
+    """The compiled plan of a rule file's text."""
+    with tempfile.TemporaryDirectory(prefix="halflife-rules-") as tmp:
+        path = os.path.join(tmp, "rules.yaml")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(rules_yaml)
+        return compile_rules(load_rules(path))
 
 
 def run_rules(rules_yaml: str, events: Iterable[dict[str, Any] | bytes | str], *, batch_size: int = 1000,

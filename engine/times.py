@@ -17,6 +17,10 @@ import math
 import re
 from typing import Final
 
+import numpy as np
+
+from engine.compiled import kernel
+
 __all__ = ["MAX_TIME_MS", "format_time", "parse_time"]
 
 MS_PER_DAY: Final = 86_400_000
@@ -180,3 +184,167 @@ def _civil_prefix(days: int) -> str:
     month = mp + 3 if mp < 10 else mp - 9
     year = yoe + era * 400 + (month <= 2)
     return f"{year:04d}-{month:02d}-{day:02d}T"
+
+
+# -- compiled forms, for the batch decoder (engine/decode.py) ----------------------------------------------
+# The same grammar and arithmetic as `parse_time` and `format_time`, over UTF-8 bytes in a buffer;
+# tests/engine/test_times.py checks them against the functions above.
+
+_DAYS_IN_MONTH_ARRAY = np.array(_DAYS_IN_MONTH, np.int64)
+
+
+@kernel(inline=True)
+def _digits(b, i, n):  # type: ignore[no-untyped-def]
+    """The value of the n ASCII digits at b[i:], or -1."""
+    v = 0
+    for j in range(i, i + n):
+        c = b[j]
+        if c < 48 or c > 57:
+            return -1
+        v = v * 10 + (c - 48)
+    return v
+
+
+@kernel
+def _days_from_civil_nb(year, month, day):  # type: ignore[no-untyped-def]
+    if month <= 2:
+        year -= 1
+    era = year // 400
+    yoe = year - era * 400
+    doy = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146_097 + doe - 719_468
+
+
+@kernel
+def parse_iso_bytes(b, s, e):  # type: ignore[no-untyped-def]
+    """`parse_time` of the ISO string b[s:e] (its content, without quotes or escapes): (True, ms) or (False, 0)."""
+    n = e - s
+    if n < 19:
+        return False, 0
+    year = _digits(b, s, 4)
+    month = _digits(b, s + 5, 2)
+    day = _digits(b, s + 8, 2)
+    hours = _digits(b, s + 11, 2)
+    minutes = _digits(b, s + 14, 2)
+    second = _digits(b, s + 17, 2)
+    sep = b[s + 10]
+    if (year < 0 or month < 0 or day < 0 or hours < 0 or minutes < 0 or second < 0 or b[s + 4] != 45
+            or b[s + 7] != 45 or (sep != 84 and sep != 32) or b[s + 13] != 58 or b[s + 16] != 58):
+        return False, 0
+    i = s + 19
+    millis = 0
+    if i < e and b[i] == 46:  # a fraction: 1 to 3 digits count, more are dropped (truncation)
+        i += 1
+        start = i
+        while i < e and 48 <= b[i] <= 57:
+            if i - start < 3:
+                millis = millis * 10 + (b[i] - 48)
+            i += 1
+        count = i - start
+        if count == 0:
+            return False, 0
+        if count == 1:
+            millis *= 100
+        elif count == 2:
+            millis *= 10
+    offset = 0
+    if i < e:
+        c = b[i]
+        if c == 90:  # Z
+            i += 1
+        elif c == 43 or c == 45:
+            rest = e - i - 1
+            if rest == 5 and b[i + 3] == 58:
+                zh = _digits(b, i + 1, 2)
+                zm = _digits(b, i + 4, 2)
+            elif rest == 4:
+                zh = _digits(b, i + 1, 2)
+                zm = _digits(b, i + 3, 2)
+            else:
+                return False, 0
+            if zh < 0 or zm < 0 or zh > 23 or zm > 59:
+                return False, 0
+            offset = (zh * 60 + zm) * 60_000
+            if c == 45:
+                offset = -offset
+            i = e
+        else:
+            return False, 0
+    if i != e:
+        return False, 0
+    if month < 1 or month > 12 or day < 1 or hours > 23 or minutes > 59 or second > 59:
+        return False, 0
+    leap = 1 if month == 2 and year % 4 == 0 and (year % 100 != 0 or year % 400 == 0) else 0
+    if day > _DAYS_IN_MONTH_ARRAY[month] + leap:
+        return False, 0
+    ms = (_days_from_civil_nb(year, month, day) * MS_PER_DAY + (hours * 60 + minutes) * 60_000 + second * 1000
+          + millis - offset)
+    if ms < 0 or ms >= MAX_TIME_MS:
+        return False, 0
+    return True, ms
+
+
+@kernel
+def parse_int_bytes(b, s, e):  # type: ignore[no-untyped-def]
+    """`parse_time` of an integer literal b[s:e] of at most 18 digits: (True, ms) or (False, 0)."""
+    negative = b[s] == 45
+    i = s + 1 if negative else s
+    v = 0
+    while i < e:
+        v = v * 10 + (b[i] - 48)
+        i += 1
+    if negative:
+        v = -v
+    if v < 0 or v >= MAX_TIME_MS:
+        return False, 0
+    return True, v
+
+
+def format_times(times_ms: np.ndarray) -> bytes:
+    """`format_time` of every time, end to end (24 bytes each)."""
+    out = np.empty(24 * len(times_ms), np.uint8)
+    _format_all(times_ms, out)
+    return out.tobytes()
+
+
+@kernel
+def _format_all(times_ms, out):  # type: ignore[no-untyped-def]
+    pos = 0
+    for i in range(len(times_ms)):
+        pos = format_iso_bytes(times_ms[i], out, pos)
+
+
+@kernel
+def format_iso_bytes(ms, out, pos):  # type: ignore[no-untyped-def]
+    """Write `format_time(ms)` (24 bytes) at out[pos:]; returns pos + 24."""
+    days = ms // MS_PER_DAY
+    rest = ms - days * MS_PER_DAY
+    z = days + 719_468
+    era = z // 146_097
+    doe = z - era * 146_097
+    yoe = (doe - doe // 1460 + doe // 36_524 - doe // 146_096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    day = doy - (153 * mp + 2) // 5 + 1
+    month = mp + 3 if mp < 10 else mp - 9
+    year = yoe + era * 400 + (1 if month <= 2 else 0)
+    seconds = rest // 1000
+    millis = rest - seconds * 1000
+    minutes = seconds // 60
+    second = seconds - minutes * 60
+    hour = minutes // 60
+    minute = minutes - hour * 60
+    for k, v, w in ((0, year, 4), (5, month, 2), (8, day, 2), (11, hour, 2), (14, minute, 2), (17, second, 2),
+                    (20, millis, 3)):
+        for j in range(w - 1, -1, -1):
+            out[pos + k + j] = 48 + v % 10
+            v //= 10
+    out[pos + 4] = 45
+    out[pos + 7] = 45
+    out[pos + 10] = 84
+    out[pos + 13] = 58
+    out[pos + 16] = 58
+    out[pos + 19] = 46
+    out[pos + 23] = 90
+    return pos + 24

@@ -75,7 +75,7 @@ import orjson
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from engine import metrics
-from engine.records import TriggerOut
+from engine.records import TriggerOut, each_record
 from engine.redis_keys import Keys
 
 SECRET_ENV_PREFIX = "HALFLIFE_WEBHOOK_SECRET_"
@@ -306,8 +306,7 @@ class _WebhookPartition(StatelessSinkPartition[Any]):
     def write_batch(self, items: list[Any]) -> None:
         work: list[tuple[str, WebhookTarget, TriggerOut]] = []
         targets = self.sink.targets
-        for item in items:
-            out = item if isinstance(item, TriggerOut) else item[1]
+        for out in each_record(item[1] if isinstance(item, tuple) else item for item in items):
             target = targets.get(out.channel)
             if target is None:
                 self.ignored += 1

@@ -1,16 +1,27 @@
 """Contact index of one shard: contact id -> slot, and the growable columns keyed by slot.
 
-Every per-contact state array in a shard has the slot as its first axis. Operators
-register their arrays here so they all grow together (capacity doubles) when new
-contacts arrive.
+Every per-contact state array in a shard has the slot as its first axis. Operators register
+their arrays in `Columns` so they all grow together (capacity doubles) when new contacts arrive.
+
+`ContactIndex` maps contact ids to dense slots 0..n-1 (first seen, first numbered; never reused)
+without a Python object per contact: an open-addressing table of slots keyed by the id's 64-bit
+digest (`engine.hashing`), and the ids' UTF-8 end to end in one buffer, compared byte for byte on
+a digest match, so two ids with the same digest still get two slots.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
+
+from engine.blobs import Blobs, copy_bytes
+from engine.compiled import kernel
+
+__all__ = ["Columns", "ContactIndex"]
+
+EMPTY = -1
 
 
 class Columns:
@@ -54,36 +65,140 @@ class Columns:
         for name, saved in arrays.items():
             self.arrays[name][:size] = saved
 
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.arrays.values())
+
 
 class ContactIndex:
-    """Maps contact ids to dense slots 0..n-1 (slots are never reused within a run)."""
+    """Contact id -> slot; see the module docstring.
 
-    def __init__(self) -> None:
-        self.slot_of: dict[str, int] = {}
-        self.ids: list[str] = []
+    >>> from engine.blobs import Blobs, copy_bytes
+    >>> from engine.hashing import digests
+    >>> index = ContactIndex()
+    >>> ids = ["u-1", "u-2", "u-1"]
+    >>> index.slots(digests(ids), Blobs.of(i.encode() for i in ids)).tolist(), len(index), index.id(1)
+    ([0, 1, 0], 2, 'u-2')
+    """
+
+    def __init__(self, capacity: int = 1024) -> None:
+        self.size = 0
+        self.table = np.full(2 * capacity, EMPTY, np.int32)  # power of two, at most half full
+        self.hashes = np.zeros(capacity, np.int64)  # per slot
+        self.id_offsets = np.zeros(capacity + 1, np.int64)  # slot s is id_data[id_offsets[s]:id_offsets[s + 1]]
+        self.id_data = np.zeros(16 * capacity, np.uint8)
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return self.size
 
-    def slots(self, contacts: Sequence[str]) -> list[int]:
-        """Slot per contact, assigning new slots in first-seen order."""
-        slot_of = self.slot_of
-        ids = self.ids
-        out = []
-        for c in contacts:
-            s = slot_of.get(c)
-            if s is None:
-                s = slot_of[c] = len(ids)
-                ids.append(c)
-            out.append(s)
+    def slots(self, hashes: npt.NDArray[np.int64], contacts: Blobs) -> npt.NDArray[np.int32]:
+        """The slot of each contact (`hashes` are their digests), numbering new ones in first-seen order."""
+        n = len(hashes)
+        self._reserve(self.size + n, int(self.id_offsets[self.size]) + len(contacts.data))
+        out = np.empty(n, np.int32)
+        self.size = _lookup_insert(self.table, self.hashes, self.id_offsets, self.id_data, self.size, hashes,
+                                   contacts.data, contacts.offsets, out)
         return out
 
-    def snapshot(self) -> list[str]:
-        return list(self.ids)
+    def id(self, slot: int) -> str:
+        return self.id_data[self.id_offsets[slot]:self.id_offsets[slot + 1]].tobytes().decode("utf-8")
+
+    def ids(self) -> list[str]:
+        data = self.id_data.tobytes()
+        offsets = self.id_offsets[: self.size + 1].tolist()
+        return [data[a:b].decode("utf-8") for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+
+    def _reserve(self, slots: int, id_bytes: int) -> None:
+        if slots > len(self.hashes):
+            cap = len(self.hashes)
+            while cap < slots:
+                cap *= 2
+            self.hashes = _grown(self.hashes, cap)
+            self.id_offsets = _grown(self.id_offsets, cap + 1)
+        if id_bytes > len(self.id_data):
+            cap = len(self.id_data)
+            while cap < id_bytes:
+                cap *= 2
+            self.id_data = _grown(self.id_data, cap)
+        if 2 * slots > len(self.table):
+            cap = len(self.table)
+            while cap < 2 * slots:
+                cap *= 2
+            self.table = np.full(cap, EMPTY, np.int32)
+            _rehash(self.table, self.hashes, self.size)
+
+    def nbytes(self) -> int:
+        """Bytes this index holds (allocated, not only used)."""
+        return int(self.table.nbytes + self.hashes.nbytes + self.id_offsets.nbytes + self.id_data.nbytes)
+
+    def snapshot(self) -> dict[str, np.ndarray]:
+        n = self.size
+        return {"hashes": self.hashes[:n].copy(), "id_offsets": self.id_offsets[: n + 1].copy(),
+                "id_data": self.id_data[: self.id_offsets[n]].copy()}
 
     @classmethod
-    def restore(cls, ids: list[str]) -> ContactIndex:
+    def restore(cls, snap: dict[str, np.ndarray]) -> ContactIndex:
         index = cls()
-        index.ids = list(ids)
-        index.slot_of = {c: i for i, c in enumerate(index.ids)}
+        n = len(snap["hashes"])
+        index._reserve(n, len(snap["id_data"]))
+        index.hashes[:n] = snap["hashes"]
+        index.id_offsets[: n + 1] = snap["id_offsets"]
+        index.id_data[: len(snap["id_data"])] = snap["id_data"]
+        index.size = n
+        _rehash(index.table, index.hashes, n)
         return index
+
+    @classmethod
+    def of(cls, ids: list[str]) -> ContactIndex:
+        """An index holding `ids` as slots 0..n-1."""
+        from engine.hashing import digests
+
+        index = cls()
+        index.slots(digests(ids), Blobs.of(i.encode("utf-8") for i in ids))
+        return index
+
+
+def _grown(arr: np.ndarray, size: int) -> np.ndarray:
+    new = np.zeros(size, arr.dtype)
+    new[: len(arr)] = arr
+    return new
+
+
+@kernel
+def _rehash(table, hashes, size):  # type: ignore[no-untyped-def]
+    table[:] = EMPTY
+    mask = len(table) - 1
+    for s in range(size):
+        h = hashes[s] & mask
+        while table[h] != EMPTY:
+            h = (h + 1) & mask
+        table[h] = s
+
+
+@kernel
+def _lookup_insert(table, hashes, id_offsets, id_data, size, keys, data, offsets, out):  # type: ignore[no-untyped-def]
+    mask = len(table) - 1
+    for i in range(len(keys)):
+        key = keys[i]
+        a = offsets[i]
+        length = offsets[i + 1] - a
+        h = key & mask
+        while True:
+            s = table[h]
+            if s == EMPTY:
+                s = size
+                table[h] = s
+                hashes[s] = key
+                id_offsets[s + 1] = copy_bytes(id_data, id_offsets[s], data, a, length)
+                size += 1
+                break
+            if hashes[s] == key:
+                o = id_offsets[s]
+                if id_offsets[s + 1] - o == length:
+                    j = 0
+                    while j < length and id_data[o + j] == data[a + j]:
+                        j += 1
+                    if j == length:
+                        break
+            h = (h + 1) & mask
+        out[i] = s
+    return size

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from engine.compiled import kernel
 from operators.contacts import Columns
 
 EMPTY = np.iinfo(np.int64).min
@@ -17,21 +18,19 @@ EMPTY = np.iinfo(np.int64).min
 
 class CountWindows:
     def __init__(self, columns: Columns, sizes: list[int]) -> None:
-        self.columns = columns
-        self.offsets = [sum(sizes[:i]) for i in range(len(sizes))]
-        self.sizes = list(sizes)
-        width = max(sum(sizes), 1)
-        columns.add("count_times", np.int64, EMPTY, width)
-        columns.add("count_next", np.uint32, 0, max(len(sizes), 1))
+        columns.add("count_times", np.int64, EMPTY, max(sum(sizes), 1))
+        columns.add("count_next", np.uint16, 0, max(len(sizes), 1))
 
-    def add(self, slot: int, rule: int, now_ms: int, within_ms: int) -> bool:
-        """Record a matching event at `now_ms`; True when the count has just reached K."""
-        arrays = self.columns.arrays
-        k = self.sizes[rule]
-        off = self.offsets[rule]
-        ring = arrays["count_times"][slot, off : off + k]
-        inside = int(np.count_nonzero(ring > now_ms - within_ms))
-        pos = int(arrays["count_next"][slot, rule])
-        ring[pos] = now_ms
-        arrays["count_next"][slot, rule] = (pos + 1) % k
-        return inside == k - 1
+
+@kernel
+def add(times, following, slot, rule, offset, size, now_ms, within_ms):  # type: ignore[no-untyped-def]
+    """Record a matching event of count rule `rule` (its ring: `size` columns from `offset`) at
+    `now_ms`; True when the count has just reached its K (= `size`)."""
+    inside = 0
+    for j in range(offset, offset + size):
+        if times[slot, j] > now_ms - within_ms:
+            inside += 1
+    pos = following[slot, rule]
+    times[slot, offset + pos] = now_ms
+    following[slot, rule] = (pos + 1) % size
+    return inside == size - 1

@@ -3,27 +3,30 @@
 Each shard is one bytewax stateful key. Its logic owns:
 
 * `ContactIndex`: contact id -> slot;
-* per-contact columns (`Columns`, numpy, slot-major): the contact clock, score values
-  and update times, count rings, timer deadlines and the JSON lines of the events that armed them,
-  `unless` last-seen times and last firing times;
+* per-contact columns (`Columns`, numpy, slot-major): the contact clock, score values and update
+  times, count rings, timer deadlines and the summaries of the events that armed them, `unless`
+  last-seen times and last firing times;
 * one `TimerTable` heap for the whole shard.
 
-Events arrive as columnar `EventBatch`es, already de-duplicated by the source, each
-stamped with the input's watermark just before it. Before an event is applied, its
-contact's timers with a deadline below max(effective time, watermark) fire: path (a)
-and path (b) of the SPEC at the exact point of the input where they happen. Timers of
-other contacts are fired by watermark once per batch (their order cannot change any
-outcome). Per batch, matchers are evaluated by event name (`Plan.match`) and each
-distinct matcher bit set is turned into an `Effects` record once; the per-event loop
-then only applies effects in arrival order, because the SPEC's per-contact semantics
-(clock, timers firing between events, cooldowns) are sequential per contact.
+Events arrive as columnar `EventBatch`es, already de-duplicated by the source, each stamped with
+the input's watermark just before it and carrying its matcher bit set. Per batch, each distinct bit
+set becomes an effect id (`rules.compiler.EffectTable`), and one compiled loop (`_apply_events`)
+applies the events in arrival order, because the SPEC's per-contact semantics (clock, timers firing
+between events, cooldowns) are sequential per contact. Before an event is applied, its contact's
+timers with a deadline below max(effective time, watermark) fire: path (a) and path (b) of the SPEC
+at the exact point of the input where they happen. Timers of other contacts are fired by watermark
+once per batch (their order cannot change any outcome).
 
-Snapshot (for bytewax recovery): a dict with the contact ids, copies of every column
-cut to the number of contacts, the counters and the last watermark (the timer heap is
-rebuilt from the deadline column on restore). Size is about (8 x columns + ids) bytes
-per contact plus the JSON lines kept by pending timers;
-`ShardLogic.snapshot` returns copies, so later processing never mutates a snapshot.
-Resuming builds the same state, so a resumed run fires the same triggers.
+The loop writes firings into `Firings` (rule, slot, time, the causing event's summary, the scores);
+Python then turns each firing into its trigger records and profile changes -- work per firing, not
+per event.
+
+Snapshot (for bytewax recovery): a dict with the contact index, copies of every column cut to the
+number of contacts (derived columns left out), the live part of the event arena, the counters and
+the last watermark. Size is about 8 bytes x (1 + 2 scores + sum of at_least + 2 x timer rules +
+unless matchers + triggers) per contact, plus the contact id and the summaries pending timers keep.
+`ShardLogic.snapshot` returns copies, so later processing never mutates a snapshot. Resuming builds
+the same state, so a resumed run fires the same triggers.
 """
 
 from __future__ import annotations
@@ -34,35 +37,62 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-import orjson
 from bytewax.operators import StatefulBatchLogic
 
 from engine import metrics
-from engine.decode import EventBatch, decode_lines
+from engine.blobs import copy_bytes
+from engine.compiled import kernel
+from engine.decode import EventBatch
 from engine.records import (
     ContactState,
     EndOfInput,
+    ProfileOut,
+    ProfileRecords,
+    RecordWriter,
     ShardEnd,
     TriggerOut,
+    TriggerRecords,
     Watermark,
-    event_summary,
-    profile_lines,
-    trigger_lines,
     wall_ms,
 )
+from engine.times import format_time, format_times
+from operators import counts, scores, suppress, timers
 from operators.contacts import Columns, ContactIndex
 from operators.counts import CountWindows
-from operators.scores import ScoreColumns, crossing_time
-from operators.suppress import Suppression
+from operators.scores import ScoreColumns
+from operators.suppress import REASONS, Suppression
 from operators.timers import NONE, TimerTable
-from rules.compiler import RISES_ABOVE, Plan, TriggerPlan
+from rules.compiler import RISES_ABOVE, SEQ_START, EffectTable, Plan, PlanArrays
 
 NEVER = np.iinfo(np.int64).min
+SNAPSHOT_VERSION = 3
 
-# The causing event of a trigger: its decoded dict, its name and its own time. A timer keeps only
-# the event's JSON line (a fifth of the dict's bytes, and every contact holds one for an
-# `inactive_for` rule) and decodes it again, to the same event, when it fires.
-Causing = tuple[dict, "str | None", int]
+# Where a firing's causing event is: the batch (event index) or the timer arena (offset).
+FROM_BATCH, FROM_ARENA = 0, 1
+
+
+class Firings:
+    """What the compiled loop fired, as columns; `count` rows are filled."""
+
+    def __init__(self, capacity: int, n_scores: int, max_per_event: int) -> None:
+        self.trigger = np.empty(capacity, np.int32)
+        self.slot = np.empty(capacity, np.int32)
+        self.at = np.empty(capacity, np.int64)
+        self.by_timer = np.empty(capacity, np.uint8)
+        self.source = np.empty(capacity, np.uint8)
+        self.offset = np.empty(capacity, np.int64)
+        self.length = np.empty(capacity, np.int64)
+        self.scores = np.empty((capacity, max(n_scores, 1)), np.float64)
+        self.count = np.zeros(1, np.int64)
+        self.pending = np.empty(max_per_event, np.int32)  # the loop's list of one event's firings
+
+    def arrays(self) -> tuple[Any, ...]:
+        return (self.trigger, self.slot, self.at, self.by_timer, self.source, self.offset, self.length, self.scores,
+                self.count, self.pending)
+
+    @property
+    def capacity(self) -> int:
+        return len(self.trigger)
 
 
 class ShardState:
@@ -74,189 +104,187 @@ class ShardState:
         self.index = ContactIndex()
         self.columns = Columns()
         self.columns.add("clock", np.int64, NEVER)
-        self.scores = ScoreColumns(self.columns, len(plan.scores))
-        self.counts = CountWindows(self.columns, [plan.triggers[t].at_least for t in plan.count_triggers])
+        ScoreColumns(self.columns, len(plan.scores))
+        CountWindows(self.columns, [plan.triggers[t].at_least for t in plan.count_triggers])
         self.timers = TimerTable(self.columns, len(plan.timer_triggers))
-        self.suppression = Suppression(self.columns, len(plan.unless_matchers), len(plan.triggers))
+        Suppression(self.columns, len(plan.unless_matchers), len(plan.triggers))
+        self.plan_arrays = PlanArrays.of(plan).as_tuple()
+        self.effects = EffectTable(plan)
         self.watermark = NEVER  # the input's watermark as far as this shard knows
         self.shard = -1  # learnt from the first batch (bytewax does not tell a logic its key)
+        n_triggers = max(len(plan.triggers), 1)
+        self.fired_counts = np.zeros(n_triggers, np.int64)
+        self.suppressed_counts = np.zeros((n_triggers, len(REASONS) + 1), np.int64)
+        # Most firings one event can cause: its own triggers, and its contact's due timers first.
+        self._per_event = len(plan.triggers) + len(plan.timer_triggers)
+        self.firings = Firings(max(4096, 4 * self._per_event), len(plan.scores), max(1, len(plan.triggers)))
+        self._writers = [RecordWriter(t.name, t.channels, t.profile_actions) for t in plan.triggers]
+        self._score_names = [sp.name for sp in plan.scores]
         self.suppressed_in_batch: list[tuple[str, str]] = []  # for metrics, drained per batch
-        self.fired: Counter[str] = Counter()
-        self.suppressed: Counter[str] = Counter()  # "rule:reason"
-        self._score_triggers = plan.scores_by_trigger
-        self._timer_plans = [plan.triggers[t] for t in plan.timer_triggers]
 
     # -- events -------------------------------------------------------------------
 
+    def _state(self) -> tuple[Any, ...]:
+        a = self.columns.arrays
+        return (a["clock"], a["score_value"], a["score_last"], a["count_times"], a["count_next"], a["unless_seen"],
+                a["last_fired"], self.fired_counts, self.suppressed_counts)
+
     def process(self, batch: EventBatch, out: list[Any]) -> None:
         """Apply a batch of accepted events in order (`batch.watermarks` must be set)."""
-        n = len(batch.contacts)
+        n = len(batch)
         if n == 0:
             return
-        self.shard = batch.shard
-        slots = self.index.slots(batch.contacts)
-        self.columns.ensure(len(self.index))
-        bits = self.plan.match(batch.names, batch.events)
-        times = batch.times.tolist()
         assert batch.watermarks is not None, "the source stamps watermarks on every batch"
-        watermarks = batch.watermarks.tolist()
-        clock = self.columns.arrays["clock"]
-        timer_next = self.columns.arrays["timer_next"]
-        effects_for = self.plan.effects_for
-        for i in range(n):
-            slot = slots[i]
-            t = times[i]
-            now = int(clock[slot])
-            if t > now:
-                now = t
-            # Timers due by the event's own time (path a) or by the watermark (path b).
-            limit = now if now > watermarks[i] else watermarks[i]
-            if timer_next[slot] < limit:
-                self._fire_contact_timers(slot, limit, out)
-            clock[slot] = now
-            effects = effects_for(bits[i])
-            if not effects.empty:
-                self._apply(slot, now, effects, batch, i, t, out)
-        if watermarks[-1] > self.watermark:
-            self.watermark = watermarks[-1]
+        self.shard = batch.shard
+        slots = self.index.slots(batch.contact_hashes, batch.contacts)
+        self.columns.ensure(len(self.index))
+        effect_ids = self.effects.ids(batch.bits)
+        self.timers.reserve(n * max(1, self.timers.n_timers), len(batch.summaries.data))
+        events = (slots, batch.times, batch.watermarks, effect_ids, batch.summaries.data, batch.summaries.offsets)
+        i = 0
+        while i < n:
+            i = _apply_events(self._state(), self.timers.arrays(), self.plan_arrays, self.effects.as_tuple(), events,
+                              self.firings.arrays(), i, len(self.index), self._per_event)
+            self._drain(batch, out)
+        if batch.watermarks[-1] > self.watermark:
+            self.watermark = int(batch.watermarks[-1])
+        self.timers.compact_events(len(self.index))
         if self.contact_states:
-            for slot in dict.fromkeys(slots):
+            touched = np.unique(slots)
+            clock = self.columns.arrays["clock"]
+            for slot in touched.tolist():
                 now = int(clock[slot])
-                scores = {sp.name: self.scores.value_at(slot, sp.index, now, sp.half_life_ms)
-                          for sp in self.plan.scores}
-                out.append(ContactState(self.index.ids[slot], scores, now))
+                out.append(ContactState(self.index.id(slot), self.scores_at(slot, now), now))
 
-    def _apply(self, slot: int, now: int, effects: Any, batch: EventBatch, i: int, t: int, out: list[Any]) -> None:
-        line = batch.lines[i]
-        plan = self.plan
-        triggers = plan.triggers
-        timers = self.timers
-        for u in effects.unless_seen:
-            self.suppression.saw(slot, u, now)
-        firing: list[TriggerPlan] = []
-        for trigger, cancels, starts in effects.sequences:
-            tp = triggers[trigger]
-            if starts:  # (re)starts: also what cancelling and then starting would leave
-                timers.arm(slot, tp.timer, now + tp.within_ms, line)
-            elif cancels:
-                timers.cancel(slot, tp.timer)
-        for s, add in effects.scores:
-            sp = plan.scores[s]
-            before, after = self.scores.update(slot, s, now, sp.half_life_ms, add, sp.lo, sp.hi)
-            for tp in self._score_triggers.get(s, ()):
-                if tp.kind == RISES_ABOVE:
-                    if before < tp.threshold <= after:
-                        firing.append(tp)
-                elif after >= tp.threshold:
-                    timers.arm(slot, tp.timer, crossing_time(after, now, sp.half_life_ms, tp.threshold), line)
-                elif timers.deadline(slot, tp.timer) != NONE:
-                    timers.cancel(slot, tp.timer)
-                    firing.append(tp)
-        for trigger in effects.counts:
-            tp = triggers[trigger]
-            if self.counts.add(slot, tp.count_slot, now, tp.within_ms):
-                firing.append(tp)
-        if firing:
-            event: Causing = (batch.events[i], batch.names[i], t)
-            for tp in firing:
-                self._fire(slot, tp, now, event, out)
+    def scores_at(self, slot: int, at_ms: int) -> dict[str, float]:
+        a = self.columns.arrays
+        return {sp.name: scores.value_at(a["score_value"], a["score_last"], slot, sp.index, at_ms, sp.half_life_ms,
+                                         scores.TWO) for sp in self.plan.scores}
 
     # -- timers ---------------------------------------------------------------------
-
-    def _fire_contact_timers(self, slot: int, before_ms: int, out: list[Any]) -> None:
-        """Path (a): an event at `before_ms` first fires the contact's earlier timers."""
-        for deadline, k in self.timers.due_for_contact(slot, before_ms):
-            self._fire_timer(deadline, slot, k, out)
-
-    def _fire_timer(self, deadline: int, slot: int, k: int, out: list[Any]) -> None:
-        decoded, _ = decode_lines([self.timers.event(slot, k)], [0])
-        event: Causing = (decoded.events[0], decoded.names[0], int(decoded.times[0]))
-        self.timers.cancel(slot, k)
-        self._fire(slot, self._timer_plans[k], deadline, event, out, by_timer=True)
 
     def advance_watermark(self, watermark: int, out: list[Any]) -> None:
         """Path (b): fire every timer with deadline < watermark."""
         if watermark > self.watermark:
             self.watermark = watermark
-        for deadline, slot, k in self.timers.pop_due(self.watermark, inclusive=False):
-            self._fire_timer(deadline, slot, k, out)
+        self._pop_due(self.watermark, out)
+
+    def _pop_due(self, bound: int, out: list[Any]) -> None:
+        while True:
+            done = _fire_due(self._state(), self.timers.arrays(), self.plan_arrays, self.firings.arrays(), bound,
+                             len(self.index))
+            self._drain(None, out)
+            if done:
+                return
 
     def end_of_input(self, marker: EndOfInput, out: list[Any]) -> ShardEnd:
         """Fire every timer with deadline <= the largest event time of the input."""
         self.advance_watermark(self.watermark, out)
         if marker.max_time != NEVER:
-            for deadline, slot, k in self.timers.pop_due(marker.max_time, inclusive=True):
-                self._fire_timer(deadline, slot, k, out)
-        return ShardEnd(
-            pending=self.timers.pending(),
-            contacts=len(self.index),
-            fired=dict(self.fired),
-            suppressed=dict(self.suppressed),
-        )
+            self._pop_due(marker.max_time + 1, out)
+        return ShardEnd(pending=self.timers.pending(), contacts=len(self.index), fired=self.fired(),
+                        suppressed=self.suppressed())
 
     # -- firing -----------------------------------------------------------------------
 
-    def _suppressed_reason(self, slot: int, tp: TriggerPlan, at_ms: int) -> str | None:
-        return self.suppression.reason(slot, tp.index, at_ms, tp.unless, tp.unless_within_ms, tp.cooldown_ms)
+    def fired(self) -> dict[str, int]:
+        return {t.name: int(n) for t, n in zip(self.plan.triggers, self.fired_counts.tolist(), strict=False) if n}
 
-    def _fire(self, slot: int, tp: TriggerPlan, at_ms: int, event: Causing, out: list[Any], by_timer: bool = False) -> None:
-        reason = self._suppressed_reason(slot, tp, at_ms)
-        if reason is not None:
-            self.suppressed[f"{tp.name}:{reason}"] += 1
-            self.suppressed_in_batch.append((tp.name, reason))
+    def suppressed(self) -> dict[str, int]:
+        """Suppressed firings by "rule:reason"."""
+        out = {}
+        for t in self.plan.triggers:
+            for code, reason in enumerate(REASONS, start=1):
+                n = int(self.suppressed_counts[t.index, code])
+                if n:
+                    out[f"{t.name}:{reason}"] = n
+        return out
+
+    def _drain(self, batch: EventBatch | None, out: list[Any]) -> None:
+        """Trigger records and profile changes of the firings the loop wrote."""
+        f = self.firings
+        count = int(f.count[0])
+        if not count:
             return
-        self.suppression.fired(slot, tp.index, at_ms)
-        self.fired[tp.name] += 1
-        out.extend(self._outputs(slot, tp, at_ms, event, by_timer))
+        f.count[0] = 0
+        writers = self._writers
+        score_names = self._score_names
+        emitted = format_time(wall_ms()).encode()
+        at_texts = format_times(f.at[:count])
+        index = self.index
+        batch_events = batch.summaries.data if batch is not None else None
+        arena = self.timers.arena
+        rows = zip(f.trigger[:count].tolist(), f.slot[:count].tolist(), f.at[:count].tolist(),
+                   f.by_timer[:count].tolist(), f.source[:count].tolist(), f.offset[:count].tolist(),
+                   f.length[:count].tolist(), f.scores[:count].tolist(), strict=True)
+        for j, (trigger, slot, at, by_timer, source, offset, length, values) in enumerate(rows):
+            writer = writers[trigger]
+            contact = index.id(slot)
+            at_text = at_texts[24 * j:24 * j + 24]
+            if writer.channels:
+                events = batch_events if source == FROM_BATCH else arena
+                assert events is not None
+                event = events[offset:offset + length].tobytes()
+                out.extend(writer.triggers(contact, at, at_text, dict(zip(score_names, values, strict=False)), event,
+                                           emitted, bool(by_timer)))
+            if writer.actions:
+                out.extend(writer.profile(contact, at, at_text))
 
-    def _outputs(self, slot: int, tp: TriggerPlan, at_ms: int, event: Causing, by_timer: bool = False) -> list[Any]:
-        contact = self.index.ids[slot]
-        outs: list[Any] = []
-        if tp.channels:
-            scores = {
-                sp.name: self.scores.value_at(slot, sp.index, at_ms, sp.half_life_ms) for sp in self.plan.scores
-            }
-            raw, name, t = event
-            outs.extend(trigger_lines(tp.name, contact, at_ms, tp.channels, scores,
-                                      event_summary(raw, name, t), wall_ms(), by_timer))
-        if tp.profile_actions:
-            outs.extend(profile_lines(tp.name, contact, at_ms, tp.profile_actions))
-        return outs
+    def take_suppressed_in_batch(self, before: np.ndarray) -> list[tuple[tuple[str, str], int]]:
+        diff = self.suppressed_counts - before
+        out = []
+        for trig, code in zip(*np.nonzero(diff), strict=True):
+            out.append(((self.plan.triggers[int(trig)].name, REASONS[int(code) - 1]), int(diff[trig, code])))
+        return out
 
     # -- recovery ---------------------------------------------------------------------
 
+    def nbytes(self) -> int:
+        """Bytes of state this shard holds (allocated), the rule plan excluded."""
+        return self.index.nbytes() + self.columns.nbytes() + self.timers.nbytes()
+
     def snapshot(self) -> dict[str, Any]:
         size = len(self.index)
+        timers = self.timers.snapshot(size)  # first: it compacts the arena, which moves the timers' offsets
         columns = self.columns.snapshot(size)
-        if self.shard >= 0:
-            metrics.STATE_BYTES.labels(str(self.shard)).set(sum(a.nbytes for a in columns.values()))
-        return {
-            "version": 2,
-            "ids": self.index.snapshot(),
+        snap = {
+            "version": SNAPSHOT_VERSION,
+            "index": self.index.snapshot(),
             "columns": columns,
+            "timers": timers,
             "watermark": self.watermark,
-            "fired": dict(self.fired),
-            "suppressed": dict(self.suppressed),
+            "shard": self.shard,
+            "fired": self.fired_counts.copy(),
+            "suppressed": self.suppressed_counts.copy(),
         }
+        if self.shard >= 0:
+            metrics.STATE_BYTES.labels(str(self.shard)).set(
+                sum(a.nbytes for a in columns.values()) + sum(a.nbytes for a in snap["index"].values())
+                + snap["timers"]["arena"].nbytes)
+        return snap
 
     @classmethod
     def restore(cls, plan: Plan, snap: dict[str, Any], contact_states: bool = False) -> ShardState:
+        if snap.get("version") != SNAPSHOT_VERSION:
+            raise RecoveryFormatError(
+                f"this recovery directory holds shard state of format {snap.get('version', 1)}, written by an "
+                f"earlier halflife; this release reads format {SNAPSHOT_VERSION}. Finish the run with the release "
+                f"that wrote it, or start with an empty --recovery directory (input is then read again from the "
+                f"start of the file or stream).")
         state = cls(plan, contact_states)
-        state.index = ContactIndex.restore(snap["ids"])
-        columns = snap["columns"]
-        if snap.get("version", 1) == 1:
-            # Version 1 timers kept (decoded event, name, time); the event's JSON encodes it again.
-            kept = columns["timer_event"].copy()
-            for at in zip(*np.nonzero(kept != None), strict=True):  # noqa: E711 - elementwise on objects
-                kept[at] = orjson.dumps(kept[at][0])
-            columns = {**columns, "timer_event": kept}
-        state.columns.restore(columns, len(state.index))
-        state.timers.restore()
+        state.index = ContactIndex.restore(snap["index"])
+        size = len(state.index)
+        state.columns.restore(snap["columns"], size)
+        state.timers.restore(size, snap["timers"])
         state.watermark = snap["watermark"]
         state.shard = snap.get("shard", -1)
-        state.fired = Counter(snap["fired"])
-        state.suppressed = Counter(snap["suppressed"])
+        state.fired_counts[:] = snap["fired"]
+        state.suppressed_counts[:] = snap["suppressed"]
         return state
+
+
+class RecoveryFormatError(RuntimeError):
+    """A snapshot this release cannot read."""
 
 
 class ShardLogic(StatefulBatchLogic[Any, Any, dict]):
@@ -278,20 +306,29 @@ class ShardLogic(StatefulBatchLogic[Any, Any, dict]):
         started = time.perf_counter()
         out: list[Any] = []
         state = self.state
+        suppressed_before = state.suppressed_counts.copy()
         events = 0
         for value in values:
             if isinstance(value, EventBatch):
-                events += len(value.contacts)
+                events += len(value)
                 state.process(value, out)
             elif isinstance(value, Watermark):
                 state.advance_watermark(value.value, out)
             elif isinstance(value, EndOfInput):
                 out.append(state.end_of_input(value, out))
         state.advance_watermark(state.watermark, out)
-        self._observe(out, time.perf_counter() - started, events)
-        return out, StatefulBatchLogic.RETAIN
+        self._observe(out, time.perf_counter() - started, events, suppressed_before)
+        # Records leave as one item per kind: bytewax's cost is per item.
+        triggers = [v for v in out if isinstance(v, TriggerOut)]
+        profiles = [v for v in out if isinstance(v, ProfileOut | ContactState)]
+        grouped: list[Any] = [v for v in out if isinstance(v, ShardEnd)]
+        if triggers:
+            grouped.insert(0, TriggerRecords(triggers))
+        if profiles:
+            grouped.insert(0, ProfileRecords(profiles))
+        return grouped, StatefulBatchLogic.RETAIN
 
-    def _observe(self, out: list[Any], seconds: float, events: int) -> None:
+    def _observe(self, out: list[Any], seconds: float, events: int, suppressed_before: np.ndarray) -> None:
         """Metrics, once per batch."""
         state = self.state
         if events:
@@ -310,10 +347,8 @@ class ShardLogic(StatefulBatchLogic[Any, Any, dict]):
                 if child is None:
                     child = self._fired_children[key] = metrics.TRIGGERS_FIRED.labels(*key)
                 child.inc(n)
-        if state.suppressed_in_batch:
-            for (rule, reason), n in Counter(state.suppressed_in_batch).items():
-                metrics.TRIGGERS_SUPPRESSED.labels(rule, reason).inc(n)
-            state.suppressed_in_batch.clear()
+        for (rule, reason), n in state.take_suppressed_in_batch(suppressed_before):
+            metrics.TRIGGERS_SUPPRESSED.labels(rule, reason).inc(n)
         if state.shard >= 0:
             if self._shard_gauges is None:
                 shard = str(state.shard)
@@ -324,3 +359,146 @@ class ShardLogic(StatefulBatchLogic[Any, Any, dict]):
 
     def snapshot(self) -> dict:
         return self.state.snapshot()
+
+
+# -- the compiled loop ---------------------------------------------------------------------------------
+#
+# Tuples, unpacked by position (see ShardState._state, TimerTable.arrays, PlanArrays, EffectTable,
+# Firings.arrays):
+#   state   (clock, score_value, score_last, count_times, count_next, unless_seen, last_fired, fired, suppressed)
+#   plan    PlanArrays fields in order
+#   effects (unless, sequence, add, has, count, empty)
+#   events  (slots, times, watermarks, effect ids, summary data, summary offsets)
+
+
+@kernel
+def _fire(state, plan, out, slot, trigger, at_ms, by_timer, source, offset, length):  # type: ignore[no-untyped-def]
+    unless_seen, last_fired, fired, suppressed = state[5], state[6], state[7], state[8]
+    unless, unless_within, cooldown = plan[9], plan[10], plan[11]
+    why = suppress.reason(unless_seen, last_fired, slot, trigger, at_ms, unless[trigger], unless_within[trigger],
+                          cooldown[trigger])
+    if why != suppress.NOT_SUPPRESSED:
+        suppressed[trigger, why] += 1
+        return
+    last_fired[slot, trigger] = at_ms
+    fired[trigger] += 1
+    o_trigger, o_slot, o_at, o_timer, o_source, o_offset, o_length, o_scores, o_count, _ = out
+    j = o_count[0]
+    o_count[0] = j + 1
+    o_trigger[j] = trigger
+    o_slot[j] = slot
+    o_at[j] = at_ms
+    o_timer[j] = by_timer
+    o_source[j] = source
+    o_offset[j] = offset
+    o_length[j] = length
+    values, lasts, half_life, two = state[1], state[2], plan[0], plan[18]
+    for s in range(len(half_life)):
+        o_scores[j, s] = scores.value_at(values, lasts, slot, s, at_ms, half_life[s], two)
+
+
+@kernel
+def _fire_timer(state, tm, plan, out, deadline, slot, k):  # type: ignore[no-untyped-def]
+    offset = tm[3][slot, k]
+    length = tm[4][slot, k]
+    timers.cancel(tm, slot, k)
+    _fire(state, plan, out, slot, plan[13][k], deadline, 1, FROM_ARENA, offset, length)
+
+
+@kernel
+def _fire_due(state, tm, plan, out, bound, size):  # type: ignore[no-untyped-def]
+    """Fire pending timers with a deadline below `bound`, in order; False when `out` filled up first."""
+    capacity = len(out[0])
+    while True:
+        if out[8][0] >= capacity:
+            return False
+        d, slot, k = timers.pop_due(tm, bound)
+        if k < 0:
+            return True
+        _fire_timer(state, tm, plan, out, d, slot, k)
+
+
+@kernel
+def _store_event(tm, data, offsets, i):  # type: ignore[no-untyped-def]
+    """Copy event i's summary into the timer arena; its offset there."""
+    arena, meta = tm[7], tm[8]
+    at = meta[timers.ARENA_USED]
+    meta[timers.ARENA_USED] = copy_bytes(arena, at, data, offsets[i], offsets[i + 1] - offsets[i])
+    return at
+
+
+@kernel
+def _apply_events(state, tm, plan, effects, events, out, first, size, per_event):  # type: ignore[no-untyped-def]
+    """Apply events first.. in order; returns the index of the first event not applied (all: len),
+    stopping early when `out` might not hold another event's firings."""
+    clock, values, lasts, count_times, count_next, unless_seen = state[0], state[1], state[2], state[3], state[4], state[5]
+    (half_life, lo, hi, st_start, st_trig, kind, threshold, timer_of, within, _unless, _unless_within, _cooldown,
+     _count_slot, _timer_trigger, count_offset, count_size, count_trigger, sequence_triggers, two) = plan
+    e_unless, e_sequence, e_add, e_has, e_count, e_empty = effects
+    slots, times, watermarks, effect_ids, data, offsets = events
+    timer_next = tm[2]
+    capacity = len(out[0])
+    firing = out[9]
+    for i in range(first, len(slots)):
+        if out[8][0] + per_event > capacity:
+            return i
+        slot = slots[i]
+        now = clock[slot]
+        t = times[i]
+        if t > now:
+            now = t
+        # Timers due by the event's own time (path a) or by the watermark (path b).
+        limit = now if now > watermarks[i] else watermarks[i]
+        while timer_next[slot] < limit:
+            d, k = timers.next_due(tm, slot, limit)
+            _fire_timer(state, tm, plan, out, d, slot, k)
+        clock[slot] = now
+        e = effect_ids[i]
+        if e_empty[e]:
+            continue
+        length = offsets[i + 1] - offsets[i]
+        stored = -1  # the event's offset in the arena, once a timer keeps it
+        for u in range(e_unless.shape[1]):
+            if e_unless[e, u]:
+                unless_seen[slot, u] = now
+        fires = 0
+        for q in range(len(sequence_triggers)):
+            action = e_sequence[e, q]
+            if action == 0:
+                continue
+            trig = sequence_triggers[q]
+            if action == SEQ_START:  # (re)starts: also what cancelling and then starting would leave
+                if stored < 0:
+                    stored = _store_event(tm, data, offsets, i)
+                timers.arm(tm, slot, timer_of[trig], now + within[trig], stored, length, size)
+            else:
+                timers.cancel(tm, slot, timer_of[trig])
+        for s in range(len(half_life)):
+            if not e_has[e, s]:
+                continue
+            before, after = scores.update(values, lasts, slot, s, now, half_life[s], e_add[e, s], lo[s], hi[s], two)
+            for j in range(st_start[s], st_start[s + 1]):
+                trig = st_trig[j]
+                if kind[trig] == RISES_ABOVE:
+                    if before < threshold[trig] <= after:
+                        firing[fires] = trig
+                        fires += 1
+                elif after >= threshold[trig]:
+                    if stored < 0:
+                        stored = _store_event(tm, data, offsets, i)
+                    timers.arm(tm, slot, timer_of[trig], scores.crossing_time(after, now, half_life[s], threshold[trig]),
+                               stored, length, size)
+                elif tm[0][slot, timer_of[trig]] != NONE:
+                    timers.cancel(tm, slot, timer_of[trig])
+                    firing[fires] = trig
+                    fires += 1
+        for c in range(len(count_trigger)):
+            if e_count[e, c]:
+                trig = count_trigger[c]
+                if counts.add(count_times, count_next, slot, c, count_offset[c], count_size[c], now, within[trig]):
+                    firing[fires] = trig
+                    fires += 1
+        for j in range(fires):
+            _fire(state, plan, out, slot, firing[j], now, 0, FROM_BATCH, offsets[i], length)
+    return len(slots)
+

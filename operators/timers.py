@@ -1,175 +1,315 @@
-"""One timer structure per shard: a deadline per (contact, timer rule) and a min-heap.
+"""One timer structure per shard: a deadline per (contact, timer rule), a min-heap, and the events.
 
-`deadline[slot, k]` is the truth (NONE when the timer is not pending); the heap is an
-index for the watermark path and may hold stale entries, which are dropped when popped.
-To keep the heap from growing with every re-arm (an `inactive_for` rule re-arms on every
-event), at most one live heap entry is kept per (slot, k): a re-arm to a later deadline
-pushes nothing, and the earlier entry, once popped and found stale, re-pushes the
-current deadline. Re-arms to earlier deadlines do push; the heap is rebuilt from the
-deadlines whenever it doubles, so it stays within twice the pending timers.
+`deadline[slot, k]` is the truth (NONE when the timer is not pending); the heap is an index for
+the watermark path and may hold stale entries, which are dropped when popped. To keep the heap
+from growing with every re-arm (an `inactive_for` rule re-arms on every event), at most one live
+heap entry is kept per (slot, k): a re-arm to a later deadline pushes nothing, and the earlier
+entry, once popped and found stale, re-pushes the current deadline. Re-arms to earlier deadlines
+do push; the heap is rebuilt from the deadlines whenever it doubles, so it stays within twice the
+pending timers. A heap entry is two int64s, (deadline, slot << 8 | k), ordered as (deadline, slot, k).
 
-A heap entry is one int, `deadline << 40 | slot << 8 | k`, ordered as (deadline, slot, k):
-44 bytes with its list slot against 132 for a tuple of three ints. The heap is derived state:
-snapshots leave it out and `restore` rebuilds it from the deadlines.
+Each pending timer keeps the summary of the event that armed it (the trigger record's `event`,
+engine/decode.py) in the shard's event arena, an append-only byte buffer: `event_offset` and
+`event_length` per (slot, k). One event arming several timers is stored once. Re-arms leave old
+summaries behind; `compact_events` copies the live ones into a new arena once the garbage
+outweighs them. The heap and `timer_next` are derived: snapshots leave them out and `restore`
+rebuilds them from the deadlines.
 
-Bytewax's own per-key timers are not used: with one key per contact the runtime scans
-every key with a timer on every activation (see BYTEWAX-NOTES.md).
+The compiled functions take the table as one tuple, `TimerTable.arrays()`:
+(deadline, queued, next, event_offset, event_length, heap_deadline, heap_ref, arena, meta), where
+meta holds the heap size, the pending count, the arena's used bytes and the heap size that
+triggers a rebuild.
+
+Bytewax's own per-key timers are not used: with one key per contact the runtime scans every key
+with a timer on every activation (see BYTEWAX-NOTES.md).
 """
 
 from __future__ import annotations
 
-import heapq
 from typing import Any
 
 import numpy as np
 
+from engine.blobs import copy_bytes
+from engine.compiled import kernel
 from operators.contacts import Columns
 from rules.model import MAX_TIMER_TRIGGERS
 
 NONE = np.iinfo(np.int64).max
-_K_BITS = (MAX_TIMER_TRIGGERS - 1).bit_length()  # the loader refuses rule sets with more timer rules
-_SLOT_BITS = 32  # contacts per shard: at most 2**32
-_SLOT_SHIFT = _K_BITS
-_DEADLINE_SHIFT = _SLOT_BITS + _K_BITS
-_K_MASK = (1 << _K_BITS) - 1
-_SLOT_MASK = (1 << _SLOT_BITS) - 1
-
-
-def _entry(deadline: int, slot: int, k: int) -> int:
-    return deadline << _DEADLINE_SHIFT | slot << _SLOT_SHIFT | k
-
-
-def _unpack(entry: int) -> tuple[int, int, int]:
-    return entry >> _DEADLINE_SHIFT, entry >> _SLOT_SHIFT & _SLOT_MASK, entry & _K_MASK
+K_BITS = 8
+assert (1 << K_BITS) >= MAX_TIMER_TRIGGERS  # the loader refuses rule sets with more timer rules
+K_MASK = (1 << K_BITS) - 1
+COMPACT_MIN = 1024
+HEAP_SIZE, PENDING, ARENA_USED, COMPACT_AT = range(4)
 
 
 class TimerTable:
-    COMPACT_MIN = 1024
-    MAX_TIMERS = 1 << _K_BITS
-
     def __init__(self, columns: Columns, n_timers: int) -> None:
-        if n_timers > self.MAX_TIMERS:
-            raise ValueError(f"at most {self.MAX_TIMERS} timer rules per rule set, got {n_timers}")
+        if n_timers > MAX_TIMER_TRIGGERS:
+            raise ValueError(f"at most {MAX_TIMER_TRIGGERS} timer rules per rule set, got {n_timers}")
         self.columns = columns
         self.n_timers = n_timers
         width = max(n_timers, 1)
         columns.add("timer_deadline", np.int64, NONE, width)
         columns.add("timer_queued", np.int64, NONE, width, derived=True)  # deadline of the live heap entry
         columns.add("timer_next", np.int64, NONE, derived=True)  # min over the row: the contact's next deadline
-        columns.add("timer_event", object, None, width)  # the JSON line of the event that armed the timer
-        self.heap: list[int] = []  # packed entries, see the module docstring
-        self._compact_at = self.COMPACT_MIN
-        self.pending_count = 0  # timers armed and not fired or cancelled, kept as they change
+        columns.add("timer_event_offset", np.int64, 0, width)
+        columns.add("timer_event_length", np.int32, 0, width)
+        self.heap_deadline = np.zeros(COMPACT_MIN, np.int64)
+        self.heap_ref = np.zeros(COMPACT_MIN, np.int64)
+        self.arena = np.zeros(1 << 16, np.uint8)
+        self.meta = np.array([0, 0, 0, COMPACT_MIN], np.int64)
+        self._live_after_compaction = 0
+
+    def arrays(self) -> tuple[Any, ...]:
+        a = self.columns.arrays
+        return (a["timer_deadline"], a["timer_queued"], a["timer_next"], a["timer_event_offset"],
+                a["timer_event_length"], self.heap_deadline, self.heap_ref, self.arena, self.meta)
 
     def pending(self) -> int:
-        return self.pending_count
+        return int(self.meta[PENDING])
 
-    def next_for(self, slot: int) -> int:
-        return int(self.columns.arrays["timer_next"][slot])
+    def reserve(self, pushes: int, event_bytes: int) -> None:
+        """Room for `pushes` more heap entries and `event_bytes` more arena bytes."""
+        need = int(self.meta[HEAP_SIZE]) + pushes + 1
+        if need > len(self.heap_deadline):
+            cap = max(need, 2 * len(self.heap_deadline))
+            self.heap_deadline = _grown(self.heap_deadline, cap)
+            self.heap_ref = _grown(self.heap_ref, cap)
+        need = int(self.meta[ARENA_USED]) + event_bytes
+        if need > len(self.arena):
+            self.arena = _grown(self.arena, max(need, 2 * len(self.arena)))
 
-    def arm(self, slot: int, k: int, deadline: int, event: Any) -> None:
-        """Arm (or re-arm: one call restarts a pending timer) timer k of a contact."""
-        arrays = self.columns.arrays
-        deadlines = arrays["timer_deadline"]
-        previous = int(deadlines[slot, k])
-        deadlines[slot, k] = deadline
-        if previous == NONE:
-            self.pending_count += 1
-        arrays["timer_event"][slot, k] = event
-        queued = arrays["timer_queued"]
-        if deadline < queued[slot, k]:
-            queued[slot, k] = deadline
-            heapq.heappush(self.heap, _entry(deadline, slot, k))
-            if len(self.heap) > self._compact_at:
-                self._compact()
-        self._refresh_next(slot, previous, deadline)
-
-    def _compact(self) -> None:
-        """Rebuild the heap from the deadlines: one entry per pending timer.
-
-        Re-arms to an earlier deadline (a `falls_below` score lowered by negative points)
-        leave superseded entries behind; rebuilding when the heap has doubled keeps it
-        within twice the pending timers at amortised O(1) per push.
-        """
-        arrays = self.columns.arrays
-        deadlines = arrays["timer_deadline"]
-        slots, ks = np.nonzero(deadlines != NONE)
-        queued = arrays["timer_queued"]
-        queued.fill(NONE)
-        queued[slots, ks] = deadlines[slots, ks]
-        self.heap = [_entry(int(deadlines[s, k]), int(s), int(k)) for s, k in zip(slots, ks, strict=True)]
-        heapq.heapify(self.heap)
-        self._compact_at = max(self.COMPACT_MIN, 2 * len(self.heap))
-
-    def cancel(self, slot: int, k: int) -> None:
-        arrays = self.columns.arrays
-        previous = int(arrays["timer_deadline"][slot, k])
-        if previous != NONE:
-            self.pending_count -= 1
-            arrays["timer_deadline"][slot, k] = NONE
-            arrays["timer_event"][slot, k] = None
-            self._refresh_next(slot, previous, NONE)
+    def event(self, slot: int, k: int) -> bytes:
+        a = self.columns.arrays
+        off = int(a["timer_event_offset"][slot, k])
+        return self.arena[off:off + int(a["timer_event_length"][slot, k])].tobytes()
 
     def deadline(self, slot: int, k: int) -> int:
         return int(self.columns.arrays["timer_deadline"][slot, k])
 
-    def event(self, slot: int, k: int) -> Any:
-        return self.columns.arrays["timer_event"][slot, k]
+    def compact_events(self, size: int, force: bool = False) -> None:
+        """Copy the summaries pending timers keep into a new arena, once the arena has doubled since the
+        last compaction (amortised O(1) per stored byte; `force`: now)."""
+        used = int(self.meta[ARENA_USED])
+        if not force and used < max(1 << 20, 2 * self._live_after_compaction):
+            return
+        a = self.columns.arrays
+        deadlines = a["timer_deadline"][:size]
+        pending = deadlines != NONE
+        offsets = a["timer_event_offset"][:size][pending]
+        lengths = a["timer_event_length"][:size][pending]
+        unique, first = np.unique(offsets, return_index=True)
+        live = int(lengths[first].sum())
+        self._live_after_compaction = live
+        new = np.zeros(max(1 << 16, 2 * live), np.uint8)
+        new_offsets = np.zeros(len(unique), np.int64)
+        np.cumsum(lengths[first][:-1], out=new_offsets[1:])
+        _move(self.arena, unique, lengths[first], new, new_offsets)
+        remapped = a["timer_event_offset"][:size]
+        remapped[pending] = new_offsets[np.searchsorted(unique, offsets)]
+        self.arena = new
+        self.meta[ARENA_USED] = live
 
-    def due_for_contact(self, slot: int, after_ms: int) -> list[tuple[int, int]]:
-        """(deadline, k) of the contact's timers with deadline < after_ms, in firing order."""
-        row = self.columns.arrays["timer_deadline"][slot]
-        return sorted((int(d), k) for k, d in enumerate(row.tolist()) if d < after_ms)
+    def event_bytes(self) -> int:
+        return int(self.meta[ARENA_USED])
 
-    def pop_due(self, limit_ms: int, inclusive: bool) -> list[tuple[int, int, int]]:
-        """Pending (deadline, slot, k) with deadline < limit (<= when inclusive), in order.
-
-        Popped timers are not cleared here: the caller fires and clears each one.
-        """
-        arrays = self.columns.arrays
-        deadlines = arrays["timer_deadline"]
-        queued = arrays["timer_queued"]
-        heap = self.heap
-        # Entries below `bound` have a deadline below the limit (or at it, when inclusive).
-        bound = (limit_ms + 1 if inclusive else limit_ms) << _DEADLINE_SHIFT
-        out = []
-        while heap and heap[0] < bound:
-            d, slot, k = _unpack(heapq.heappop(heap))
-            if queued[slot, k] != d:
-                continue  # an extra entry superseded by an earlier re-arm
-            queued[slot, k] = NONE
-            current = int(deadlines[slot, k])
-            if current == d:
-                out.append((d, slot, k))
-            elif current != NONE:
-                queued[slot, k] = current
-                heapq.heappush(heap, _entry(current, slot, k))
-        return out
-
-    def due_between(self, after_ms: int, until_ms: int) -> list[tuple[int, int, int]]:
-        """Pending (deadline, slot, k) with after < deadline <= until, in order; state untouched."""
-        deadlines = self.columns.arrays["timer_deadline"]
-        slots, ks = np.nonzero((deadlines > after_ms) & (deadlines <= until_ms) & (deadlines != NONE))
-        return sorted((int(deadlines[s, k]), int(s), int(k)) for s, k in zip(slots, ks, strict=True))
-
-    def _refresh_next(self, slot: int, previous: int, current: int) -> None:
-        """Keep `timer_next[slot]` = the row's minimum after one deadline went previous -> current."""
-        arrays = self.columns.arrays
-        timer_next = arrays["timer_next"]
-        nxt = int(timer_next[slot])
-        if current <= nxt:
-            timer_next[slot] = current
-        elif previous == nxt:  # the earliest timer moved later or went away: rescan the row
-            # min() of a short list: a numpy reduction costs more than the row holds.
-            timer_next[slot] = min(arrays["timer_deadline"][slot].tolist())
+    def nbytes(self) -> int:
+        """The heap and the arena (the columns are counted with the shard's other columns)."""
+        return int(self.heap_deadline.nbytes + self.heap_ref.nbytes + self.arena.nbytes)
 
     def entries(self) -> list[tuple[int, int, int]]:
         """The heap's entries as (deadline, slot, k), in order (for inspection)."""
-        return [_unpack(e) for e in sorted(self.heap)]
+        n = int(self.meta[HEAP_SIZE])
+        return sorted((int(d), int(r) >> K_BITS, int(r) & K_MASK)
+                      for d, r in zip(self.heap_deadline[:n], self.heap_ref[:n], strict=True))
 
-    def restore(self) -> None:
-        """Rebuild the derived state (pending count, heap) after the columns were restored."""
-        deadlines = self.columns.arrays["timer_deadline"]
-        self.pending_count = int(np.count_nonzero(deadlines != NONE)) if self.n_timers else 0
-        self.columns.arrays["timer_next"][:] = deadlines.min(axis=1)
-        self._compact()
+    def snapshot(self, size: int) -> dict[str, Any]:
+        """The arena's live part (the columns go with the shard's other columns)."""
+        self.compact_events(size, force=True)
+        return {"arena": self.arena[: self.meta[ARENA_USED]].copy()}
+
+    def restore(self, size: int, snap: dict[str, Any]) -> None:
+        """Rebuild the derived state (pending count, heap, next deadlines) after the columns were restored."""
+        arena = snap["arena"]
+        self.arena = np.zeros(max(1 << 16, 2 * len(arena)), np.uint8)
+        self.arena[: len(arena)] = arena
+        self.meta[ARENA_USED] = len(arena)
+        a = self.columns.arrays
+        deadlines = a["timer_deadline"]
+        pending = int(np.count_nonzero(deadlines[:size] != NONE)) if self.n_timers else 0
+        self.meta[PENDING] = pending
+        a["timer_next"][:] = deadlines.min(axis=1)
+        self.reserve(pending, 0)
+        compact(self.arrays(), size)
+
+
+def _grown(arr: np.ndarray, size: int) -> np.ndarray:
+    new = np.zeros(size, arr.dtype)
+    new[: len(arr)] = arr
+    return new
+
+
+@kernel
+def _move(src, offsets, lengths, dst, new_offsets):  # type: ignore[no-untyped-def]
+    for i in range(len(offsets)):
+        copy_bytes(dst, new_offsets[i], src, offsets[i], lengths[i])
+
+
+# -- the heap -------------------------------------------------------------------------------------------
+
+
+@kernel(inline=True)
+def _less(hd, hr, i, j):  # type: ignore[no-untyped-def]
+    return hd[i] < hd[j] or (hd[i] == hd[j] and hr[i] < hr[j])
+
+
+@kernel
+def _sift_down(hd, hr, i, n):  # type: ignore[no-untyped-def]
+    while True:
+        child = 2 * i + 1
+        if child >= n:
+            return
+        if child + 1 < n and _less(hd, hr, child + 1, child):
+            child += 1
+        if not _less(hd, hr, child, i):
+            return
+        hd[i], hd[child] = hd[child], hd[i]
+        hr[i], hr[child] = hr[child], hr[i]
+        i = child
+
+
+@kernel
+def heap_push(timers, deadline, ref):  # type: ignore[no-untyped-def]
+    hd, hr, meta = timers[5], timers[6], timers[8]
+    i = meta[HEAP_SIZE]
+    meta[HEAP_SIZE] = i + 1
+    hd[i] = deadline
+    hr[i] = ref
+    while i > 0:
+        parent = (i - 1) // 2
+        if not _less(hd, hr, i, parent):
+            break
+        hd[i], hd[parent] = hd[parent], hd[i]
+        hr[i], hr[parent] = hr[parent], hr[i]
+        i = parent
+
+
+@kernel
+def heap_pop(timers):  # type: ignore[no-untyped-def]
+    hd, hr, meta = timers[5], timers[6], timers[8]
+    d = hd[0]
+    r = hr[0]
+    n = meta[HEAP_SIZE] - 1
+    meta[HEAP_SIZE] = n
+    hd[0] = hd[n]
+    hr[0] = hr[n]
+    _sift_down(hd, hr, 0, n)
+    return d, r
+
+
+@kernel
+def compact(timers, size):  # type: ignore[no-untyped-def]
+    """Rebuild the heap from the deadlines: one entry per pending timer.
+
+    Re-arms to an earlier deadline (a `falls_below` score lowered by negative points) leave
+    superseded entries behind; rebuilding when the heap has doubled keeps it within twice the
+    pending timers at amortised O(1) per push.
+    """
+    deadline, queued, hd, hr, meta = timers[0], timers[1], timers[5], timers[6], timers[8]
+    n = 0
+    for s in range(size):
+        for k in range(deadline.shape[1]):
+            d = deadline[s, k]
+            queued[s, k] = d
+            if d != NONE:
+                hd[n] = d
+                hr[n] = (s << K_BITS) | k
+                n += 1
+    for i in range(n // 2 - 1, -1, -1):
+        _sift_down(hd, hr, i, n)
+    meta[HEAP_SIZE] = n
+    meta[COMPACT_AT] = max(COMPACT_MIN, 2 * n)
+
+
+# -- timers ---------------------------------------------------------------------------------------------
+
+
+@kernel
+def _refresh_next(timers, slot, previous, current):  # type: ignore[no-untyped-def]
+    """Keep next[slot] = the row's minimum after one deadline went previous -> current."""
+    deadline, nxt = timers[0], timers[2]
+    n = nxt[slot]
+    if current <= n:
+        nxt[slot] = current
+    elif previous == n:  # the earliest timer moved later or went away: rescan the row
+        m = NONE
+        for k in range(deadline.shape[1]):
+            if deadline[slot, k] < m:
+                m = deadline[slot, k]
+        nxt[slot] = m
+
+
+@kernel
+def arm(timers, slot, k, at_ms, event_offset, event_length, size):  # type: ignore[no-untyped-def]
+    """Arm (or re-arm: one call restarts a pending timer) timer k of a contact."""
+    deadline, queued, ev_off, ev_len, meta = timers[0], timers[1], timers[3], timers[4], timers[8]
+    previous = deadline[slot, k]
+    deadline[slot, k] = at_ms
+    if previous == NONE:
+        meta[PENDING] += 1
+    ev_off[slot, k] = event_offset
+    ev_len[slot, k] = event_length
+    if at_ms < queued[slot, k]:
+        queued[slot, k] = at_ms
+        heap_push(timers, at_ms, (np.int64(slot) << K_BITS) | k)
+        if meta[HEAP_SIZE] > meta[COMPACT_AT]:
+            compact(timers, size)
+    _refresh_next(timers, slot, previous, at_ms)
+
+
+@kernel
+def cancel(timers, slot, k):  # type: ignore[no-untyped-def]
+    deadline, meta = timers[0], timers[8]
+    previous = deadline[slot, k]
+    if previous != NONE:
+        meta[PENDING] -= 1
+        deadline[slot, k] = NONE
+        _refresh_next(timers, slot, previous, NONE)
+
+
+@kernel
+def next_due(timers, slot, before_ms):  # type: ignore[no-untyped-def]
+    """The contact's timer with the earliest (deadline, k) below `before_ms`: (deadline, k), or (NONE, -1)."""
+    deadline = timers[0]
+    best = NONE
+    best_k = -1
+    for k in range(deadline.shape[1]):
+        d = deadline[slot, k]
+        if d < before_ms and d < best:
+            best = d
+            best_k = k
+    return best, best_k
+
+
+@kernel
+def pop_due(timers, bound):  # type: ignore[no-untyped-def]
+    """The next pending timer with a deadline below `bound`, popped: (deadline, slot, k), or (NONE, -1, -1).
+
+    The caller fires and clears it. Stale entries on the way are dropped or re-queued.
+    """
+    deadline, queued, hd, meta = timers[0], timers[1], timers[5], timers[8]
+    while meta[HEAP_SIZE] > 0 and hd[0] < bound:
+        d, ref = heap_pop(timers)
+        slot = ref >> K_BITS
+        k = ref & K_MASK
+        if queued[slot, k] != d:
+            continue  # an extra entry superseded by an earlier re-arm
+        queued[slot, k] = NONE
+        current = deadline[slot, k]
+        if current == d:
+            return d, slot, k
+        if current != NONE:
+            queued[slot, k] = current
+            heap_push(timers, current, ref)
+    return NONE, -1, -1

@@ -84,7 +84,7 @@ class Plan:
     matchers: list[CompiledMatcher]
     scores: list[ScorePlan]
     triggers: list[TriggerPlan]
-    unless_matchers: list[int]  # matcher index per unless column
+    unless_matchers: list[int]  # matcher index per unless column (distinct matchers)
     timer_triggers: list[int]  # trigger index per timer column
     count_triggers: list[int]
     # Derived dispatch tables, filled by __post_init__.
@@ -102,6 +102,11 @@ class Plan:
         for name, ms in self.by_name.items():
             self.by_name[name] = sorted(set(ms) | set(self.any_name))
         self._weights = [1 << m for m in range(len(self.matchers))]
+
+    @classmethod
+    def empty(cls, lateness_ms: int = 0) -> Plan:
+        """A plan without rules (for sources and tests that only need the lateness)."""
+        return cls(lateness_ms, [], [], [], [], [], [])
 
     @property
     def scores_by_trigger(self) -> dict[int, list[TriggerPlan]]:
@@ -203,9 +208,12 @@ def compile_rules(ruleset: RuleSet) -> Plan:
             profile_actions=tuple((a.kind, a.value) for a in t.actions if a.kind != "emit"),
         )
         if t.unless is not None:
-            common["unless"] = len(unless_matchers)
+            # One last-seen column per distinct matcher: rules sharing an `unless` matcher share its times.
+            m = intern(t.unless.matcher)
+            if m not in unless_matchers:
+                unless_matchers.append(m)
+            common["unless"] = unless_matchers.index(m)
             common["unless_within_ms"] = t.unless.within_ms
-            unless_matchers.append(intern(t.unless.matcher))
         w = t.when
         if isinstance(w, RisesAbove):
             plan = TriggerPlan(kind=RISES_ABOVE, score=score_index[w.score], threshold=float(w.threshold),
@@ -234,3 +242,134 @@ def compile_rules(ruleset: RuleSet) -> Plan:
         timer_triggers=timer_triggers,
         count_triggers=count_triggers,
     )
+
+
+# -- the plan as arrays, for the compiled shard kernel (operators/shard.py) ---------------------------------
+
+SEQ_NONE, SEQ_CANCEL, SEQ_START = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class PlanArrays:
+    """The plan's numbers as arrays; `as_tuple()` is what the kernel takes (see operators/shard.py)."""
+
+    half_life_ms: np.ndarray  # per score
+    lo: np.ndarray
+    hi: np.ndarray
+    score_trigger_starts: np.ndarray  # score s's triggers are score_triggers[starts[s]:starts[s + 1]]
+    score_triggers: np.ndarray
+    kind: np.ndarray  # per trigger
+    threshold: np.ndarray
+    timer: np.ndarray
+    within_ms: np.ndarray
+    unless: np.ndarray
+    unless_within_ms: np.ndarray
+    cooldown_ms: np.ndarray
+    count_slot: np.ndarray
+    timer_trigger: np.ndarray  # per timer column
+    count_offset: np.ndarray  # per count column: its ring in the count_times row
+    count_size: np.ndarray
+    count_trigger: np.ndarray
+    sequence_triggers: np.ndarray  # SEQUENCE triggers in trigger order (Effects.sequences order)
+    two: np.ndarray  # operators.scores.TWO: the decay's base, read at run time
+
+    @classmethod
+    def of(cls, plan: Plan) -> PlanArrays:
+        i32, i64, f64 = np.int32, np.int64, np.float64
+        by_score = plan.scores_by_trigger
+        starts = np.zeros(len(plan.scores) + 1, i32)
+        listed: list[int] = []
+        for s in range(len(plan.scores)):
+            listed += [t.index for t in by_score.get(s, [])]
+            starts[s + 1] = len(listed)
+        t = plan.triggers
+        sizes = [plan.triggers[i].at_least for i in plan.count_triggers]
+        return cls(
+            half_life_ms=np.array([s.half_life_ms for s in plan.scores], f64),
+            lo=np.array([s.lo for s in plan.scores], f64),
+            hi=np.array([s.hi for s in plan.scores], f64),
+            score_trigger_starts=starts,
+            score_triggers=np.array(listed, i32),
+            kind=np.array([x.kind for x in t], np.int8),
+            threshold=np.array([x.threshold for x in t], f64),
+            timer=np.array([x.timer for x in t], i32),
+            within_ms=np.array([x.within_ms for x in t], i64),
+            unless=np.array([x.unless for x in t], i32),
+            unless_within_ms=np.array([x.unless_within_ms for x in t], i64),
+            cooldown_ms=np.array([x.cooldown_ms for x in t], i64),
+            count_slot=np.array([x.count_slot for x in t], i32),
+            timer_trigger=np.array(plan.timer_triggers, i32),
+            count_offset=np.array([sum(sizes[:c]) for c in range(len(sizes))], i32),
+            count_size=np.array(sizes, i32),
+            count_trigger=np.array(plan.count_triggers, i32),
+            sequence_triggers=np.array([x.index for x in t if x.kind == SEQUENCE], i32),
+            two=np.array([2.0]),
+        )
+
+    def as_tuple(self) -> tuple[np.ndarray, ...]:
+        return tuple(getattr(self, f) for f in self.__dataclass_fields__)
+
+
+class EffectTable:
+    """`Effects` as arrays indexed by an effect id: one id per distinct matcher bit set, assigned
+    as bit sets first appear (a rule set has few: events of one name mostly share one).
+
+    `ids(bits)` maps a batch's bit sets (one row of 64-bit words per event) to ids; `as_tuple()`
+    is what the kernel reads: per effect, the unless columns seen, the sequence actions (one of
+    SEQ_NONE/SEQ_CANCEL/SEQ_START per SEQUENCE trigger), the summed score adds and which scores
+    are updated, the count columns hit, and whether the effect is empty.
+    """
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self._id_of: dict[bytes, int] = {}
+        self._rows: list[Effects] = []
+        self._arrays: tuple[np.ndarray, ...] = self._build()
+
+    def ids(self, bits: np.ndarray) -> np.ndarray:
+        if bits.shape[1] == 1:
+            unique, inverse = np.unique(bits[:, 0], return_inverse=True)
+            keys = [np.array([u], np.uint64).tobytes() for u in unique.tolist()]
+        else:
+            unique, inverse = np.unique(bits, axis=0, return_inverse=True)
+            keys = [row.tobytes() for row in unique]
+        mapped = np.empty(len(keys), np.int32)
+        grew = False
+        for j, key in enumerate(keys):
+            e = self._id_of.get(key)
+            if e is None:
+                words = np.frombuffer(key, np.uint64).tolist()
+                value = sum(int(w) << (64 * k) for k, w in enumerate(words))
+                e = self._id_of[key] = len(self._rows)
+                self._rows.append(self.plan.effects_for(value))
+                grew = True
+            mapped[j] = e
+        if grew:
+            self._arrays = self._build()
+        return mapped[inverse.reshape(-1)]
+
+    def as_tuple(self) -> tuple[np.ndarray, ...]:
+        return self._arrays
+
+    def _build(self) -> tuple[np.ndarray, ...]:
+        plan = self.plan
+        e = max(1, len(self._rows))
+        sequences = [t.index for t in plan.triggers if t.kind == SEQUENCE]
+        unless = np.zeros((e, max(1, len(plan.unless_matchers))), np.uint8)
+        seq = np.zeros((e, max(1, len(sequences))), np.uint8)
+        add = np.zeros((e, max(1, len(plan.scores))), np.float64)
+        has = np.zeros((e, max(1, len(plan.scores))), np.uint8)
+        count = np.zeros((e, max(1, len(plan.count_triggers))), np.uint8)
+        empty = np.ones(e, np.uint8)
+        for i, eff in enumerate(self._rows):
+            for u in eff.unless_seen:
+                unless[i, u] = 1
+            for trigger, cancels, starts in eff.sequences:
+                seq[i, sequences.index(trigger)] = SEQ_START if starts else (SEQ_CANCEL if cancels else SEQ_NONE)
+            for s, total in eff.scores:
+                add[i, s] = total
+                has[i, s] = 1
+            for trigger in eff.counts:
+                count[i, plan.triggers[trigger].count_slot] = 1
+            empty[i] = eff.empty
+        return unless, seq, add, has, count, empty

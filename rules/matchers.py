@@ -206,6 +206,14 @@ def _getter(path: tuple[str, ...]) -> Callable[[dict[str, Any]], Any]:
     return get
 
 
+def compile_test(condition: Condition) -> Callable[[Any], bool]:
+    """The test a condition applies to the value at its path (`MISSING` when there is none)."""
+    return _test(condition.op, condition.value)
+
+
+MISSING: Any = _MISSING
+
+
 def compile_condition(condition: Condition) -> Predicate:
     """One condition as a predicate over an event. Raises ValueError for a value
     that does not suit the operator (the loader reports those with a line)."""

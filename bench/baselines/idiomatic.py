@@ -262,7 +262,7 @@ class ContactRules(StatefulLogic[Event, Any, dict]):
         if tp.channels:
             scores = {sp.name: self.score_at(sp.index, at) for sp in self.plan.scores}
             raw, name, t = armed
-            out.extend(trigger_lines(tp.name, self.contact, at, tp.channels, scores, event_summary(raw, name, t),
+            out.extend(trigger_lines(tp.name, self.contact, at, tp.channels, scores, orjson.dumps(event_summary(raw, name, t)),
                                      wall_ms()))
         if tp.profile_actions:
             out.extend(profile_lines(tp.name, self.contact, at, tp.profile_actions))

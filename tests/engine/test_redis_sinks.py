@@ -37,7 +37,7 @@ def client(redis_url):
 def triggers(n: int, channels=("email", "sales")) -> list[tuple[str, object]]:
     items = []
     for i in range(n):
-        for out in trigger_lines("cart", f"c{i}", T0 + i, channels, {"engagement": 1.5}, {"event": "X"}, T0 + i + 5):
+        for out in trigger_lines("cart", f"c{i}", T0 + i, channels, {"engagement": 1.5}, b'{"event":"X"}', T0 + i + 5):
             items.append((out.channel, out))
     return items
 

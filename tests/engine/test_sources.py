@@ -8,7 +8,8 @@ import orjson
 
 from engine.decode import DeadLetter, EventBatch
 from engine.records import EndOfInput, ReaderEnd, Watermark
-from engine.sources import NEVER, DecodingPartition, ReaderState
+from engine.sources import NEVER, DecodingPartition, ReaderState, block_of
+from rules.compiler import Plan
 
 T0 = 1795442400000  # 2026-11-23T14:00:00Z
 
@@ -20,16 +21,16 @@ class ListPartition(DecodingPartition):
 
     def __init__(self, batches: list[list[dict | bytes]], state: ReaderState | None = None, lateness_ms: int = 0,
                  shards: int = 1) -> None:
-        super().__init__("list", state or ReaderState(), shards, lateness_ms)
+        super().__init__("list", state or ReaderState(), shards, Plan.empty(lateness_ms))
         self.batches = batches
 
-    def read_lines(self):
+    def read_block(self):
         if self.state.offset >= len(self.batches):
             return None
         batch = self.batches[self.state.offset]
         self.state.offset += 1
         lines = [e if isinstance(e, bytes) else orjson.dumps(e) for e in batch]
-        return lines, list(range(len(lines)))
+        return block_of(lines, list(range(len(lines))))
 
 
 def ev(contact: str, t: int, mid: str | None = None) -> dict:
@@ -52,7 +53,7 @@ def test_watermark_before_each_event_excludes_duplicates_and_counts_late():
         ev("a", T0 + 55_000),           # not late: 55 s >= 60 s - 10 s
     ]], lateness_ms=10_000)
     [batch] = batches_of(part.next_batch())
-    assert batch.contacts == ["a", "b", "a", "a"]
+    assert batch.contact_ids() == ["a", "b", "a", "a"]
     # watermark before each event: none, 0 - 10 s, 60 s - 10 s, 60 s - 10 s
     assert batch.watermarks.tolist() == [NEVER, T0 - 10_000, T0 + 50_000, T0 + 50_000]
     s = part.state

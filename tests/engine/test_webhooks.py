@@ -137,7 +137,8 @@ def make_items(n: int, channels: tuple[str, ...] = ("email", "sms")) -> list[tup
     items = []
     for i in range(n):
         for out in trigger_lines("cart_abandoned", f"u-{i}", 1_790_000_000_000 + i, channels, {"engagement": 1.5 * i},
-                                 {"messageId": f"m-{i}", "event": "Product Added", "properties": {}}, 1_790_000_001_000):
+                                 orjson.dumps({"messageId": f"m-{i}", "event": "Product Added", "properties": {}}),
+                                 1_790_000_001_000):
             items.append((f"u-{i}", out))
     return items
 
