@@ -6,40 +6,111 @@ import pickle
 
 import numpy as np
 
+from engine.blobs import Blobs
+from engine.hashing import digest_of, digests
 from operators.contacts import Columns, ContactIndex
 
 # -- ContactIndex -------------------------------------------------------------------------
 
 
+def _slots(index: ContactIndex, ids: list[str]) -> list[int]:
+    """The slots of `ids`, given as the engine gives them: digests and UTF-8 blobs."""
+    out = index.slots(digests(ids), Blobs.of(i.encode("utf-8") for i in ids))
+    assert out.dtype == np.int32
+    return out.tolist()
+
+
 def test_slots_are_dense_in_first_seen_order():
     index = ContactIndex()
     assert len(index) == 0
-    assert index.slots(["b", "a", "b", "c", "a"]) == [0, 1, 0, 2, 1]
-    assert index.ids == ["b", "a", "c"]
+    assert index.ids() == []
+    assert _slots(index, ["b", "a", "b", "c", "a"]) == [0, 1, 0, 2, 1]
+    assert index.ids() == ["b", "a", "c"]
     assert len(index) == 3
-    assert index.slots(["c", "d", "b", "e"]) == [2, 3, 0, 4]
-    assert index.ids == ["b", "a", "c", "d", "e"]
-    assert index.slot_of == {"b": 0, "a": 1, "c": 2, "d": 3, "e": 4}
-    assert index.slots([]) == []
+    assert _slots(index, ["c", "d", "b", "e"]) == [2, 3, 0, 4]
+    assert index.ids() == ["b", "a", "c", "d", "e"]
+    assert [index.id(s) for s in range(5)] == ["b", "a", "c", "d", "e"]
+    assert _slots(index, []) == []
+    assert len(index) == 5
 
 
 def test_contact_ids_are_exact_strings():
     index = ContactIndex()
     # "1" and "01" and "u-1" are different contacts; unicode ids are kept as they are.
-    assert index.slots(["1", "01", "u-1", "ü-1", "1"]) == [0, 1, 2, 3, 0]
+    assert _slots(index, ["1", "01", "u-1", "ü-1", "1"]) == [0, 1, 2, 3, 0]
+    assert index.id(3) == "ü-1"
+    # "ü" is two bytes in UTF-8: an id with the same characters in another normal form is another contact.
+    assert _slots(index, ["u\u0308-1", "ü-1"]) == [4, 3]
+    assert index.ids() == ["1", "01", "u-1", "ü-1", "u\u0308-1"]
+
+
+def test_ids_with_the_same_digest_get_their_own_slots():
+    index = ContactIndex()
+    # The digest is only a hint: ids are compared byte for byte on a digest match. Give three
+    # different ids one digest (and a prefix of one of them, of another length).
+    same = np.full(4, 12345, np.int64)
+    ids = [b"u-1", b"u-2", b"u-1", b"u-"]
+    assert index.slots(same, Blobs.of(ids)).tolist() == [0, 1, 0, 2]
+    assert index.ids() == ["u-1", "u-2", "u-"]
+    # Looked up again, each finds its own slot. The key is (digest, bytes): the same bytes under
+    # another digest are another entry (the engine always passes an id's own digest).
+    assert index.slots(same[:3], Blobs.of([b"u-", b"u-2", b"u-1"])).tolist() == [2, 1, 0]
+    real = np.array([digest_of("u-2")], np.int64)
+    assert index.slots(real, Blobs.of([b"u-2"])).tolist() == [3]
+    assert len(index) == 4
+
+
+def test_colliding_ids_stay_apart_when_the_table_grows():
+    index = ContactIndex(capacity=4)
+    # Two ids sharing a digest, then enough other contacts to grow the table, the digests and the
+    # id buffer (16 bytes per initial slot) several times over.
+    index.slots(np.array([7, 7], np.int64), Blobs.of([b"first", b"second"]))
+    many = [f"contact-with-a-long-id-{i:05d}" for i in range(3000)]
+    assert _slots(index, many) == list(range(2, 3002))
+    assert index.slots(np.array([7, 7], np.int64), Blobs.of([b"second", b"first"])).tolist() == [1, 0]
+    assert _slots(index, many[::-1]) == list(range(3001, 1, -1))
+    assert index.ids() == ["first", "second", *many]
+    assert len(index) == 3002
 
 
 def test_index_snapshot_restore():
     index = ContactIndex()
-    index.slots(["x", "y", "z"])
+    _slots(index, ["x", "y", "z"])
     snap = index.snapshot()
-    index.slots(["w"])  # later contacts do not reach the snapshot
-    assert snap == ["x", "y", "z"]
+    _slots(index, ["w"])  # later contacts do not reach the snapshot
+    assert len(snap["hashes"]) == 3
+    assert snap["hashes"].tolist() == digests(["x", "y", "z"]).tolist()
+    assert ContactIndex.restore(snap).ids() == ["x", "y", "z"]
     restored = ContactIndex.restore(pickle.loads(pickle.dumps(snap)))
-    assert restored.slots(["z", "x", "new"]) == [2, 0, 3]
+    assert _slots(restored, ["z", "x", "new"]) == [2, 0, 3]
     assert len(restored) == 4
-    # The restored index does not share its list with the snapshot.
-    assert snap == ["x", "y", "z"]
+    assert restored.ids() == ["x", "y", "z", "new"]
+    # The restored index does not share its arrays with the snapshot.
+    assert len(snap["hashes"]) == 3
+    assert ContactIndex.restore(snap).ids() == ["x", "y", "z"]
+
+
+def test_index_restore_of_more_contacts_than_the_initial_capacity():
+    ids = [f"c-{i}" for i in range(2500)]
+    index = ContactIndex.of(ids)
+    restored = ContactIndex.restore(pickle.loads(pickle.dumps(index.snapshot())))
+    assert len(restored) == 2500
+    assert _slots(restored, [ids[2499], ids[0], "new", ids[1024]]) == [2499, 0, 2500, 1024]
+
+
+def test_an_index_of_given_ids():
+    index = ContactIndex.of(["a", "b", "c"])
+    assert (len(index), index.ids(), index.id(1)) == (3, ["a", "b", "c"], "b")
+    assert _slots(index, ["c", "d"]) == [2, 3]
+    assert len(ContactIndex.of([])) == 0
+
+
+def test_index_nbytes_counts_its_arrays():
+    index = ContactIndex(capacity=8)
+    # table (2 x 8 int32) + hashes (8 int64) + offsets (9 int64) + id bytes (16 x 8).
+    assert index.nbytes() == 16 * 4 + 8 * 8 + 9 * 8 + 128
+    _slots(index, [f"c-{i}" for i in range(9)])  # one more than the capacity: everything doubles
+    assert index.nbytes() == 32 * 4 + 16 * 8 + 17 * 8 + 128
 
 
 # -- Columns ------------------------------------------------------------------------------
@@ -99,6 +170,20 @@ def test_columns_snapshot_is_cut_and_copied():
     assert snap["a"][0] == 1
 
 
+def test_derived_columns_are_left_out_of_snapshots():
+    cols = Columns(capacity=4)
+    cols.add("a", np.int64, 0)
+    cols.add("d", np.int64, -1, derived=True)
+    cols.arrays["d"][:] = 5
+    assert set(cols.snapshot(2)) == {"a"}
+    # Restoring leaves a derived column as it is (its owner rebuilds it).
+    fresh = Columns(capacity=4)
+    fresh.add("a", np.int64, 0)
+    fresh.add("d", np.int64, -1, derived=True)
+    fresh.restore(cols.snapshot(2), 2)
+    assert fresh.arrays["d"].tolist() == [-1, -1, -1, -1]
+
+
 def test_columns_restore_grows_to_fit():
     cols = Columns(capacity=4)
     cols.add("a", np.int64, -1)
@@ -130,3 +215,13 @@ def test_columns_restore_of_an_empty_snapshot():
     fresh.restore(snap, 0)
     assert fresh.capacity == 4
     assert (fresh.arrays["a"] == -1).all()
+
+
+def test_columns_nbytes_is_the_sum_of_the_arrays():
+    cols = Columns(capacity=4)
+    cols.add("a", np.int64, 0)  # 4 x 8
+    cols.add("b", np.float32, 0.0, width=3)  # 4 x 3 x 4
+    cols.add("c", np.uint8, 0, width=2)  # 4 x 2 x 1
+    assert cols.nbytes() == 32 + 48 + 8
+    cols.ensure(5)
+    assert cols.nbytes() == 2 * (32 + 48 + 8)

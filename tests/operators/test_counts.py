@@ -4,18 +4,47 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
+
+from operators import counts
 from operators.contacts import Columns
-from operators.counts import CountWindows
+from operators.counts import EMPTY, CountWindows
 
 T0 = 1_795_442_400_000
 
 
-def _windows(*sizes: int, capacity: int = 4) -> CountWindows:
-    return CountWindows(Columns(capacity), list(sizes))
+class _Windows:
+    """The count columns of some rules (their `at_least` sizes) and the compiled `add` over them."""
+
+    def __init__(self, *sizes: int, capacity: int = 4) -> None:
+        self.columns = Columns(capacity)
+        CountWindows(self.columns, list(sizes))
+        self.sizes = list(sizes)
+
+    def add(self, slot: int, rule: int, now_ms: int, within_ms: int) -> bool:
+        a = self.columns.arrays
+        return counts.add(a["count_times"], a["count_next"], slot, rule, sum(self.sizes[:rule]), self.sizes[rule],
+                          now_ms, within_ms)
 
 
-def _run(cw: CountWindows, times: list[int], within: int, slot: int = 0, rule: int = 0) -> list[bool]:
+def _windows(*sizes: int, capacity: int = 4) -> _Windows:
+    return _Windows(*sizes, capacity=capacity)
+
+
+def _run(cw: _Windows, times: list[int], within: int, slot: int = 0, rule: int = 0) -> list[bool]:
     return [cw.add(slot, rule, t, within) for t in times]
+
+
+def test_columns_one_ring_per_rule_side_by_side():
+    cols = Columns(4)
+    CountWindows(cols, [2, 3, 1])
+    times, following = cols.arrays["count_times"], cols.arrays["count_next"]
+    assert (times.shape, times.dtype, following.shape, following.dtype) == ((4, 6), np.int64, (4, 3), np.uint16)
+    assert (times == EMPTY).all() and (following == 0).all()
+    # Without count rules the columns still have one (unused) column each.
+    cols = Columns(4)
+    CountWindows(cols, [])
+    assert cols.arrays["count_times"].shape == (4, 1) and cols.arrays["count_next"].shape == (4, 1)
 
 
 def test_an_event_exactly_w_earlier_is_outside_the_window():
@@ -72,6 +101,11 @@ def test_rules_and_contacts_do_not_share_rings():
     assert cw.add(0, 0, T0 + 1, 1000) is True   # rule 0: n = 2
     assert cw.add(0, 1, T0 + 2, 1000) is True   # rule 1: n = 3
     assert cw.add(1, 0, T0 + 2, 1000) is True   # slot 1 rule 0: n = 2
+    # Each rule writes only its own columns: rule 0 owns columns 0-1, rule 1 columns 2-4.
+    times = cw.columns.arrays["count_times"]
+    assert times[0].tolist() == [T0, T0 + 1, T0, T0 + 1, T0 + 2]
+    assert times[1].tolist() == [T0, T0 + 2, EMPTY, EMPTY, EMPTY]
+    assert cw.columns.arrays["count_next"][:2].tolist() == [[0, 0], [0, 0]]
 
 
 def test_ring_wraparound_with_a_steady_rate():
@@ -92,6 +126,22 @@ def test_ring_wraparound_with_a_rate_that_lets_the_count_dip():
     fired = _run(cw, [T0 + 4 * i for i in range(1000)], 10)
     assert fired[:3] == [False, False, True]
     assert fired.count(True) == 998
+
+
+def test_the_largest_k_wraps_its_ring():
+    # at_least is at most 1000 (rules.loader.MAX_AT_LEAST): the ring position (uint16) holds it.
+    cw = _windows(1000, 2)
+    # 2500 events 1 ms apart, W = 1001 ms: n reaches 1000 at the 1000th event and then 1001, where
+    # it stays (1000 others inside before every later event, K - 1 = 999 never again): one edge. Then a gap of W:
+    # n = 1 again; 999 more 1 ms apart: a second edge at the 1000th of them.
+    times = [T0 + i for i in range(2500)]
+    times += [T0 + 2499 + 1001 + i for i in range(1000)]
+    fired = _run(cw, times, 1001)
+    assert [i for i, f in enumerate(fired) if f] == [999, 3499]
+    assert int(cw.columns.arrays["count_next"][0, 0]) == 3500 % 1000
+    # The second rule's two columns, right after the first rule's thousand, are untouched.
+    assert cw.columns.arrays["count_times"][0, 1000:].tolist() == [EMPTY, EMPTY]
+    assert _run(cw, [T0, T0], 1001, rule=1) == [False, True]
 
 
 def test_ring_wraparound_matches_a_brute_force_count():

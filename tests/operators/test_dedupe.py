@@ -11,11 +11,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import orjson
 import pytest
 
-from engine.testing import run_rules
-from operators.contacts import Columns
-from operators.dedupe import NO_ID, RING, Deduplicator, MessageRing, message_digest
+from engine.decode import EventBatch
+from engine.hashing import NO_DIGEST, digest_of, digests
+from engine.testing import event_batch, run_rules
+from operators.dedupe import RING, Deduplicator
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = 1_795_442_400_000  # 2026-11-23T14:00:00Z
@@ -23,8 +26,27 @@ MIN = 60_000
 HOUR = 3_600_000
 
 
-def _ring(capacity: int = 4) -> MessageRing:
-    return MessageRing(Columns(capacity))
+def _batch(contacts: list[str], message_ids: list[str | None]) -> EventBatch:
+    """One event per (contact, message id) through the engine's decoder; None: no messageId."""
+    events = []
+    for c, m in zip(contacts, message_ids, strict=True):
+        e = {"event": "E", "userId": c, "timestamp": T0}
+        if m is not None:
+            e["messageId"] = m
+        events.append(e)
+    return event_batch(events)
+
+
+def _kept(dedupe: Deduplicator, contacts: list[str], message_ids: list[str | None]) -> list[int]:
+    """Indices of the events `accepted` keeps."""
+    keep = dedupe.accepted(_batch(contacts, message_ids))
+    assert keep.dtype == np.bool_ and len(keep) == len(contacts)
+    return np.flatnonzero(keep).tolist()
+
+
+def _one(dedupe: Deduplicator, contact: str, message_id: str | None) -> bool:
+    """Accept one event on its own; True when it is not a duplicate."""
+    return _kept(dedupe, [contact], [message_id]) == [0]
 
 
 def test_ring_holds_sixteen():
@@ -32,60 +54,88 @@ def test_ring_holds_sixteen():
 
 
 def test_the_last_sixteen_accepted_ids_are_duplicates_the_seventeenth_oldest_is_not():
-    ring = _ring()
-    ids = [message_digest(f"m-{i}") for i in range(17)]
-    for d in ids[:16]:
-        assert not ring.seen(0, d)
-        ring.accept(0, d)
-    assert all(ring.seen(0, d) for d in ids[:16])
-    ring.accept(0, ids[16])
-    # m-0 is now the 17th-oldest accepted id: no longer a duplicate; m-1..m-16 still are.
-    assert not ring.seen(0, ids[0])
-    assert all(ring.seen(0, d) for d in ids[1:17])
+    dedupe = Deduplicator()
+    ids = [f"m-{i}" for i in range(17)]
+    assert all(_one(dedupe, "u", m) for m in ids[:16])
+    # All sixteen are duplicates now (a duplicate is not accepted, so checking them changes nothing).
+    assert _kept(dedupe, ["u"] * 16, ids[:16]) == []
+    assert _one(dedupe, "u", ids[16])
+    # m-0 is now the 17th-oldest accepted id: no longer a duplicate; m-1..m-16 still are. (m-0 last:
+    # accepting it pushes m-1 out.)
+    assert _kept(dedupe, ["u"] * 17, [*ids[1:17], ids[0]]) == [16]
 
 
 def test_events_without_an_id_take_a_place_in_the_ring():
-    ring = _ring()
-    m0 = message_digest("m-0")
-    ring.accept(0, m0)
-    for _ in range(15):
-        ring.accept(0, NO_ID)
-    assert ring.seen(0, m0)  # m-0 plus 15 id-less events: 16 accepted events
-    ring.accept(0, NO_ID)
-    assert not ring.seen(0, m0)  # the 17th accepted event pushes m-0 out
+    dedupe = Deduplicator()
+    assert _one(dedupe, "u", "m-0")
+    assert all(_one(dedupe, "u", None) for _ in range(15))
+    assert not _one(dedupe, "u", "m-0")  # m-0 plus 15 id-less events: 16 accepted events
+    assert _one(dedupe, "u", None)
+    assert _one(dedupe, "u", "m-0")  # the 17th accepted event pushed m-0 out
 
 
 def test_a_missing_id_is_never_a_duplicate():
-    ring = _ring()
-    assert not ring.seen(0, NO_ID)  # the empty ring is full of NO_ID
-    ring.accept(0, NO_ID)
-    assert not ring.seen(0, NO_ID)
+    dedupe = Deduplicator()
+    # A fresh ring is full of "no id" (NO_DIGEST): an id-less event must not match it, nor earlier
+    # id-less events, however many.
+    assert _kept(dedupe, ["u"] * 40, [None] * 40) == list(range(40))
+    assert _one(dedupe, "u", None)
+    assert _one(dedupe, "fresh", None)
+    # An explicit null is no id either.
+    line = b'{"event":"E","userId":"u","timestamp":%d,"messageId":null}' % T0
+    batch = event_batch([line, line])
+    assert batch.message_digests.tolist() == [NO_DIGEST, NO_DIGEST]
+    assert dedupe.accepted(batch).tolist() == [True, True]
+    assert Deduplicator().accepted(event_batch([])).tolist() == []
+
+
+def test_an_empty_message_id_is_an_id():
+    dedupe = Deduplicator()
+    # "" is present, so it is the event's identity (unlike a missing id).
+    assert _kept(dedupe, ["u", "u", "u"], ["", "", None]) == [0, 2]
+
+
+def test_message_id_equality_is_on_the_decoded_string():
+    dedupe = Deduplicator()
+    # The same id written with a JSON escape (decoded by the exact path) and plainly (the fast path).
+    lines = [b'{"event":"E","userId":"u","timestamp":%d,"messageId":"m\\u002d1"}' % T0,
+             b'{"event":"E","userId":"u","timestamp":%d,"messageId":"m-1"}' % T0,
+             b'{"event":"E","userId":"u","timestamp":%d,"messageId":"m-\\u00fc"}' % T0,
+             '{"event":"E","userId":"u","timestamp":%d,"messageId":"m-ü"}'.encode() % T0]
+    batch = event_batch(lines)
+    assert batch.message_digests.tolist() == digests(["m-1", "m-1", "m-ü", "m-ü"]).tolist()
+    assert dedupe.accepted(batch).tolist() == [True, False, True, False]
 
 
 def test_contacts_have_separate_rings():
-    ring = _ring()
-    d = message_digest("m-1")
-    ring.accept(0, d)
-    assert ring.seen(0, d)
-    assert not ring.seen(1, d)
+    dedupe = Deduplicator()
+    assert _one(dedupe, "u", "m-1")
+    assert not _one(dedupe, "u", "m-1")
+    assert _one(dedupe, "v", "m-1")
+    # v's 16 new ids push m-1 out of v's ring only.
+    assert _kept(dedupe, ["v"] * 16, [f"x-{i}" for i in range(16)]) == list(range(16))
+    assert _kept(dedupe, ["u", "v"], ["m-1", "m-1"]) == [1]
 
 
 def test_message_digest():
-    assert message_digest(None) == NO_ID == 0
-    d = message_digest("m-123")
-    assert d == message_digest("m-123")  # stable across calls
+    assert digest_of(None) == NO_DIGEST == 0
+    d = digest_of("m-123")
+    assert d == digest_of("m-123")  # stable across calls
     assert 0 < d < 2**63  # non-zero, fits the int64 ring
-    assert message_digest("") != 0
+    assert digest_of("") != 0
     ids = [f"{7:x}-{i:09d}" for i in range(10_000)]
-    digests = {message_digest(m) for m in ids}
-    assert len(digests) == 10_000 and 0 not in digests
+    all_digests = set(digests(ids).tolist())
+    assert len(all_digests) == 10_000 and 0 not in all_digests
     # Lone surrogates (possible in JSON strings) do not raise.
-    assert message_digest("\ud800") > 0
+    assert digest_of("\ud800") > 0
+    # The decoder's message digests are these digests.
+    batch = _batch(["u", "u", "v"], ["m-123", None, ""])
+    assert batch.message_digests.tolist() == [d, NO_DIGEST, digest_of("")]
 
 
 def test_message_digest_is_stable_across_processes():
     # Unlike Python's salted str hash, the digest must be the same in another process (resume).
-    code = "from operators.dedupe import message_digest; print(message_digest('m-123'), hash('m-123'))"
+    code = "from engine.hashing import digest_of; print(digest_of('m-123'), hash('m-123'))"
     outs = []
     for seed in ("1", "2"):
         env = {**os.environ, "PYTHONHASHSEED": seed}
@@ -93,7 +143,7 @@ def test_message_digest_is_stable_across_processes():
                               check=True)
         outs.append(proc.stdout.split())
     assert outs[0][1] != outs[1][1]  # the salted hash does differ between the processes ...
-    assert outs[0][0] == outs[1][0] == str(message_digest("m-123"))  # ... the digest does not
+    assert outs[0][0] == outs[1][0] == str(digest_of("m-123"))  # ... the digest does not
 
 
 # -- Deduplicator: the rings of a source partition -----------------------------------------------
@@ -101,13 +151,13 @@ def test_message_digest_is_stable_across_processes():
 
 def test_deduplicator_keeps_events_whose_id_is_new_for_their_contact():
     dedupe = Deduplicator()
-    kept = dedupe.accepted(["u", "v", "u", "v", "v", "u"], ["m-1", "m-1", "m-1", None, None, "m-2"])
+    kept = _kept(dedupe, ["u", "v", "u", "v", "v", "u"], ["m-1", "m-1", "m-1", None, None, "m-2"])
     # Only the third event repeats an id of its own contact; the same id on another contact is not
     # a duplicate, and events without an id never are.
     assert kept == [0, 1, 3, 4, 5]
     # The rings persist between calls: all three ids are known now, per contact.
-    assert dedupe.accepted(["v", "u", "u", "v", "w"], ["m-1", "m-2", "m-3", "m-2", "m-1"]) == [2, 3, 4]
-    assert dedupe.index.ids == ["u", "v", "w"]
+    assert _kept(dedupe, ["v", "u", "u", "v", "w"], ["m-1", "m-2", "m-3", "m-2", "m-1"]) == [2, 3, 4]
+    assert dedupe.index.ids() == ["u", "v", "w"]
 
 
 def test_a_duplicate_takes_no_place_in_the_ring():
@@ -116,45 +166,80 @@ def test_a_duplicate_takes_no_place_in_the_ring():
     # is not a duplicate. Had the duplicate taken a ring place (as a second m-0, pushing out the
     # first), m-0 would still be in the ring and the last event would be a second duplicate.
     mids = [*ids, "m-0", "m-16", "m-0"]
-    assert Deduplicator().accepted(["u"] * len(mids), mids) == [*range(16), 17, 18]
+    assert _kept(Deduplicator(), ["u"] * len(mids), mids) == [*range(16), 17, 18]
     # The same one event at a time.
     dedupe = Deduplicator()
-    assert [i for i, m in enumerate(mids) if dedupe.accepted(["u"], [m]) == [0]] == [*range(16), 17, 18]
+    assert [i for i, m in enumerate(mids) if _one(dedupe, "u", m)] == [*range(16), 17, 18]
 
 
 def test_events_without_an_id_count_as_accepted_events():
     dedupe = Deduplicator()
     # m-0 and 15 id-less events: 16 accepted events, m-0 is still among them.
-    assert dedupe.accepted(["u"] * 17, ["m-0", *[None] * 15, "m-0"]) == list(range(16))
+    assert _kept(dedupe, ["u"] * 17, ["m-0", *[None] * 15, "m-0"]) == list(range(16))
     # One more id-less event is the 17th accepted: m-0 leaves the ring.
-    assert dedupe.accepted(["u", "u", "u"], [None, "m-0", "m-0"]) == [0, 1]
+    assert _kept(dedupe, ["u", "u", "u"], [None, "m-0", "m-0"]) == [0, 1]
+
+
+def test_interleaved_contacts_in_one_batch_are_decided_in_order():
+    # Three contacts' events interleaved in one batch decide exactly as one event at a time.
+    rng = np.random.default_rng(20261123)
+    contacts = [f"c-{int(c)}" for c in rng.integers(0, 3, 600)]
+    mids: list[str | None] = [None if r == 0 else f"m-{int(r)}" for r in rng.integers(0, 30, 600)]
+    one_by_one = Deduplicator()
+    expected = [i for i, (c, m) in enumerate(zip(contacts, mids, strict=True)) if _one(one_by_one, c, m)]
+    # Reference: the SPEC's rule written out (the ids of the contact's last 16 accepted events).
+    accepted: dict[str, list[str | None]] = {}
+    reference = []
+    for i, (c, m) in enumerate(zip(contacts, mids, strict=True)):
+        ring = accepted.setdefault(c, [])
+        if m is not None and m in ring[-16:]:
+            continue
+        ring.append(m)
+        reference.append(i)
+    assert expected == reference
+    assert 100 < len(reference) < 550  # both kinds of decision happen many times
+    assert _kept(Deduplicator(), contacts, mids) == reference
 
 
 def test_deduplicator_snapshot_restores_every_ring_and_is_a_copy():
     n = 1500  # more contacts than the initial column capacity (1024)
     dedupe = Deduplicator()
     contacts = [f"c-{i}" for i in range(n)]
-    assert dedupe.accepted(contacts, [f"m-{i}" for i in range(n)]) == list(range(n))
+    assert _kept(dedupe, contacts, [f"m-{i}" for i in range(n)]) == list(range(n))
     snap = dedupe.snapshot()
     # Later processing on the live one: 16 new ids per contact push every m-i out.
     for k in range(16):
-        dedupe.accepted(contacts, [f"x-{k}"] * n)
-    assert dedupe.accepted(contacts, [f"m-{i}" for i in range(n)]) == list(range(n))
+        _kept(dedupe, contacts, [f"x-{k}"] * n)
+    assert _kept(dedupe, contacts, [f"m-{i}" for i in range(n)]) == list(range(n))
     # The restored one has the rings as they were at the snapshot.
     restored = Deduplicator.restore(pickle.loads(pickle.dumps(snap)))
-    assert restored.index.ids == contacts
-    assert restored.accepted(contacts, [f"m-{i}" for i in range(n)]) == []
-    assert restored.accepted(contacts, [f"m-{i + 1}" for i in range(n)]) == list(range(n))
+    assert restored.index.ids() == contacts
+    assert _kept(restored, contacts, [f"m-{i}" for i in range(n)]) == []
+    assert _kept(restored, contacts, [f"m-{i + 1}" for i in range(n)]) == list(range(n))
     # ... with the ring position too: 14 more ids leave m-i as the oldest of 16 (still a duplicate);
     # the 15th pushes it out.
     for k in range(14):
-        restored.accepted(["c-7"], [f"y-{k}"])
-    assert restored.accepted(["c-7"], ["m-7"]) == []
-    restored.accepted(["c-7"], ["y-14"])
-    assert restored.accepted(["c-7"], ["m-7"]) == [0]
+        _one(restored, "c-7", f"y-{k}")
+    assert not _one(restored, "c-7", "m-7")
+    _one(restored, "c-7", "y-14")
+    assert _one(restored, "c-7", "m-7")
     # A new contact gets a new slot after the restored ones.
-    assert restored.accepted(["new"], ["m-0"]) == [0]
-    assert restored.index.slot_of["new"] == n
+    assert _one(restored, "new", "m-0")
+    assert len(restored.index) == n + 1 and restored.index.id(n) == "new"
+
+
+def test_a_restored_deduplicator_continues_identically():
+    # Snapshot -> pickle -> restore at a split point, then the same events: the same decisions as
+    # the uninterrupted one, for every later event.
+    rng = np.random.default_rng(7)
+    contacts = [f"c-{int(c)}" for c in rng.integers(0, 50, 4000)]
+    mids: list[str | None] = [None if r == 0 else f"m-{int(r)}" for r in rng.integers(0, 40, 4000)]
+    live = Deduplicator()
+    first = _kept(live, contacts[:2000], mids[:2000])
+    restored = Deduplicator.restore(pickle.loads(pickle.dumps(live.snapshot())))
+    expected = _kept(live, contacts[2000:], mids[2000:])
+    assert _kept(restored, contacts[2000:], mids[2000:]) == expected
+    assert 0 < len(expected) < 2000 and 0 < len(first) < 2000
 
 
 # -- through the dataflow (de-duplication happens in the source) ------------------------------------
@@ -249,3 +334,11 @@ def test_the_same_input_without_the_duplicate_fires_all_three(batch_size, shards
     s = result.summary
     assert (s["events_in"], s["processed"], s["deduplicated"], s["late"]) == (7, 7, 0, 2)
     assert (s["max_event_time"], s["pending_timers"], s["triggers"]) == (T0 + 2 * HOUR, 0, {"cart_abandoned": 3})
+
+
+def test_a_duplicate_of_an_escaped_id_through_the_dataflow():
+    # The retry spells the id with a JSON escape: still the same messageId, so still a duplicate.
+    lines = [orjson.dumps(_ping("u", "m-1", T0)),
+             b'{"type":"track","event":"Ping","userId":"u","timestamp":%d,"messageId":"m\\u002d1"}' % (T0 + 1)]
+    s = run_rules(COUNT_RULES, lines, batch_size=1000, shards=1).summary
+    assert (s["events_in"], s["processed"], s["deduplicated"], s["max_event_time"]) == (2, 1, 1, T0)

@@ -8,7 +8,6 @@ timers; this step only gathers every shard's and reader's report into the run su
 from __future__ import annotations
 
 import pickle
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,13 +17,10 @@ from bytewax.operators import StatefulBatchLogic
 
 from engine.decode import EventBatch
 from engine.records import EndOfInput, ReaderEnd, ShardEnd, TriggerOut
-from engine.routing import take
-from engine.testing import run_rules
+from engine.testing import event_batch, plan_of, run_rules
 from engine.times import parse_time
 from operators.finalize import EndOfInputLogic, summarize
 from operators.shard import ShardState
-from rules import load_rules
-from rules.compiler import compile_rules
 
 T0 = 1_795_442_400_000  # 2026-11-23T14:00:00Z
 MIN = 60_000
@@ -132,22 +128,24 @@ def _keys(out: list[Any]) -> list[tuple[str, str, int]]:
     return [(r["rule"], r["contact"], parse_time(r["at"])) for r in recs]
 
 
-def test_every_shard_fires_up_to_the_inputs_largest_time(tmp_path: Path):
-    path = tmp_path / "rules.yaml"
-    path.write_text(RULES)
-    plan = compile_rules(load_rules(path))
+def test_every_shard_fires_up_to_the_inputs_largest_time():
+    plan = plan_of(RULES)
     # One input, read in this order, stamped as the source does (lateness 0), split over two shards.
     rows = [("a", "Added", T0), ("c", "Added", T0 + 10 * MIN), ("b", "Added", T0 + 20 * MIN),
             ("d", "Page", T0 + 40 * MIN)]
     events = [{"type": "track", "event": n, "userId": c, "timestamp": t} for c, n, t in rows]
-    read = EventBatch(events, [c for c, _, _ in rows], [n for _, n, _ in rows],
-                      np.array([t for _, _, t in rows], dtype=np.int64), [None] * 4, [0, 1, 2, 3],
-                      [orjson.dumps(e) for e in events],
-                      watermarks=np.array([NEVER, T0, T0 + 10 * MIN, T0 + 20 * MIN], dtype=np.int64))
+    read = event_batch(events, plan, watermarks=[NEVER, T0, T0 + 10 * MIN, T0 + 20 * MIN])
+
+    def part(idx: list[int], shard: int) -> EventBatch:
+        """The events at `idx`, as routing hands them to `shard`."""
+        sub = read.take(np.array(idx))
+        sub.shard = shard
+        return sub
+
     s1, s2 = ShardState(plan), ShardState(plan)
     out: list[Any] = []
-    s1.process(take(read, [0, 2]), out)  # a (d = T0 + 30m), b (d = T0 + 50m)
-    s2.process(take(read, [1, 3]), out)  # c (d = T0 + 40m), d (no timer)
+    s1.process(part([0, 2], 0), out)  # a (d = T0 + 30m), b (d = T0 + 50m)
+    s2.process(part([1, 3], 1), out)  # c (d = T0 + 40m), d (no timer)
     assert out == []
     # Shard 1's own largest time is T0 + 20m; the marker carries the input's: T0 + 40m.
     marker = EndOfInput(T0 + 40 * MIN)

@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
+import random
 
 import numpy as np
-import orjson
 
-from engine.decode import EventBatch
+from engine.testing import event_batch, plan_of
+from operators import scores
 from operators.contacts import Columns
-from operators.scores import NEVER, ScoreColumns, crossing_time, decay
+from operators.scores import NEVER, TWO, ScoreColumns, crossing_time
 from operators.shard import ShardState
-from rules import load_rules
-from rules.compiler import compile_rules
 
 HOUR = 3_600_000
 WEEK = 7 * 86_400_000
 T0 = 1_795_442_400_000  # 2026-11-23T14:00:00Z
+INF = math.inf
+
+
+def decay(value: float, last_ms: int, now_ms: int, half_life_ms: float) -> float:
+    """The compiled decay, with the run-time base 2 the engine passes."""
+    return scores.decay(value, last_ms, now_ms, half_life_ms, TWO)
 
 
 # -- decay ------------------------------------------------------------------------------
@@ -49,6 +53,43 @@ def test_decay_of_zero_and_at_the_same_time():
     assert decay(-0.1, T0, T0, HOUR) == -0.1
 
 
+def test_decay_is_pythons_formula_bit_for_bit():
+    # The SPEC's S * 2^(-(now - last)/half_life), as Python computes it, for many inputs: the
+    # compiled pow must round exactly like Python's (a literal 2.0 would turn into exp2, which
+    # differs in about one case in a thousand).
+    rng = random.Random(20261123)
+    cases = 0
+    for _ in range(20_000):
+        value = rng.choice((rng.uniform(-100, 100), rng.uniform(0, 1e6), rng.expovariate(0.1), 3.0, -20.0))
+        half_life = rng.choice((1000, HOUR, WEEK, 86_400_000, rng.randint(1, 10**10)))
+        last = rng.choice((0, T0, rng.randint(-(10**12), 10**13)))
+        now = last + rng.choice((1, 7, rng.randint(0, 10 * half_life), rng.randint(0, 10**11)))
+        expected = value if value == 0.0 or now == last else value * 2.0 ** (-(now - last) / half_life)
+        got = decay(value, last, now, float(half_life))
+        assert got == expected or (math.isnan(got) and math.isnan(expected)), (value, last, now, half_life)
+        cases += 1
+    assert cases == 20_000
+
+
+def test_value_at_and_update_decay_bit_for_bit_too():
+    rng = random.Random(7)
+    cols = Columns(4)
+    ScoreColumns(cols, 1)
+    values, lasts = cols.arrays["score_value"], cols.arrays["score_last"]
+    now = T0
+    stored = 0.0
+    for _ in range(5000):
+        now += rng.randint(0, 3 * HOUR)
+        add = rng.uniform(-5, 10)
+        expected_before = stored * 2.0 ** (-(now - int(lasts[0, 0])) / HOUR) if int(lasts[0, 0]) != NEVER else 0.0
+        if stored == 0.0 or now == int(lasts[0, 0]):
+            expected_before = stored
+        assert scores.value_at(values, lasts, 0, 0, now, float(HOUR), TWO) == expected_before
+        before, after = scores.update(values, lasts, 0, 0, now, float(HOUR), add, -INF, INF, TWO)
+        assert (before, after) == (expected_before, expected_before + add)
+        stored = after
+
+
 # -- crossing_time ----------------------------------------------------------------------
 
 
@@ -77,26 +118,81 @@ def test_crossing_time_rounds_up_to_the_next_millisecond():
     assert crossing_time(12.0, 0, WEEK, 2.0) == 1_563_385_321
 
 
+def test_crossing_time_ceiling_does_not_depend_on_the_absolute_time():
+    # 9.41 falling below 3 with a 1 h half-life: 3_600_000 * log2(9.41/3) = 5_937_236.0000376 ms
+    # (50-digit decimals), so the crossing is 5_937_237 ms after the update, from 0 or from T0.
+    assert crossing_time(9.41, 0, HOUR, 3.0) == 5_937_237
+    # At 5_937_236 ms the score is still 3.0000000000217 >= 3: firing then would be 1 ms early.
+    assert decay(9.41, T0, T0 + 5_937_236, HOUR) >= 3.0
+    assert crossing_time(9.41, T0, HOUR, 3.0) == T0 + 5_937_237
+
+
+def test_crossing_time_is_the_spec_formula_for_many_inputs():
+    # last + ceil(half_life * log2(S/T)), as Python computes it: the compiled log2 and ceiling must
+    # agree exactly, or a timer would fire a millisecond early or late.
+    rng = random.Random(5)
+    for _ in range(20_000):
+        value = rng.choice((rng.uniform(0.001, 1e6), float(rng.randint(1, 1000))))
+        threshold = rng.choice((rng.uniform(0.001, value), float(rng.randint(1, max(1, int(value))))))
+        if threshold > value:
+            continue
+        half_life = float(rng.choice((1000, HOUR, WEEK, rng.randint(1, 10**10))))
+        last = rng.choice((0, T0))
+        expected = last + math.ceil(half_life * math.log2(value / threshold))
+        assert crossing_time(value, last, half_life, threshold) == expected, (value, last, half_life, threshold)
+
+
 # -- ScoreColumns -----------------------------------------------------------------------
 
 
-def _scores(n_scores: int = 2, capacity: int = 4) -> ScoreColumns:
-    return ScoreColumns(Columns(capacity), n_scores)
+class _Scores:
+    """The two score columns and the compiled functions over them, as the shard kernel uses them."""
+
+    def __init__(self, n_scores: int = 2, capacity: int = 4) -> None:
+        self.columns = Columns(capacity)
+        ScoreColumns(self.columns, n_scores)
+
+    def value_at(self, slot: int, score: int, now_ms: int, half_life_ms: float) -> float:
+        a = self.columns.arrays
+        return scores.value_at(a["score_value"], a["score_last"], slot, score, now_ms, float(half_life_ms), TWO)
+
+    def update(self, slot: int, score: int, now_ms: int, half_life_ms: float, add: float, lo: float,
+               hi: float) -> tuple[float, float]:
+        a = self.columns.arrays
+        return scores.update(a["score_value"], a["score_last"], slot, score, now_ms, float(half_life_ms), add, lo, hi,
+                             TWO)
+
+    def last_update(self, slot: int, score: int) -> tuple[float, int]:
+        a = self.columns.arrays
+        return float(a["score_value"][slot, score]), int(a["score_last"][slot, score])
+
+
+def test_score_columns_shape_and_fill():
+    cols = Columns(4)
+    ScoreColumns(cols, 3)
+    v, last = cols.arrays["score_value"], cols.arrays["score_last"]
+    assert (v.shape, v.dtype, last.shape, last.dtype) == ((4, 3), np.float64, (4, 3), np.int64)
+    assert (v == 0.0).all() and (last == NEVER).all()
+    assert NEVER == np.iinfo(np.int64).min
+    # A rule set without scores still gets one (unused) column, so the kernels' arrays are 2-d.
+    cols = Columns(4)
+    ScoreColumns(cols, 0)
+    assert cols.arrays["score_value"].shape == (4, 1)
 
 
 def test_a_score_starts_at_zero():
-    sc = _scores()
+    sc = _Scores()
     assert sc.value_at(0, 0, T0, HOUR) == 0.0
     assert sc.last_update(0, 0) == (0.0, NEVER)
 
 
 def test_update_returns_before_decayed_to_now_and_after():
-    sc = _scores()
+    sc = _Scores()
     # First update: 0 before, 0 + 8 after.
-    assert sc.update(0, 0, T0, HOUR, 8.0, -math.inf, math.inf) == (0.0, 8.0)
+    assert sc.update(0, 0, T0, HOUR, 8.0, -INF, INF) == (0.0, 8.0)
     assert sc.last_update(0, 0) == (8.0, T0)
     # One half-life later: before = 8 * 2^-1 = 4, after = 4 + 1 = 5.
-    assert sc.update(0, 0, T0 + HOUR, HOUR, 1.0, -math.inf, math.inf) == (4.0, 5.0)
+    assert sc.update(0, 0, T0 + HOUR, HOUR, 1.0, -INF, INF) == (4.0, 5.0)
     assert sc.last_update(0, 0) == (5.0, T0 + HOUR)
     # Two half-lives after that: 5 / 4 = 1.25 (value_at does not store anything).
     assert sc.value_at(0, 0, T0 + 3 * HOUR, HOUR) == 1.25
@@ -104,26 +200,37 @@ def test_update_returns_before_decayed_to_now_and_after():
 
 
 def test_update_with_zero_add_restarts_decay_from_now():
-    sc = _scores()
-    sc.update(0, 0, 0, HOUR, 8.0, -math.inf, math.inf)
+    sc = _Scores()
+    sc.update(0, 0, 0, HOUR, 8.0, -INF, INF)
     # An update adding 0 one half-life later stores 4 at time HOUR; one more half-life: 2.
-    assert sc.update(0, 0, HOUR, HOUR, 0.0, -math.inf, math.inf) == (4.0, 4.0)
+    assert sc.update(0, 0, HOUR, HOUR, 0.0, -INF, INF) == (4.0, 4.0)
+    assert sc.last_update(0, 0) == (4.0, HOUR)
     assert sc.value_at(0, 0, 2 * HOUR, HOUR) == 2.0
 
 
 def test_update_clamps_the_result_but_not_before():
-    sc = _scores()
+    sc = _Scores()
     # max 10: 8 + 5 = 13 -> 10; before is the unclamped decayed 8.
     sc.update(0, 0, 0, HOUR, 8.0, 0.0, 10.0)
     assert sc.update(0, 0, 0, HOUR, 5.0, 0.0, 10.0) == (8.0, 10.0)
     # min 0: 10 * 2^-1 = 5, 5 - 7 = -2 -> 0.
     assert sc.update(0, 0, HOUR, HOUR, -7.0, 0.0, 10.0) == (5.0, 0.0)
+    assert sc.last_update(0, 0) == (0.0, HOUR)
+
+
+def test_update_saturates_instead_of_overflowing():
+    sc = _Scores()
+    # Absurd points: 1e308 + 1e308 overflows to inf; the score saturates at the largest double.
+    sc.update(0, 0, T0, HOUR, 1e308, -INF, INF)
+    assert sc.update(0, 0, T0, HOUR, 1e308, -INF, INF) == (1e308, 1.7976931348623157e308)
+    assert sc.update(1, 0, T0, HOUR, -1e308, -INF, INF) == (0.0, -1e308)
+    assert sc.update(1, 0, T0, HOUR, -1e308, -INF, INF) == (-1e308, -1.7976931348623157e308)
 
 
 def test_scores_and_contacts_are_independent():
-    sc = _scores(n_scores=2)
-    sc.update(0, 0, 0, HOUR, 8.0, -math.inf, math.inf)
-    sc.update(1, 1, 0, HOUR, 3.0, -math.inf, math.inf)
+    sc = _Scores(n_scores=2)
+    sc.update(0, 0, 0, HOUR, 8.0, -INF, INF)
+    sc.update(1, 1, 0, HOUR, 3.0, -INF, INF)
     assert sc.value_at(0, 1, 0, HOUR) == 0.0
     assert sc.value_at(1, 0, 0, HOUR) == 0.0
     assert sc.value_at(0, 0, HOUR, HOUR) == 4.0
@@ -152,37 +259,28 @@ triggers:
 """
 
 
-def _batch(rows: list[tuple[str, str, int]], before: int) -> EventBatch:
-    """Rows as the source sends them (lateness 0): each stamped with the largest time read before it."""
-    events = [{"type": "track", "event": name, "userId": c, "timestamp": t} for c, name, t in rows]
-    times = [t for _, _, t in rows]
-    marks = [max([before, *times[:i]]) for i in range(len(rows))]
-    return EventBatch(events, [c for c, _, _ in rows], [n for _, n, _ in rows],
-                      np.array(times, dtype=np.int64), [None] * len(rows),
-                      list(range(len(rows))), [orjson.dumps(e) for e in events], watermarks=np.array(marks, dtype=np.int64))
-
-
-def test_clamp_applies_after_the_sum_of_points(tmp_path: Path):
-    path = tmp_path / "rules.yaml"
-    path.write_text(CLAMP_RULES)
-    state = ShardState(compile_rules(load_rules(path)))
+def test_clamp_applies_after_the_sum_of_points():
+    plan = plan_of(CLAMP_RULES)
+    state = ShardState(plan)
     out: list = []
+
+    def send(contact: str, name: str, t: int, watermark: int) -> None:
+        # Stamped as the source does (lateness 0): the largest time read before the event.
+        state.process(event_batch([{"type": "track", "event": name, "userId": contact, "timestamp": t}], plan,
+                                  watermarks=[watermark]), out)
+
+    def last_update(slot: int) -> tuple[float, int]:
+        a = state.columns.arrays
+        return float(a["score_value"][slot, 0]), int(a["score_last"][slot, 0])
+
     # Big: 0 + (15 - 10) = 5. Clamping after each entry would give min(15, 10) - 10 = 0.
-    state.process(_batch([("u", "Big", T0)], before=NEVER), out)
-    assert state.scores.last_update(0, 0) == (5.0, T0)
+    send("u", "Big", T0, NEVER)
+    assert last_update(0) == (5.0, T0)
     # A second Big one half-life later: 5 * 2^-1 + 5 = 7.5.
-    state.process(_batch([("u", "Big", T0 + HOUR)], before=T0), out)
-    assert state.scores.last_update(0, 0) == (7.5, T0 + HOUR)
+    send("u", "Big", T0 + HOUR, T0)
+    assert last_update(0) == (7.5, T0 + HOUR)
     # w starts at 0; Drop = clamp(0 + (-4 + 6)) = 2. Clamping after -4 alone would give 0 + 6 = 6.
-    state.process(_batch([("w", "Drop", T0)], before=T0 + HOUR), out)
-    assert state.scores.last_update(1, 0) == (2.0, T0)
+    send("w", "Drop", T0, T0 + HOUR)
+    assert last_update(1) == (2.0, T0)
+    assert state.scores_at(0, T0 + 2 * HOUR) == {"s": 3.75}
     assert out == []
-
-
-def test_crossing_time_ceiling_does_not_depend_on_the_absolute_time():
-    # 9.41 falling below 3 with a 1 h half-life: 3_600_000 * log2(9.41/3) = 5_937_236.0000376 ms
-    # (50-digit decimals), so the crossing is 5_937_237 ms after the update, from 0 or from T0.
-    assert crossing_time(9.41, 0, HOUR, 3.0) == 5_937_237
-    # At 5_937_236 ms the score is still 3.0000000000217 >= 3: firing then would be 1 ms early.
-    assert decay(9.41, T0, T0 + 5_937_236, HOUR) >= 3.0
-    assert crossing_time(9.41, T0, HOUR, 3.0) == T0 + 5_937_237

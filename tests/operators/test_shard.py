@@ -5,17 +5,17 @@ input's watermark), cancellation at the deadline, end of input, and the generic 
 snapshot -> pickle -> restore -> continue gives the same triggers as an uninterrupted run, for
 any split point, any batch size and any shard count.
 
-The shard receives de-duplicated EventBatches stamped with the watermark before each event
-(the source does that). Hand-built batches here are stamped by `Source`, written
-independently of engine/sources.py; the contract tests feed the shards through the real
-source partition (decode, dedupe, stamp, route).
+The shard receives de-duplicated, columnar EventBatches (engine/decode.py) stamped with the
+watermark before each event (the source does that), decoded with the shard's own plan (the
+matcher bit sets depend on it). Hand-built batches here are decoded by `engine.testing.event_batch`
+and stamped by `Source`, written independently of engine/sources.py; the contract tests feed the
+shards through the real source partition (decode, dedupe, stamp, route).
 """
 
 from __future__ import annotations
 
 import math
 import pickle
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,18 +23,27 @@ import orjson
 import pytest
 
 from engine.decode import EventBatch, decode_lines
-from engine.records import EndOfInput, ProfileOut, ReaderEnd, ShardEnd, TriggerOut, Watermark
-from engine.routing import shard_key, split_by_shard, take
+from engine.records import (
+    EndOfInput,
+    ProfileOut,
+    ProfileRecords,
+    ReaderEnd,
+    ShardEnd,
+    TriggerOut,
+    TriggerRecords,
+    Watermark,
+    each_record,
+)
+from engine.routing import shard_key, split_by_shard
 from engine.shop import Shop, ShopConfig
-from engine.sources import DLQ_KEY, END_KEY, DecodingPartition, ReaderState
-from engine.testing import run_rules
+from engine.sources import DLQ_KEY, END_KEY, DecodingPartition, ReaderState, block_of
+from engine.testing import event_batch, plan_of, run_rules
 from engine.times import parse_time
 from operators.dedupe import Deduplicator
 from operators.finalize import summarize
-from operators.shard import NEVER, ShardLogic, ShardState
+from operators.shard import NEVER, SNAPSHOT_VERSION, RecoveryFormatError, ShardLogic, ShardState
 from operators.timers import NONE
-from rules import load_rules
-from rules.compiler import Plan, compile_rules
+from rules.compiler import Plan
 
 T0 = 1_795_442_400_000  # 2026-11-23T14:00:00Z
 HOUR = 3_600_000
@@ -66,10 +75,8 @@ triggers:
 """
 
 
-def _plan(tmp_path: Path, text: str = RULES) -> Plan:
-    path = tmp_path / "rules.yaml"
-    path.write_text(text)
-    return compile_rules(load_rules(path))
+def _plan(text: str = RULES) -> Plan:
+    return plan_of(text)
 
 
 def ev(contact: str, name: str, t: int, mid: str | None = None, **props: Any) -> dict[str, Any]:
@@ -81,18 +88,11 @@ def ev(contact: str, name: str, t: int, mid: str | None = None, **props: Any) ->
     return e
 
 
-def batch(*events: dict[str, Any], watermarks: list[int] | None = None) -> EventBatch:
-    """A hand-built batch of track events (what decode_lines would make of them)."""
-    return EventBatch(
-        events=list(events),
-        contacts=[e["userId"] for e in events],
-        names=[e["event"] for e in events],
-        times=np.array([e["timestamp"] for e in events], dtype=np.int64),
-        message_ids=[e.get("messageId") for e in events],
-        positions=list(range(len(events))),
-        lines=[orjson.dumps(e) for e in events],
-        watermarks=None if watermarks is None else np.array(watermarks, dtype=np.int64),
-    )
+def batch(plan: Plan, *events: dict[str, Any], watermarks: list[int] | None = None) -> EventBatch:
+    """The engine's columnar batch of `events`, decoded for `plan`, for shard 0."""
+    b = event_batch(events, plan, watermarks=watermarks)
+    b.shard = 0
+    return b
 
 
 class Source:
@@ -100,11 +100,13 @@ class Source:
 
     Each event carries the watermark just before it: the largest time read before it minus
     `lateness_ms`, or NEVER before the first event. The events are taken as accepted (no
-    duplicates among them). Kept across calls, like a source partition's state.
+    duplicates among them). Kept across calls, like a source partition's state. Batches are
+    decoded for `plan`.
     """
 
-    def __init__(self, lateness_ms: int = 0) -> None:
-        self.lateness_ms = lateness_ms
+    def __init__(self, plan: Plan, lateness_ms: int | None = None) -> None:
+        self.plan = plan
+        self.lateness_ms = plan.lateness_ms if lateness_ms is None else lateness_ms
         self.max_time = NEVER
 
     @property
@@ -121,11 +123,16 @@ class Source:
         return b
 
     def __call__(self, *events: dict[str, Any]) -> EventBatch:
-        return self.stamp(batch(*events))
+        return self.stamp(batch(self.plan, *events))
+
+
+def flat(out: Any) -> list[Any]:
+    """A ShardLogic's output items with the per-batch groups (TriggerRecords, ProfileRecords) opened."""
+    return list(each_record(out))
 
 
 def records(out: list[Any]) -> list[dict[str, Any]]:
-    return [orjson.loads(o.line) for o in out if isinstance(o, TriggerOut)]
+    return [orjson.loads(o.line) for o in flat(out) if isinstance(o, TriggerOut)]
 
 
 def keys(out: list[Any]) -> list[tuple[str, str, int, str]]:
@@ -137,19 +144,30 @@ def timer_of(plan: Plan, name: str) -> int:
     return next(t.timer for t in plan.triggers if t.name == name)
 
 
+def last_update(state: ShardState, slot: int, score: int) -> tuple[float, int]:
+    """(stored value, time of the last update) of a contact's score."""
+    a = state.columns.arrays
+    return float(a["score_value"][slot, score]), int(a["score_last"][slot, score])
+
+
+def slot_of(state: ShardState, contact: str) -> int:
+    return state.index.ids().index(contact)
+
+
 def test_the_helper_stamps_like_the_spec_says():
-    read = Source(lateness_ms=1000)
+    read = Source(Plan.empty(), lateness_ms=1000)
     b1 = read(ev("a", "P", T0 + 5000), ev("b", "P", T0 + 2000), ev("a", "P", T0 + 9000))
     assert b1.watermarks.tolist() == [NEVER, T0 + 4000, T0 + 4000]
+    assert (b1.contact_ids(), b1.times.tolist()) == (["a", "b", "a"], [T0 + 5000, T0 + 2000, T0 + 9000])
     b2 = read(ev("a", "P", T0))
     assert b2.watermarks.tolist() == [T0 + 8000]
     assert read.watermark == T0 + 8000
 
 
-def test_a_batch_without_watermarks_is_refused(tmp_path: Path):
-    state = ShardState(_plan(tmp_path))
+def test_a_batch_without_watermarks_is_refused():
+    state = ShardState(_plan())
     with pytest.raises(AssertionError, match="watermarks"):
-        state.process(batch(ev("u", "Ping", T0)), [])
+        state.process(batch(state.plan, ev("u", "Ping", T0)), [])
 
 
 # -- falls_below -----------------------------------------------------------------------------
@@ -159,11 +177,11 @@ def test_a_batch_without_watermarks_is_refused(tmp_path: Path):
 COOLED_AT = T0 + 6_253_077
 
 
-def test_falls_below_timer_fires_by_watermark_at_the_exact_ceiling(tmp_path: Path):
-    plan = _plan(tmp_path)
+def test_falls_below_timer_fires_by_watermark_at_the_exact_ceiling():
+    plan = _plan()
     state = ShardState(plan)
     out: list[Any] = []
-    state.process(Source()(ev("u", "Ping", T0, "m-1")), out)
+    state.process(Source(state.plan)(ev("u", "Ping", T0, "m-1")), out)
     assert out == []
     assert state.watermark == NEVER  # the only stamp is the one before the first event
     assert state.timers.deadline(0, timer_of(plan, "cooled")) == COOLED_AT
@@ -185,13 +203,13 @@ def test_falls_below_timer_fires_by_watermark_at_the_exact_ceiling(tmp_path: Pat
     assert len(out) == 1
 
 
-def test_falls_below_rearmed_by_a_later_update(tmp_path: Path):
-    plan = _plan(tmp_path)
+def test_falls_below_rearmed_by_a_later_update():
+    plan = _plan()
     state = ShardState(plan)
     out: list[Any] = []
     # Ping at T0 (10), Ping at T0 + 1h: 10/2 + 10 = 15, below 3 after 3_600_000 * log2(5) =
     # 8_358_941.14 ms -> T0 + 1h + 8_358_942.
-    state.process(Source()(ev("u", "Ping", T0), ev("u", "Ping", T0 + HOUR)), out)
+    state.process(Source(state.plan)(ev("u", "Ping", T0), ev("u", "Ping", T0 + HOUR)), out)
     rearmed = T0 + HOUR + 8_358_942
     assert state.timers.deadline(0, timer_of(plan, "cooled")) == rearmed
     state.advance_watermark(COOLED_AT + 1, out)
@@ -200,10 +218,10 @@ def test_falls_below_rearmed_by_a_later_update(tmp_path: Path):
     assert keys(out) == [("cooled", "u", rearmed, "out")]
 
 
-def test_falls_below_fires_at_an_event_that_leaves_the_score_below(tmp_path: Path):
-    plan = _plan(tmp_path)
+def test_falls_below_fires_at_an_event_that_leaves_the_score_below():
+    plan = _plan()
     state = ShardState(plan)
-    read = Source()
+    read = Source(state.plan)
     out: list[Any] = []
     # Ping at T0 (10, armed); Cool one half-life later: 5 - 8 = -3 < 3 -> fires at now, disarmed.
     state.process(read(ev("u", "Ping", T0), ev("u", "Cool", T0 + HOUR, "m-cool")), out)
@@ -218,10 +236,10 @@ def test_falls_below_fires_at_an_event_that_leaves_the_score_below(tmp_path: Pat
     assert len(out) == 1
 
 
-def test_falls_below_through_shard_logic_with_lateness(tmp_path: Path):
-    plan = _plan(tmp_path, RULES.replace("version: 1\n", "version: 1\nlateness: 1s\n"))
+def test_falls_below_through_shard_logic_with_lateness():
+    plan = _plan(RULES.replace("version: 1\n", "version: 1\nlateness: 1s\n"))
     logic = ShardLogic(plan, None)
-    read = Source(lateness_ms=1000)
+    read = Source(plan, lateness_ms=1000)
     out, _ = logic.on_batch([read(ev("u", "Ping", T0))])
     assert list(out) == []
     # Another contact's event at d + 1 s; the source then broadcasts the watermark after it:
@@ -239,10 +257,10 @@ def test_falls_below_through_shard_logic_with_lateness(tmp_path: Path):
 # -- sequences: path (a), cancellation at the deadline ------------------------------------------
 
 
-def test_path_a_a_later_event_fires_the_timer_first_at_its_deadline(tmp_path: Path):
-    plan = _plan(tmp_path)
+def test_path_a_a_later_event_fires_the_timer_first_at_its_deadline():
+    plan = _plan()
     state = ShardState(plan)
-    read = Source()
+    read = Source(state.plan)
     out: list[Any] = []
     # Added (sku a) at T0, Added (sku b) at T0 + 1 min restarts the timer: d = T0 + 60_000 + 30 min.
     d = T0 + 60_000 + CART_W
@@ -260,7 +278,7 @@ def test_path_a_a_later_event_fires_the_timer_first_at_its_deadline(tmp_path: Pa
     # The contact's state held exactly its events up to d: the Page at d (4 points), not the Ping
     # at d + 1 (10 points), which is applied right after.
     assert rec["scores"] == {"heat": 0.0, "views": 4.0}
-    assert state.scores.last_update(0, 0) == (10.0, d + 1)
+    assert last_update(state, 0, 0) == (10.0, d + 1)
     # The profile change comes with it.
     profiles = [orjson.loads(o.line) for o in out if isinstance(o, ProfileOut)]
     assert [(p["rule"], p["action"], p["value"], parse_time(p["at"])) for p in profiles] == [
@@ -270,29 +288,29 @@ def test_path_a_a_later_event_fires_the_timer_first_at_its_deadline(tmp_path: Pa
     assert state.timers.pending() == 1
 
 
-def test_a_cancelling_event_exactly_at_the_deadline_cancels(tmp_path: Path):
-    state = ShardState(_plan(tmp_path))
+def test_a_cancelling_event_exactly_at_the_deadline_cancels():
+    state = ShardState(_plan())
     out: list[Any] = []
-    state.process(Source()(ev("u", "Added", T0), ev("u", "Order", T0 + CART_W)), out)
+    state.process(Source(state.plan)(ev("u", "Added", T0), ev("u", "Order", T0 + CART_W)), out)
     state.advance_watermark(T0 + 100 * HOUR, out)
     assert out == []
     assert state.timers.pending() == 0
 
 
-def test_a_cancelling_event_one_ms_after_the_deadline_does_not_cancel(tmp_path: Path):
-    state = ShardState(_plan(tmp_path))
+def test_a_cancelling_event_one_ms_after_the_deadline_does_not_cancel():
+    state = ShardState(_plan())
     out: list[Any] = []
-    state.process(Source()(ev("u", "Added", T0), ev("u", "Order", T0 + CART_W + 1)), out)
+    state.process(Source(state.plan)(ev("u", "Added", T0), ev("u", "Order", T0 + CART_W + 1)), out)
     assert keys(out) == [("cart", "u", T0 + CART_W, "email")]
     assert state.timers.pending() == 0
 
 
-def test_timers_of_other_contacts_are_not_fired_by_an_event_time(tmp_path: Path):
-    state = ShardState(_plan(tmp_path))
+def test_timers_of_other_contacts_are_not_fired_by_an_event_time():
+    state = ShardState(_plan())
     out: list[Any] = []
     # v's event is 10 h later, but the watermark before it is T0 (u's Added): path (a) is per
     # contact, so only a watermark past T0 + 30 min fires u's timer.
-    state.process(Source()(ev("u", "Added", T0), ev("v", "Page", T0 + 10 * HOUR)), out)
+    state.process(Source(state.plan)(ev("u", "Added", T0), ev("v", "Page", T0 + 10 * HOUR)), out)
     assert out == []
     assert state.watermark == T0
     state.advance_watermark(T0 + CART_W, out)
@@ -304,13 +322,13 @@ def test_timers_of_other_contacts_are_not_fired_by_an_event_time(tmp_path: Path)
 # -- path (b): the watermark stamped on each event, Watermark items ----------------------------------
 
 
-def test_an_events_watermark_past_its_contacts_deadline_fires_the_timer_before_it_is_applied(tmp_path: Path):
-    plan = _plan(tmp_path)
+def test_an_events_watermark_past_its_contacts_deadline_fires_the_timer_before_it_is_applied():
+    plan = _plan()
     # u: Added at T0 (d = T0 + 30 min). Then u's Order stamped T0 + 1 min, read when the input's
     # watermark is already d + 1: the timer fires at d first, the Order finds nothing to cancel.
     state = ShardState(plan)
     out: list[Any] = []
-    state.process(batch(ev("u", "Added", T0, "m-a"), ev("u", "Order", T0 + MIN),
+    state.process(batch(state.plan, ev("u", "Added", T0, "m-a"), ev("u", "Order", T0 + MIN),
                         watermarks=[NEVER, T0 + CART_W + 1]), out)
     assert keys(out) == [("cart", "u", T0 + CART_W, "email")]
     assert records(out)[0]["event"]["messageId"] == "m-a"
@@ -320,26 +338,26 @@ def test_an_events_watermark_past_its_contacts_deadline_fires_the_timer_before_i
     # T0 + 1 min <= d), and nothing ever fires.
     state = ShardState(plan)
     out = []
-    state.process(batch(ev("u", "Added", T0), ev("u", "Order", T0 + MIN), watermarks=[NEVER, T0 + CART_W]), out)
+    state.process(batch(state.plan, ev("u", "Added", T0), ev("u", "Order", T0 + MIN), watermarks=[NEVER, T0 + CART_W]), out)
     state.advance_watermark(T0 + 100 * HOUR, out)
     assert out == []
     assert state.timers.pending() == 0
 
 
-def test_a_watermark_past_the_deadline_fires_before_the_contacts_state_changes(tmp_path: Path):
-    state = ShardState(_plan(tmp_path))
+def test_a_watermark_past_the_deadline_fires_before_the_contacts_state_changes():
+    state = ShardState(_plan())
     out: list[Any] = []
     # u: Added at T0 then, stamped with a watermark past d, a late Page at T0 + 1 min. The firing at d
     # must see u's state up to d only: views = 0, not the Page's 4 points.
-    state.process(batch(ev("u", "Added", T0), ev("u", "Page", T0 + MIN), watermarks=[NEVER, T0 + 2 * HOUR]), out)
+    state.process(batch(state.plan, ev("u", "Added", T0), ev("u", "Page", T0 + MIN), watermarks=[NEVER, T0 + 2 * HOUR]), out)
     assert keys(out) == [("cart", "u", T0 + CART_W, "email")]
     assert records(out)[0]["scores"] == {"heat": 0.0, "views": 0.0}
-    assert state.scores.last_update(0, 1) == (4.0, T0 + MIN)
+    assert last_update(state, 0, 1) == (4.0, T0 + MIN)
 
 
-def test_watermark_items_fire_every_contacts_timers_and_never_go_back(tmp_path: Path):
-    logic = ShardLogic(_plan(tmp_path), None)
-    read = Source()
+def test_watermark_items_fire_every_contacts_timers_and_never_go_back():
+    logic = ShardLogic(_plan(), None)
+    read = Source(logic.state.plan)
     # u, v, w arm carts at T0, T0 + 10 min, T0 + 20 min (deadlines +30 min).
     out, _ = logic.on_batch([read(ev("u", "Added", T0), ev("v", "Added", T0 + 10 * MIN),
                                   ev("w", "Added", T0 + 20 * MIN))])
@@ -352,7 +370,7 @@ def test_watermark_items_fire_every_contacts_timers_and_never_go_back(tmp_path: 
     assert list(out) == []
     assert logic.state.watermark == T0 + 40 * MIN
     # ... and a batch stamped lower does not either.
-    out, _ = logic.on_batch([batch(ev("x", "Page", T0), watermarks=[T0 - HOUR])])
+    out, _ = logic.on_batch([batch(logic.state.plan, ev("x", "Page", T0), watermarks=[T0 - HOUR])])
     assert list(out) == []
     assert logic.state.watermark == T0 + 40 * MIN
     out, _ = logic.on_batch([Watermark(T0 + 40 * MIN + 1), Watermark(T0 + 50 * MIN + 1)])
@@ -360,9 +378,9 @@ def test_watermark_items_fire_every_contacts_timers_and_never_go_back(tmp_path: 
     assert logic.state.timers.pending() == 0
 
 
-def test_other_contacts_timers_fire_by_the_watermark_within_a_batch(tmp_path: Path):
-    logic = ShardLogic(_plan(tmp_path), None)
-    read = Source()
+def test_other_contacts_timers_fire_by_the_watermark_within_a_batch():
+    logic = ShardLogic(_plan(), None)
+    read = Source(logic.state.plan)
     out, _ = logic.on_batch([read(ev("u", "Added", T0))])
     assert list(out) == []
     # One batch of v's events: the second one is stamped T0 + 2 h > d_u. u has no event here, yet its
@@ -372,11 +390,11 @@ def test_other_contacts_timers_fire_by_the_watermark_within_a_batch(tmp_path: Pa
     assert logic.state.watermark == T0 + 2 * HOUR
 
 
-def test_the_watermark_passing_a_deadline_fires_it_before_a_late_cancel(tmp_path: Path):
-    logic = ShardLogic(_plan(tmp_path), None)  # lateness 0
+def test_the_watermark_passing_a_deadline_fires_it_before_a_late_cancel():
+    logic = ShardLogic(_plan(), None)  # lateness 0
     # Read in this order: a Added at T0 (d = T0 + 30 min); b at T0 + 2 h (watermark T0 + 2 h > d:
     # SPEC (b) fires a's timer at d); a's Order stamped T0 + 1 min arrives late and finds no timer.
-    read = Source()
+    read = Source(logic.state.plan)
     out, _ = logic.on_batch([read(ev("a", "Added", T0), ev("b", "Page", T0 + 2 * HOUR),
                                   ev("a", "Order", T0 + 60_000))])
     assert keys(list(out)) == [("cart", "a", T0 + CART_W, "email")]
@@ -395,10 +413,10 @@ def test_the_watermark_passing_a_deadline_fires_it_before_a_late_cancel_dataflow
 # -- the per-contact clock ------------------------------------------------------------------------
 
 
-def test_an_event_older_than_the_clock_is_applied_at_the_clock(tmp_path: Path):
-    plan = _plan(tmp_path)
+def test_an_event_older_than_the_clock_is_applied_at_the_clock():
+    plan = _plan()
     state = ShardState(plan)
-    read = Source()
+    read = Source(state.plan)
     out: list[Any] = []
     # Clock at T0 + 10 s; an Added stamped T0 arms the timer at clock + 30 min.
     state.process(read(ev("u", "Page", T0 + 10_000), ev("u", "Added", T0)), out)
@@ -406,26 +424,26 @@ def test_an_event_older_than_the_clock_is_applied_at_the_clock(tmp_path: Path):
     assert int(state.columns.arrays["clock"][0]) == T0 + 10_000
     # The old event's score update is at the clock too: Ping stamped T0 - 1h stores 10 at T0 + 10 s.
     state.process(read(ev("u", "Ping", T0 - HOUR)), out)
-    assert state.scores.last_update(0, 0) == (10.0, T0 + 10_000)
+    assert last_update(state, 0, 0) == (10.0, T0 + 10_000)
 
 
-def test_an_old_cancelling_event_counts_at_the_clock(tmp_path: Path):
-    state = ShardState(_plan(tmp_path))
+def test_an_old_cancelling_event_counts_at_the_clock():
+    state = ShardState(_plan())
     out: list[Any] = []
     # Added at T0 (d = T0 + 30 min); the clock reaches d exactly (no firing: not > d); an Order
     # stamped T0 + 5 ms is applied at the clock = d <= d, so it cancels. The watermark before it
     # is d, not past d either.
-    state.process(Source()(ev("u", "Added", T0), ev("u", "Page", T0 + CART_W), ev("u", "Order", T0 + 5)), out)
+    state.process(Source(state.plan)(ev("u", "Added", T0), ev("u", "Page", T0 + CART_W), ev("u", "Order", T0 + 5)), out)
     state.advance_watermark(T0 + 100 * HOUR, out)
     assert out == []
 
 
-def test_an_old_event_fires_at_the_clock(tmp_path: Path):
-    state = ShardState(_plan(tmp_path))
+def test_an_old_event_fires_at_the_clock():
+    state = ShardState(_plan())
     out: list[Any] = []
     # Page at T0 + 5 s, then a Page stamped T0: applied at T0 + 5 s, the count in (now - 1s, now]
     # is 2, so `burst` fires at the clock, not at the event's own time.
-    state.process(Source()(ev("u", "Page", T0 + 5_000), ev("u", "Page", T0)), out)
+    state.process(Source(state.plan)(ev("u", "Page", T0 + 5_000), ev("u", "Page", T0)), out)
     assert keys(out) == [("burst", "u", T0 + 5_000, "out")]
     assert records(out)[0]["event"]["timestamp"] == "2026-11-23T14:00:00.000Z"  # its own time
 
@@ -433,10 +451,10 @@ def test_an_old_event_fires_at_the_clock(tmp_path: Path):
 # -- scale ----------------------------------------------------------------------------------------
 
 
-def test_state_grows_past_the_initial_capacity(tmp_path: Path):
-    plan = _plan(tmp_path)
+def test_state_grows_past_the_initial_capacity():
+    plan = _plan()
     state = ShardState(plan)
-    read = Source()
+    read = Source(state.plan)
     out: list[Any] = []
     n = 2500  # > 1024 initial slots: the columns double twice
     state.process(read(*(ev(f"c-{i}", "Added", T0 + i) for i in range(n))), out)
@@ -446,8 +464,8 @@ def test_state_grows_past_the_initial_capacity(tmp_path: Path):
     assert state.timers.pending() == n + n // 2
     state.advance_watermark(T0 + CART_W + n, out)  # fires deadlines < T0 + 30 min + n
     assert keys(out) == [("cart", f"c-{i}", T0 + i + CART_W, "email") for i in range(n)]
-    assert state.scores.last_update(n - 2, 0) == (10.0, T0 + n + n - 2)
-    assert state.scores.last_update(n - 1, 0) == (0.0, NEVER)
+    assert last_update(state, n - 2, 0) == (10.0, T0 + n + n - 2)
+    assert last_update(state, n - 1, 0) == (0.0, NEVER)
 
 
 INACTIVE = """\
@@ -459,9 +477,9 @@ triggers:
 """
 
 
-def test_inactive_for_rearms_on_every_event_with_a_bounded_heap(tmp_path: Path):
-    logic = ShardLogic(_plan(tmp_path, INACTIVE), None)
-    read = Source()
+def test_inactive_for_rearms_on_every_event_with_a_bounded_heap():
+    logic = ShardLogic(_plan(INACTIVE), None)
+    read = Source(logic.state.plan)
     outs: list[Any] = []
     # 10k events 1 s apart, in batches of 100 (the watermark advances with every event).
     times = [T0 + 1000 * i for i in range(10_000)]
@@ -469,7 +487,7 @@ def test_inactive_for_rearms_on_every_event_with_a_bounded_heap(tmp_path: Path):
     for start in range(0, len(times), 100):
         out, _ = logic.on_batch([read(*(ev("u", "Ping", t) for t in times[start:start + 100]))])
         outs.extend(out)
-        heap_sizes.append(len(logic.state.timers.heap))
+        heap_sizes.append(len(logic.state.timers.entries()))
     assert outs == []
     assert max(heap_sizes) <= 2
     assert logic.state.timers.pending() == 1
@@ -483,9 +501,9 @@ def test_inactive_for_rearms_on_every_event_with_a_bounded_heap(tmp_path: Path):
 # -- end of input (the shard's part; the summary is in test_finalize) ------------------------------
 
 
-def test_end_of_input_fires_up_to_the_inputs_largest_time_and_reports_the_rest(tmp_path: Path):
-    logic = ShardLogic(_plan(tmp_path), None)
-    read = Source()
+def test_end_of_input_fires_up_to_the_inputs_largest_time_and_reports_the_rest():
+    logic = ShardLogic(_plan(), None)
+    read = Source(logic.state.plan)
     # Timers: u at T0 + 30 min, v at T0 + 40 min, w at T0 + 50 min. This shard's largest time is u's
     # Page at T0 + 30 min exactly; the input's largest time (another shard's event) is T0 + 40 min.
     out, _ = logic.on_batch([read(ev("u", "Added", T0), ev("v", "Added", T0 + 10 * MIN),
@@ -498,12 +516,12 @@ def test_end_of_input_fires_up_to_the_inputs_largest_time_and_reports_the_rest(t
     assert keys(out) == [("cart", "u", T0 + 30 * MIN, "email"), ("cart", "v", T0 + 40 * MIN, "email")]
     assert isinstance(out[-1], ShardEnd)
     assert out[-1] == ShardEnd(pending=1, contacts=3, fired={"cart": 2}, suppressed={})
-    assert logic.state.timers.deadline(logic.state.index.slot_of["w"], timer_of(logic.state.plan, "cart")) == (
+    assert logic.state.timers.deadline(slot_of(logic.state, "w"), timer_of(logic.state.plan, "cart")) == (
         T0 + 50 * MIN)
 
 
-def test_end_of_input_fires_what_the_watermark_passed_and_counts_suppressions(tmp_path: Path):
-    plan = _plan(tmp_path, """\
+def test_end_of_input_fires_what_the_watermark_passed_and_counts_suppressions():
+    plan = _plan("""\
 version: 1
 triggers:
   cart:
@@ -515,14 +533,14 @@ triggers:
     out: list[Any] = []
     # u: Block at T0 then Added (d = T0 + 30 min, suppressed by `unless` at d); v: Added at T0 + 5 min
     # (d = T0 + 35 min). The last stamp is T0 + 5 min; the marker's largest time is T0 + 35 min.
-    state.process(Source()(ev("u", "Block", T0), ev("u", "Added", T0), ev("v", "Added", T0 + 5 * MIN)), out)
+    state.process(Source(state.plan)(ev("u", "Block", T0), ev("u", "Added", T0), ev("v", "Added", T0 + 5 * MIN)), out)
     end = state.end_of_input(EndOfInput(T0 + 35 * MIN), out)
     assert keys(out) == [("cart", "v", T0 + 35 * MIN, "email")]
     assert end == ShardEnd(pending=0, contacts=2, fired={"cart": 1}, suppressed={"cart:unless": 1})
 
 
-def test_end_of_input_of_an_empty_shard(tmp_path: Path):
-    logic = ShardLogic(_plan(tmp_path), None)
+def test_end_of_input_of_an_empty_shard():
+    logic = ShardLogic(_plan(), None)
     out, _ = logic.on_batch([EndOfInput(NEVER)])
     assert list(out) == [ShardEnd(pending=0, contacts=0, fired={}, suppressed={})]
 
@@ -568,36 +586,33 @@ SHARDS = 3
 
 @pytest.fixture(scope="module")
 def contract() -> tuple[Plan, list[bytes]]:
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        plan = _plan(Path(tmp), CONTRACT_RULES)
+    plan = _plan(CONTRACT_RULES)
     # Bounded disorder (1.5 s < lateness 2 s: no late events) and SDK retries (duplicates).
     cfg = ShopConfig(seed=5, contacts=40, sessions_per_minute=12.0, disorder_ms=1500, duplicate_rate=0.05)
     return plan, Shop(cfg).lines(1200)
 
 
 class LinesPartition(DecodingPartition):
-    """The real source partition (decode, dedupe, stamp, route) over a list of lines.
+    """The real source partition (decode, dedupe, stamp, route) over a list of lines, `batch_size` a read.
 
     `broadcast`: send a Watermark to every shard after every read (True) or never (False); the
     outputs must not depend on it.
     """
 
-    def __init__(self, lines: list[bytes], batch_size: int, shards: int, lateness_ms: int,
+    def __init__(self, lines: list[bytes], batch_size: int, shards: int, plan: Plan,
                  state: ReaderState | None = None, broadcast: bool = False) -> None:
-        super().__init__("contract", state or ReaderState(), shards, lateness_ms)
+        super().__init__("contract", state or ReaderState(), shards, plan)
         self.lines = lines
         self.batch_size = batch_size
         self.WATERMARK_EVERY_S = 0.0 if broadcast else math.inf
 
-    def read_lines(self) -> tuple[list[bytes], list[int]] | None:
+    def read_block(self):  # type: ignore[no-untyped-def]
         lo = self.state.offset
         if lo >= len(self.lines):
             return None
         hi = min(lo + self.batch_size, len(self.lines))
         self.state.offset = hi
-        return self.lines[lo:hi], list(range(lo, hi))
+        return block_of(self.lines[lo:hi], list(range(lo, hi)))
 
 
 def _output_key(o: Any) -> tuple:
@@ -605,7 +620,22 @@ def _output_key(o: Any) -> tuple:
     if isinstance(o, TriggerOut):
         del rec["emitted_at"]  # wall clock, the only part that may differ between runs
         return ("trigger", rec["rule"], rec["contact"], rec["at"], rec["channel"], orjson.dumps(rec))
+    assert isinstance(o, ProfileOut), o
     return ("profile", rec["rule"], rec["contact"], rec["at"], rec["action"], orjson.dumps(rec))
+
+
+def _collect(out: Any, outputs: list[Any], ends: list[ShardEnd]) -> None:
+    """One on_batch result: records come grouped (at most one TriggerRecords and one ProfileRecords
+    per call), end reports as they are."""
+    kinds = [type(o) for o in out]
+    assert kinds.count(TriggerRecords) <= 1 and kinds.count(ProfileRecords) <= 1, kinds
+    for o in out:
+        if isinstance(o, ShardEnd):
+            ends.append(o)
+        else:
+            assert isinstance(o, TriggerRecords | ProfileRecords), o
+            assert o.records, "no empty groups"
+            outputs.extend(o.records)
 
 
 class Run:
@@ -616,7 +646,7 @@ class Run:
                  snapshot: tuple[ReaderState, dict[str, dict]] | None = None) -> None:
         self.plan = plan
         reader_state, shard_snaps = snapshot if snapshot is not None else (None, {})
-        self.part = LinesPartition(lines, batch_size, shards, plan.lateness_ms, reader_state, broadcast)
+        self.part = LinesPartition(lines, batch_size, shards, plan, reader_state, broadcast)
         self.logics = {k: ShardLogic(plan, snap) for k, snap in shard_snaps.items()}
         self.outputs: list[Any] = []
         self.shard_ends: list[ShardEnd] = []
@@ -641,8 +671,7 @@ class Run:
             if logic is None:
                 logic = self.logics[key] = ShardLogic(self.plan, None)
             out, _ = logic.on_batch(values)
-            for o in out:
-                (self.shard_ends if isinstance(o, ShardEnd) else self.outputs).append(o)
+            _collect(out, self.outputs, self.shard_ends)
         return True
 
     def run(self, steps: int | None = None) -> Run:
@@ -695,32 +724,32 @@ def _run(plan: Plan, lines: list[bytes], batch_size: int, split: int | None = No
 
 
 def _run_pieces(plan: Plan, lines: list[bytes], batch_size: int, shards: int) -> tuple[list[tuple], dict[str, Any]]:
-    """The same pipeline assembled by hand: decode_lines -> Deduplicator -> `Source` stamping ->
-    split_by_shard -> ShardLogic; EndOfInput carries the largest accepted time."""
+    """The same pipeline assembled by hand: event_batch (the decoder) -> Deduplicator -> `Source`
+    stamping -> split_by_shard -> ShardLogic; EndOfInput carries the largest accepted time."""
     dedupe = Deduplicator()
-    read = Source(plan.lateness_ms)
+    read = Source(plan)
     logics: dict[int, ShardLogic] = {}
     outs: list[Any] = []
     ends: list[ShardEnd] = []
     processed = deduplicated = 0
     for lo in range(0, len(lines), batch_size):
-        events, dead = decode_lines(lines[lo:lo + batch_size], list(range(lo, min(lo + batch_size, len(lines)))))
-        assert dead == []
-        keep = dedupe.accepted(events.contacts, events.message_ids)
+        events = event_batch(lines[lo:lo + batch_size], plan)  # raises on any invalid line
+        keep = np.flatnonzero(dedupe.accepted(events))
         processed += len(keep)
         deduplicated += len(events) - len(keep)
-        accepted = read.stamp(take(events, keep))
+        accepted = read.stamp(events.take(keep))
         for s, sub in split_by_shard(accepted, shards):
+            assert sub.shard == s
             if s not in logics:
                 logics[s] = ShardLogic(plan, None)
             out, _ = logics[s].on_batch([sub])
-            outs.extend(out)
+            _collect(out, outs, ends)
     for s in range(shards):
         if s not in logics:
             logics[s] = ShardLogic(plan, None)
         out, _ = logics[s].on_batch([EndOfInput(read.max_time)])
-        for o in out:
-            (ends if isinstance(o, ShardEnd) else outs).append(o)
+        _collect(out, outs, ends)
+    assert len(ends) == shards
     reader = ReaderEnd("pieces", len(lines), processed, deduplicated, 0, {}, 0, read.max_time)
     return sorted(_output_key(o) for o in outs), summarize(ends, [reader])
 
@@ -824,10 +853,13 @@ def test_shard_state_snapshot_round_trip_keeps_every_column(contract):
     plan, lines = contract
     run = Run(plan, lines, batch_size=700, shards=1, broadcast=False).run(1)
     state = run.logics[shard_key(0)].state
-    restored = ShardState.restore(plan, pickle.loads(pickle.dumps(state.snapshot())))
+    snap = state.snapshot()
+    assert snap["version"] == SNAPSHOT_VERSION
+    restored = ShardState.restore(plan, pickle.loads(pickle.dumps(snap)))
     size = len(state.index)
     assert size > 30
-    assert restored.index.ids == state.index.ids
+    assert restored.index.ids() == state.index.ids()
+    assert len(set(state.index.ids())) == size
     assert set(restored.columns.arrays) == set(state.columns.arrays)
     assert state.columns.derived == {"timer_queued", "timer_next"}
     for name, arr in state.columns.arrays.items():
@@ -837,34 +869,37 @@ def test_shard_state_snapshot_round_trip_keeps_every_column(contract):
     pending = sorted((int(deadlines[s, k]), int(s), int(k)) for s, k in zip(*np.nonzero(deadlines != NONE), strict=True))
     assert len(pending) > 0
     assert restored.timers.entries() == pending  # the heap is rebuilt: one entry per pending timer
+    # Every pending timer keeps the summary of the event that armed it, byte for byte.
+    for _, s, k in pending:
+        kept = restored.timers.event(s, k)
+        assert kept == state.timers.event(s, k)
+        assert orjson.loads(kept)["messageId"] is not None
     assert restored.watermark == state.watermark > NEVER
-    assert restored.fired == state.fired and restored.suppressed == state.suppressed
-    assert sum(state.fired.values()) > 0
+    assert restored.fired() == state.fired() and restored.suppressed() == state.suppressed()
+    assert sum(state.fired().values()) > 0
     assert restored.timers.pending() == state.timers.pending() > 0
 
 
-def _as_version_1(snap: dict[str, Any]) -> dict[str, Any]:
-    """A snapshot in the previous release's layout: timers keep (decoded event, name, time), the
-    derived timer columns and the heap are saved too."""
-    columns = dict(snap["columns"])
-    kept = columns["timer_event"].copy()
-    for at in zip(*np.nonzero(kept != None), strict=True):  # noqa: E711 - elementwise on objects
-        event = orjson.loads(kept[at])
-        kept[at] = (event, event.get("event"), 0)  # only the event is read back from here
-    columns["timer_event"] = kept
-    deadlines = columns["timer_deadline"]
-    columns["timer_queued"] = deadlines.copy()
-    columns["timer_next"] = deadlines.min(axis=1)
-    heap = sorted((int(deadlines[s, k]), int(s), int(k)) for s, k in zip(*np.nonzero(deadlines != NONE), strict=True))
-    return {**snap, "version": 1, "columns": columns, "heap": heap}
-
-
-def test_a_version_1_snapshot_resumes_to_the_same_outputs(contract, reference):
+def test_a_snapshot_of_an_earlier_format_is_refused_with_what_to_do(contract, reference):
+    # The previous release's layouts (version 1: decoded events in the timer columns and the heap
+    # saved; version 2: the per-event operator's) are not resumed: a clear refusal, before anything
+    # runs, instead of a resumed run with different state.
     plan, lines = contract
     first = Run(plan, lines, batch_size=50, shards=SHARDS, broadcast=False).run(10)
-    reader, shards = first.snapshot()
-    old = {key: _as_version_1(snap) for key, snap in shards.items()}
-    assert sum(int(np.count_nonzero(s["columns"]["timer_event"] != None)) for s in old.values()) > 20  # noqa: E711
+    _, shards = first.snapshot()
+    snap = pickle.loads(pickle.dumps(next(iter(shards.values()))))
+    for version in (1, 2, None):
+        old = dict(snap)
+        if version is None:
+            del old["version"]  # the first release wrote no version
+        else:
+            old["version"] = version
+        with pytest.raises(RecoveryFormatError, match=f"format {version or 1}, written by an earlier halflife") as err:
+            ShardLogic(plan, old)
+        assert f"reads format {SNAPSHOT_VERSION}" in str(err.value)
+        assert "empty --recovery directory" in str(err.value)
+    # The current format resumes, to the same outputs.
     carried = Run(plan, lines, batch_size=50, shards=SHARDS, broadcast=False).carry(first)
-    resumed = Run(plan, lines, batch_size=50, shards=SHARDS, broadcast=False, snapshot=pickle.loads(pickle.dumps((reader, old))))
+    resumed = Run(plan, lines, batch_size=50, shards=SHARDS, broadcast=False,
+                  snapshot=pickle.loads(pickle.dumps(first.snapshot())))
     assert resumed.carry(carried).run().result() == reference

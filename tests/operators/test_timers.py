@@ -1,77 +1,186 @@
-"""operators/timers.py: the per-shard timer table (deadlines per contact and rule, one heap)."""
+"""operators/timers.py: the per-shard timer table (deadlines per contact and rule, one heap, the event arena)."""
 
 from __future__ import annotations
 
 import pickle
+import random
 
+import numpy as np
 import pytest
 
+from operators import timers
 from operators.contacts import Columns
-from operators.timers import NONE, TimerTable
+from operators.timers import ARENA_USED, COMPACT_MIN, HEAP_SIZE, NONE, TimerTable
+from rules.model import MAX_TIMER_TRIGGERS
 
 T0 = 1_795_442_400_000
 
 
-def _table(n_timers: int = 3, capacity: int = 4) -> TimerTable:
-    return TimerTable(Columns(capacity), n_timers)
+class _Table:
+    """A TimerTable driven as the shard kernel drives it: room made before each arm, the arming
+    event's bytes appended to the arena, `size` = the contact slots in use."""
+
+    def __init__(self, n_timers: int = 3, capacity: int = 4) -> None:
+        self.columns = Columns(capacity)
+        self.t = TimerTable(self.columns, n_timers)
+        self.size = 0
+
+    def store(self, event: bytes) -> int:
+        """Append an event to the arena; its offset."""
+        self.t.reserve(0, len(event))
+        at = int(self.t.meta[ARENA_USED])
+        self.t.arena[at:at + len(event)] = np.frombuffer(event, np.uint8)
+        self.t.meta[ARENA_USED] = at + len(event)
+        return at
+
+    def arm(self, slot: int, k: int, deadline: int, event: bytes, stored: int | None = None) -> None:
+        """Arm timer k of `slot`, keeping `event` (or the event already stored at `stored`)."""
+        self.size = max(self.size, slot + 1)
+        self.columns.ensure(self.size)
+        offset = self.store(event) if stored is None else stored
+        self.t.reserve(1, 0)
+        timers.arm(self.t.arrays(), slot, k, deadline, offset, len(event), self.size)
+
+    def cancel(self, slot: int, k: int) -> None:
+        timers.cancel(self.t.arrays(), slot, k)
+
+    def next_for(self, slot: int) -> int:
+        return int(self.columns.arrays["timer_next"][slot])
+
+    def next_due(self, slot: int, before_ms: int) -> tuple[int, int]:
+        d, k = timers.next_due(self.t.arrays(), slot, before_ms)
+        return int(d), int(k)
+
+    def due_for_contact(self, slot: int, after_ms: int) -> list[tuple[int, int]]:
+        """The contact's timers with deadline < after_ms in firing order: next_due, then cancel it (as
+        the shard fires it), until none is due."""
+        out = []
+        while True:
+            d, k = self.next_due(slot, after_ms)
+            if k < 0:
+                assert d == NONE
+                return out
+            out.append((d, k))
+            self.cancel(slot, k)
+
+    def pop_due(self, limit_ms: int, inclusive: bool) -> list[tuple[int, int, int]]:
+        """Every pending (deadline, slot, k) with deadline < limit (<= when inclusive), popped in
+        order; popping does not cancel (the caller fires and cancels)."""
+        bound = limit_ms + 1 if inclusive else limit_ms
+        out = []
+        while True:
+            d, slot, k = timers.pop_due(self.t.arrays(), bound)
+            if k < 0:
+                assert (d, slot) == (NONE, -1)
+                return out
+            out.append((int(d), int(slot), int(k)))
+
+    def heap_size(self) -> int:
+        return int(self.t.meta[HEAP_SIZE])
+
+    def check_next(self) -> None:
+        """timer_next is the minimum of each row of deadlines."""
+        a = self.columns.arrays
+        assert (a["timer_next"] == a["timer_deadline"].min(axis=1)).all()
+
+
+def _table(n_timers: int = 3, capacity: int = 4) -> _Table:
+    return _Table(n_timers, capacity)
+
+
+def test_columns_of_a_table():
+    cols = Columns(4)
+    TimerTable(cols, 3)
+    a = cols.arrays
+    assert {n: (a[n].shape, a[n].dtype) for n in a} == {
+        "timer_deadline": ((4, 3), np.int64), "timer_queued": ((4, 3), np.int64), "timer_next": ((4,), np.int64),
+        "timer_event_offset": ((4, 3), np.int64), "timer_event_length": ((4, 3), np.int32)}
+    assert (a["timer_deadline"] == NONE).all() and (a["timer_next"] == NONE).all()
+    # The queued deadlines and the row minimum are derived: left out of snapshots.
+    assert set(cols.snapshot(4)) == {"timer_deadline", "timer_event_offset", "timer_event_length"}
 
 
 def test_arm_cancel_and_rearm():
     tt = _table()
-    assert tt.pending() == 0
+    assert tt.t.pending() == 0
     assert tt.next_for(0) == NONE
-    tt.arm(0, 1, T0 + 100, "e1")
-    assert (tt.deadline(0, 1), tt.event(0, 1), tt.next_for(0), tt.pending()) == (T0 + 100, "e1", T0 + 100, 1)
+    tt.arm(0, 1, T0 + 100, b"e1")
+    assert (tt.t.deadline(0, 1), tt.t.event(0, 1), tt.next_for(0), tt.t.pending()) == (T0 + 100, b"e1", T0 + 100, 1)
     # Re-arming replaces both the deadline and the event that armed it.
-    tt.arm(0, 1, T0 + 200, "e2")
-    assert (tt.deadline(0, 1), tt.event(0, 1), tt.next_for(0), tt.pending()) == (T0 + 200, "e2", T0 + 200, 1)
+    tt.arm(0, 1, T0 + 200, b"e2")
+    assert (tt.t.deadline(0, 1), tt.t.event(0, 1), tt.next_for(0), tt.t.pending()) == (T0 + 200, b"e2", T0 + 200, 1)
     tt.cancel(0, 1)
-    assert (tt.deadline(0, 1), tt.event(0, 1), tt.next_for(0), tt.pending()) == (NONE, None, NONE, 0)
+    assert (tt.t.deadline(0, 1), tt.next_for(0), tt.t.pending()) == (NONE, NONE, 0)
     tt.cancel(0, 1)  # cancelling a timer that is not pending changes nothing
-    assert tt.pending() == 0
-    tt.arm(0, 1, T0 + 50, "e3")
-    assert (tt.deadline(0, 1), tt.event(0, 1), tt.pending()) == (T0 + 50, "e3", 1)
+    assert tt.t.pending() == 0
+    tt.arm(0, 1, T0 + 50, b"e3")
+    assert (tt.t.deadline(0, 1), tt.t.event(0, 1), tt.t.pending()) == (T0 + 50, b"e3", 1)
 
 
 def test_next_for_is_the_earliest_deadline_of_the_contact():
     tt = _table()
-    tt.arm(0, 0, T0 + 300, "a")
-    tt.arm(0, 2, T0 + 100, "b")
-    tt.arm(1, 1, T0 + 50, "c")  # another contact does not count
+    tt.arm(0, 0, T0 + 300, b"a")
+    tt.arm(0, 2, T0 + 100, b"b")
+    tt.arm(1, 1, T0 + 50, b"c")  # another contact does not count
     assert tt.next_for(0) == T0 + 100
     tt.cancel(0, 2)
     assert tt.next_for(0) == T0 + 300
     assert tt.next_for(1) == T0 + 50
-    assert tt.pending() == 2
+    assert tt.t.pending() == 2
+    # Re-arming the earliest timer later rescans the row; earlier lowers it directly.
+    tt.arm(0, 1, T0 + 200, b"d")
+    assert tt.next_for(0) == T0 + 200
+    tt.arm(0, 1, T0 + 400, b"d2")
+    assert tt.next_for(0) == T0 + 300
+    tt.arm(0, 0, T0 + 10, b"a2")
+    assert tt.next_for(0) == T0 + 10
+    tt.check_next()
+
+
+def _three_timers_of_one_contact() -> _Table:
+    tt = _table()
+    tt.arm(0, 0, T0 + 300, b"a")
+    tt.arm(0, 1, T0 + 100, b"b")
+    tt.arm(0, 2, T0 + 100, b"c")
+    tt.arm(1, 0, T0 + 10, b"other contact")
+    return tt
 
 
 def test_due_for_contact_strictly_before_in_deadline_then_rule_order():
-    tt = _table()
-    tt.arm(0, 0, T0 + 300, "a")
-    tt.arm(0, 1, T0 + 100, "b")
-    tt.arm(0, 2, T0 + 100, "c")
-    tt.arm(1, 0, T0 + 10, "other contact")
-    assert tt.due_for_contact(0, T0 + 301) == [(T0 + 100, 1), (T0 + 100, 2), (T0 + 300, 0)]
-    # Strictly before `after_ms`: a deadline equal to it is not due.
-    assert tt.due_for_contact(0, T0 + 300) == [(T0 + 100, 1), (T0 + 100, 2)]
-    assert tt.due_for_contact(0, T0 + 100) == []
-    # Querying changes nothing.
-    assert tt.pending() == 4
+    assert _three_timers_of_one_contact().due_for_contact(0, T0 + 301) == [(T0 + 100, 1), (T0 + 100, 2), (T0 + 300, 0)]
+    # Strictly before the bound: a deadline equal to it is not due.
+    assert _three_timers_of_one_contact().due_for_contact(0, T0 + 300) == [(T0 + 100, 1), (T0 + 100, 2)]
+    assert _three_timers_of_one_contact().due_for_contact(0, T0 + 100) == []
+    # The other contact's timer stays pending, and so does the one not due.
+    tt = _three_timers_of_one_contact()
+    tt.due_for_contact(0, T0 + 300)
+    assert (tt.t.pending(), tt.next_for(0), tt.next_for(1)) == (2, T0 + 300, T0 + 10)
+
+
+def test_next_due_changes_nothing():
+    tt = _three_timers_of_one_contact()
+    # Asking twice gives the same answer: it is a query; firing is the caller's cancel.
+    assert tt.next_due(0, T0 + 301) == (T0 + 100, 1)
+    assert tt.next_due(0, T0 + 301) == (T0 + 100, 1)
+    assert tt.next_due(0, T0 + 100) == (NONE, -1)
+    assert tt.next_due(2, T0 + 10**9) == (NONE, -1)  # a contact without timers
+    assert tt.t.pending() == 4
+    assert tt.t.entries() == [(T0 + 10, 1, 0), (T0 + 100, 0, 1), (T0 + 100, 0, 2), (T0 + 300, 0, 0)]
 
 
 def test_pop_due_strict_and_inclusive():
     tt = _table()
-    tt.arm(0, 0, T0 + 100, "a")
-    tt.arm(1, 0, T0 + 200, "b")
-    tt.arm(2, 0, T0 + 300, "c")
+    tt.arm(0, 0, T0 + 100, b"a")
+    tt.arm(1, 0, T0 + 200, b"b")
+    tt.arm(2, 0, T0 + 300, b"c")
     # Strict: deadline < limit.
     assert tt.pop_due(T0 + 100, inclusive=False) == []
     assert tt.pop_due(T0 + 200, inclusive=False) == [(T0 + 100, 0, 0)]
     # Inclusive: deadline <= limit.
     assert tt.pop_due(T0 + 200, inclusive=True) == [(T0 + 200, 1, 0)]
     # Popping does not clear: the caller fires and cancels each timer.
-    assert tt.pending() == 3
-    assert tt.deadline(0, 0) == T0 + 100
+    assert tt.t.pending() == 3
+    assert tt.t.deadline(0, 0) == T0 + 100
     # A popped timer is not returned again.
     assert tt.pop_due(T0 + 1000, inclusive=True) == [(T0 + 300, 2, 0)]
     assert tt.pop_due(T0 + 1000, inclusive=True) == []
@@ -79,62 +188,72 @@ def test_pop_due_strict_and_inclusive():
 
 def test_pop_due_orders_by_deadline_then_slot_then_rule():
     tt = _table()
-    tt.arm(3, 1, T0 + 5, "a")
-    tt.arm(2, 0, T0 + 7, "b")
-    tt.arm(1, 2, T0 + 5, "c")
-    tt.arm(1, 0, T0 + 5, "d")
+    tt.arm(3, 1, T0 + 5, b"a")
+    tt.arm(2, 0, T0 + 7, b"b")
+    tt.arm(1, 2, T0 + 5, b"c")
+    tt.arm(1, 0, T0 + 5, b"d")
     assert tt.pop_due(T0 + 10, inclusive=False) == [
         (T0 + 5, 1, 0), (T0 + 5, 1, 2), (T0 + 5, 3, 1), (T0 + 7, 2, 0)]
 
 
 def test_cancelled_timers_are_skipped():
     tt = _table()
-    tt.arm(0, 0, T0 + 100, "a")
-    tt.arm(1, 0, T0 + 150, "b")
+    tt.arm(0, 0, T0 + 100, b"a")
+    tt.arm(1, 0, T0 + 150, b"b")
     tt.cancel(0, 0)
     assert tt.pop_due(T0 + 1000, inclusive=True) == [(T0 + 150, 1, 0)]
-    assert tt.heap == []
+    assert tt.t.entries() == [] and tt.heap_size() == 0
 
 
 def test_rearm_to_an_earlier_deadline_leaves_a_stale_entry_that_is_skipped():
     tt = _table()
-    tt.arm(0, 0, T0 + 500, "a")
-    tt.arm(0, 0, T0 + 100, "b")  # earlier: a new heap entry
-    assert len(tt.heap) == 2
+    tt.arm(0, 0, T0 + 500, b"a")
+    tt.arm(0, 0, T0 + 100, b"b")  # earlier: a new heap entry
+    assert tt.t.entries() == [(T0 + 100, 0, 0), (T0 + 500, 0, 0)]
     # Only the current deadline is returned; the entry at +500 is stale and dropped.
     assert tt.pop_due(T0 + 1000, inclusive=True) == [(T0 + 100, 0, 0)]
-    assert tt.heap == []
+    assert tt.t.entries() == []
 
 
 def test_rearm_to_a_later_deadline_is_re_pushed_when_the_earlier_entry_pops():
     tt = _table()
-    tt.arm(0, 0, T0 + 100, "a")
-    tt.arm(0, 0, T0 + 500, "b")  # later: no new heap entry
-    assert tt.entries() == [(T0 + 100, 0, 0)]
+    tt.arm(0, 0, T0 + 100, b"a")
+    tt.arm(0, 0, T0 + 500, b"b")  # later: no new heap entry
+    assert tt.t.entries() == [(T0 + 100, 0, 0)]
     # The watermark passes +100: the entry is stale, the current deadline +500 is pushed instead.
     assert tt.pop_due(T0 + 200, inclusive=False) == []
-    assert tt.entries() == [(T0 + 500, 0, 0)]
+    assert tt.t.entries() == [(T0 + 500, 0, 0)]
     assert tt.pop_due(T0 + 500, inclusive=False) == []
     assert tt.pop_due(T0 + 500, inclusive=True) == [(T0 + 500, 0, 0)]
 
 
 def test_rearm_later_is_found_in_the_same_pop_when_it_is_due_too():
     tt = _table()
-    tt.arm(0, 0, T0 + 100, "a")
-    tt.arm(0, 0, T0 + 500, "b")
-    tt.arm(1, 0, T0 + 300, "c")
+    tt.arm(0, 0, T0 + 100, b"a")
+    tt.arm(0, 0, T0 + 500, b"b")
+    tt.arm(1, 0, T0 + 300, b"c")
     # One pop past both: the re-pushed +500 comes after slot 1's +300.
     assert tt.pop_due(T0 + 600, inclusive=False) == [(T0 + 300, 1, 0), (T0 + 500, 0, 0)]
 
 
 def test_rearm_to_the_same_deadline_returns_it_once():
     tt = _table()
-    tt.arm(0, 0, T0 + 100, "a")
+    tt.arm(0, 0, T0 + 100, b"a")
     tt.pop_due(T0 + 50, inclusive=False)
     tt.cancel(0, 0)
-    tt.arm(0, 0, T0 + 100, "b")
+    tt.arm(0, 0, T0 + 100, b"b")
     assert tt.pop_due(T0 + 200, inclusive=False) == [(T0 + 100, 0, 0)]
-    assert tt.event(0, 0) == "b"
+    assert tt.t.event(0, 0) == b"b"
+
+
+def test_a_timer_popped_and_cancelled_then_armed_again_is_queued_again():
+    tt = _table()
+    tt.arm(0, 0, T0 + 100, b"a")
+    assert tt.pop_due(T0 + 200, inclusive=False) == [(T0 + 100, 0, 0)]
+    tt.cancel(0, 0)  # fired
+    tt.arm(0, 0, T0 + 300, b"b")  # the next sequence, later than the popped entry
+    assert tt.t.entries() == [(T0 + 300, 0, 0)]
+    assert tt.pop_due(T0 + 300, inclusive=True) == [(T0 + 300, 0, 0)]
 
 
 def test_heap_stays_bounded_under_many_rearms():
@@ -143,78 +262,132 @@ def test_heap_stays_bounded_under_many_rearms():
     # follows 1 s behind: the heap never holds more than 2 entries.
     sizes = []
     for i in range(10_000):
-        tt.arm(0, 0, T0 + i * 10 + 1000, i)
+        tt.arm(0, 0, T0 + i * 10 + 1000, b"e")
         assert tt.pop_due(T0 + i * 10, inclusive=False) == []
-        sizes.append(len(tt.heap))
+        sizes.append(tt.heap_size())
     assert max(sizes) <= 2
     # Without any pop, re-arms to later deadlines push nothing at all.
     tt2 = _table()
     for i in range(10_000):
-        tt2.arm(0, 0, T0 + i, i)
-    assert len(tt2.heap) == 1
+        tt2.arm(0, 0, T0 + i, b"e")
+    assert tt2.heap_size() == 1
     # Cancel and re-arm later (a sequence restarted by A after B) pushes nothing either.
     for i in range(10_000):
         tt2.cancel(0, 0)
-        tt2.arm(0, 0, T0 + 10_000 + i, i)
-    assert len(tt2.heap) == 1
+        tt2.arm(0, 0, T0 + 10_000 + i, b"e")
+    assert tt2.heap_size() == 1
     assert tt2.pop_due(T0 + 20_000, inclusive=False) == [(T0 + 19_999, 0, 0)]
 
 
-def test_due_between_is_after_exclusive_until_inclusive_and_untouched():
+def test_successive_bounds_pop_consecutive_windows_in_order():
+    # What end of input reports and fires: with the timers up to one bound popped, the next bound
+    # pops exactly those in (previous bound, next bound), in order.
     tt = _table()
-    tt.arm(0, 0, T0 + 100, "a")
-    tt.arm(0, 1, T0 + 200, "b")
-    tt.arm(1, 0, T0 + 300, "c")
-    tt.arm(2, 2, T0 + 150, "d")
-    assert tt.due_between(T0 + 100, T0 + 300) == [(T0 + 150, 2, 2), (T0 + 200, 0, 1), (T0 + 300, 1, 0)]
-    assert tt.due_between(T0 + 100, T0 + 299) == [(T0 + 150, 2, 2), (T0 + 200, 0, 1)]
-    assert tt.pending() == 4
-    assert len(tt.pop_due(T0 + 1000, inclusive=True)) == 4
+    tt.arm(0, 0, T0 + 100, b"a")
+    tt.arm(0, 1, T0 + 200, b"b")
+    tt.arm(1, 0, T0 + 300, b"c")
+    tt.arm(2, 2, T0 + 150, b"d")
+    assert tt.pop_due(T0 + 100, inclusive=True) == [(T0 + 100, 0, 0)]
+    assert tt.pop_due(T0 + 299, inclusive=True) == [(T0 + 150, 2, 2), (T0 + 200, 0, 1)]
+    assert tt.pop_due(T0 + 300, inclusive=True) == [(T0 + 300, 1, 0)]
+    assert tt.t.pending() == 4
+    assert tt.t.entries() == []
 
 
 def test_restore_rebuilds_the_heap_from_the_deadlines():
     tt = _table()
-    tt.arm(0, 0, T0 + 100, "a")
-    tt.arm(0, 0, T0 + 400, "a2")  # later: the heap keeps the stale +100 entry
-    tt.arm(1, 1, T0 + 50, "b")
+    tt.arm(0, 0, T0 + 100, b"a")
+    tt.arm(0, 0, T0 + 400, b"a2")  # later: the heap keeps the stale +100 entry
+    tt.arm(1, 1, T0 + 50, b"b")
+    tt.arm(2, 2, T0 + 70, b"gone")
+    tt.cancel(2, 2)
+    # The arena first (it compacts, which moves the timers' offsets), then the columns.
+    arena = tt.t.snapshot(3)
     cols = tt.columns.snapshot(3)
+    assert arena["arena"].tobytes() in (b"a2b", b"ba2")  # only what pending timers keep
     # Later changes to the live table do not reach the snapshot.
-    tt.arm(2, 0, T0 + 10, "c")
+    tt.arm(2, 0, T0 + 10, b"c")
     tt.cancel(1, 1)
+    snap = pickle.loads(pickle.dumps({"columns": cols, "timers": arena}))
     restored_columns = Columns(2)
     other = TimerTable(restored_columns, 3)
-    restored_columns.restore(pickle.loads(pickle.dumps(cols)), 3)
-    other.restore()
+    restored_columns.restore(snap["columns"], 3)
+    other.restore(3, snap["timers"])
     assert other.entries() == [(T0 + 50, 1, 1), (T0 + 400, 0, 0)]  # one entry per pending timer
     assert other.pending() == 2
-    assert other.event(1, 1) == "b"
-    assert other.pop_due(T0 + 1000, inclusive=True) == [(T0 + 50, 1, 1), (T0 + 400, 0, 0)]
+    assert (other.event(1, 1), other.event(0, 0)) == (b"b", b"a2")
+    assert restored_columns.arrays["timer_next"][:4].tolist() == [T0 + 400, T0 + 50, NONE, NONE]
+    got = []
+    while True:
+        d, slot, k = timers.pop_due(other.arrays(), T0 + 1001)
+        if k < 0:
+            break
+        got.append((int(d), int(slot), int(k)))
+    assert got == [(T0 + 50, 1, 1), (T0 + 400, 0, 0)]
+
+
+def test_a_restored_table_continues_like_the_live_one():
+    live = _table(n_timers=2, capacity=4)
+    rng = random.Random(3)
+    for i in range(200):
+        live.arm(rng.randrange(40), rng.randrange(2), T0 + rng.randrange(10_000), b"x%d" % i)
+    arena = live.t.snapshot(live.size)
+    cols = live.columns.snapshot(live.size)
+    restored = _Table(n_timers=2, capacity=4)
+    restored.size = live.size
+    restored.columns.restore(pickle.loads(pickle.dumps(cols)), live.size)
+    restored.t.restore(live.size, pickle.loads(pickle.dumps(arena)))
+    restored.check_next()
+    for i in range(100):  # the same later operations on both
+        slot, k, d = rng.randrange(45), rng.randrange(2), T0 + rng.randrange(20_000)
+        for tt in (live, restored):
+            tt.arm(slot, k, d, b"y%d" % i)
+    fired = []
+    for tt in (live, restored):
+        due = tt.pop_due(T0 + 15_000, inclusive=False)
+        fired.append([(d, s, k, tt.t.event(s, k)) for d, s, k in due])
+    assert fired[0] == fired[1] and len(fired[0]) > 20
+    assert live.t.pending() == restored.t.pending()
 
 
 def test_heap_entries_order_as_deadline_slot_k():
     tt = _table(n_timers=3, capacity=512)
     # Slot 300 and k 2 above their deadline-mates; a deadline before 1970 orders first too.
-    tt.arm(300, 2, T0, "a")
-    tt.arm(7, 1, T0, "b")
-    tt.arm(7, 0, T0, "c")
-    tt.arm(511, 0, T0 - 1, "d")
-    tt.arm(5, 0, -5, "e")
-    assert tt.entries() == [(-5, 5, 0), (T0 - 1, 511, 0), (T0, 7, 0), (T0, 7, 1), (T0, 300, 2)]
+    tt.arm(300, 2, T0, b"a")
+    tt.arm(7, 1, T0, b"b")
+    tt.arm(7, 0, T0, b"c")
+    tt.arm(511, 0, T0 - 1, b"d")
+    tt.arm(5, 0, -5, b"e")
+    assert tt.t.entries() == [(-5, 5, 0), (T0 - 1, 511, 0), (T0, 7, 0), (T0, 7, 1), (T0, 300, 2)]
     assert tt.pop_due(T0, inclusive=False) == [(-5, 5, 0), (T0 - 1, 511, 0)]
     assert tt.pop_due(T0, inclusive=True) == [(T0, 7, 0), (T0, 7, 1), (T0, 300, 2)]
 
 
 def test_more_timer_rules_than_a_heap_entry_holds_are_refused():
+    assert MAX_TIMER_TRIGGERS == 256
     with pytest.raises(ValueError, match="at most 256 timer rules"):
         _table(n_timers=257)
 
 
+def test_the_largest_rule_number_and_a_large_slot_survive_the_heap_entry():
+    # 256 timer rules: k = 255 fills the 8 bits below the slot; slot 70_000 is above 16 bits.
+    tt = _table(n_timers=256, capacity=4)
+    tt.arm(70_000, 255, T0 + 2, b"a")
+    tt.arm(70_000, 254, T0 + 2, b"b")
+    tt.arm(69_999, 255, T0 + 1, b"c")
+    assert tt.t.entries() == [(T0 + 1, 69_999, 255), (T0 + 2, 70_000, 254), (T0 + 2, 70_000, 255)]
+    assert tt.pop_due(T0 + 2, inclusive=True) == [(T0 + 1, 69_999, 255), (T0 + 2, 70_000, 254),
+                                                  (T0 + 2, 70_000, 255)]
+    assert tt.t.event(70_000, 255) == b"a"
+
+
 def test_a_table_without_timer_rules():
     tt = _table(n_timers=0)
-    assert tt.pending() == 0
+    assert tt.t.pending() == 0
     assert tt.next_for(0) == NONE
     assert tt.due_for_contact(0, T0) == []
     assert tt.pop_due(T0, inclusive=True) == []
+    assert tt.t.entries() == []
 
 
 def test_heap_stays_bounded_under_many_rearms_to_earlier_deadlines():
@@ -224,10 +397,120 @@ def test_heap_stays_bounded_under_many_rearms_to_earlier_deadlines():
     # whenever it doubles past COMPACT_MIN: it never holds more than that many entries here.
     sizes = []
     for i in range(10_000):
-        tt.arm(0, 0, T0 + 10_000_000 - i, i)
-        sizes.append(len(tt.heap))
-    assert tt.pending() == 1
-    assert max(sizes) == TimerTable.COMPACT_MIN
-    assert tt.deadline(0, 0) == T0 + 10_000_000 - 9_999
+        tt.arm(0, 0, T0 + 10_000_000 - i, b"e")
+        sizes.append(tt.heap_size())
+    assert tt.t.pending() == 1
+    assert max(sizes) == COMPACT_MIN == 1024
+    assert tt.t.deadline(0, 0) == T0 + 10_000_000 - 9_999
     # The rebuilt heap still fires the current deadline exactly once.
     assert tt.pop_due(T0 + 10_000_000, inclusive=False) == [(T0 + 10_000_000 - 9_999, 0, 0)]
+
+
+def test_heap_stays_within_twice_the_pending_timers_for_many_contacts():
+    # 3000 contacts x 2 timers, each re-armed earlier and later 10 times in random order: the heap
+    # stays within 2 x pending + COMPACT_MIN entries, and the pops are exactly the deadlines.
+    rng = random.Random(11)
+    tt = _table(n_timers=2, capacity=4)
+    ops = [(s, k) for s in range(3000) for k in range(2)] * 10
+    rng.shuffle(ops)
+    for slot, k in ops:
+        tt.arm(slot, k, T0 + rng.randrange(-500_000, 500_000), b"e")
+        assert tt.heap_size() <= 2 * tt.t.pending() + COMPACT_MIN
+    assert tt.t.pending() == 6000
+    tt.check_next()
+    deadlines = tt.columns.arrays["timer_deadline"][:3000]
+    expected = sorted((int(deadlines[s, k]), s, k) for s in range(3000) for k in range(2))
+    assert tt.pop_due(T0 + 10**9, inclusive=False) == expected
+
+
+def test_random_operations_match_a_brute_force_model():
+    # arm / cancel / fire by watermark (pop_due, then cancel, as the shard does) / fire by event
+    # (next_due, then cancel) against a dict of deadlines.
+    rng = random.Random(20261123)
+    tt = _table(n_timers=3, capacity=4)
+    model: dict[tuple[int, int], tuple[int, bytes]] = {}
+    watermark = T0
+    fired_by_watermark = 0
+    for step in range(6000):
+        op = rng.random()
+        slot, k = rng.randrange(50), rng.randrange(3)
+        if op < 0.55:
+            d = watermark + rng.randrange(-10, 3000)
+            event = b"s%d" % step
+            tt.arm(slot, k, d, event)
+            model[(slot, k)] = (d, event)
+        elif op < 0.7:
+            tt.cancel(slot, k)
+            model.pop((slot, k), None)
+        elif op < 0.85:
+            watermark += rng.randrange(0, 400)
+            expected = sorted((d, s, kk) for (s, kk), (d, _) in model.items() if d < watermark)
+            got = []
+            while True:
+                d, s, kk = timers.pop_due(tt.t.arrays(), watermark)
+                if kk < 0:
+                    break
+                got.append((int(d), int(s), int(kk)))
+                assert tt.t.event(int(s), int(kk)) == model[(int(s), int(kk))][1]
+                tt.cancel(int(s), int(kk))
+                del model[(int(s), int(kk))]
+            assert got == expected
+            fired_by_watermark += len(got)
+        else:
+            limit = watermark + rng.randrange(0, 2000)
+            expected_c = sorted((d, kk) for (s, kk), (d, _) in model.items() if s == slot and d < limit)
+            got_c = tt.due_for_contact(slot, limit)
+            assert got_c == expected_c
+            for _, kk in got_c:
+                del model[(slot, kk)]
+        assert tt.t.pending() == len(model)
+        # At most 150 timers here, so the rebuild threshold stays COMPACT_MIN: one push over it at most.
+        assert tt.heap_size() <= COMPACT_MIN + 1
+        if step % 500 == 0:
+            tt.check_next()
+            # Compacting the arena keeps every pending timer's event.
+            tt.t.compact_events(tt.size, force=True)
+            assert all(tt.t.event(s, kk) == e for (s, kk), (_, e) in model.items())
+    tt.check_next()
+    assert fired_by_watermark > 500
+
+
+# -- the event arena ----------------------------------------------------------------------
+
+
+def test_compact_events_keeps_only_what_pending_timers_hold():
+    tt = _table(n_timers=3, capacity=4)
+    tt.arm(0, 0, T0 + 1, b"first-version")
+    tt.arm(0, 0, T0 + 2, b"second")  # the first version is garbage now
+    shared = tt.store(b"one event, two timers")
+    tt.arm(1, 0, T0 + 3, b"one event, two timers", stored=shared)
+    tt.arm(1, 2, T0 + 4, b"one event, two timers", stored=shared)
+    tt.arm(2, 1, T0 + 5, b"cancelled")
+    tt.cancel(2, 1)
+    assert tt.t.event_bytes() == len(b"first-version" b"second" b"one event, two timers" b"cancelled")
+    tt.t.compact_events(tt.size)  # far below the threshold: nothing moves
+    assert tt.t.event_bytes() == 49
+    tt.t.compact_events(tt.size, force=True)
+    # The shared event is stored once; the old version and the cancelled timer's event are gone.
+    assert tt.t.event_bytes() == len(b"second" b"one event, two timers")
+    assert [tt.t.event(0, 0), tt.t.event(1, 0), tt.t.event(1, 2)] == [
+        b"second", b"one event, two timers", b"one event, two timers"]
+    offsets = tt.columns.arrays["timer_event_offset"]
+    assert offsets[1, 0] == offsets[1, 2]
+    # Arming after the compaction appends after the live bytes.
+    tt.arm(3, 0, T0 + 6, b"later")
+    assert tt.t.event(3, 0) == b"later" and tt.t.event_bytes() == 27 + 5
+
+
+def test_reserve_grows_the_arena_and_the_heap_keeping_their_contents():
+    tt = _table(n_timers=1, capacity=4)
+    big = bytes(range(256)) * 400  # 100 KiB: more than the initial 64 KiB arena
+    tt.arm(0, 0, T0, b"small")
+    tt.arm(1, 0, T0 + 1, big)
+    assert tt.t.event(0, 0) == b"small" and tt.t.event(1, 0) == big
+    assert len(tt.t.arena) >= 5 + len(big)
+    for slot in range(2, 2000):  # more heap entries than the initial 1024
+        tt.arm(slot, 0, T0 - slot, b"e")
+    assert tt.t.pending() == 2000
+    assert tt.pop_due(T0 - 1995, inclusive=True)[:3] == [(T0 - 1999, 1999, 0), (T0 - 1998, 1998, 0),
+                                                         (T0 - 1997, 1997, 0)]
