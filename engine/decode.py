@@ -461,12 +461,27 @@ def split_lines(data: bytes) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int6
     if data and not data.endswith(b"\n"):
         data += b"\n"
     buf = np.frombuffer(data or b"\n", np.uint8)
-    ends = np.flatnonzero(buf == 10).astype(np.int64) if data else np.zeros(0, np.int64)
+    ends = np.empty(data.count(b"\n"), np.int64)
+    newline_positions(buf, 0, len(buf) if data else 0, ends)
     starts = np.empty_like(ends)
     if len(ends):
         starts[0] = 0
         starts[1:] = ends[:-1] + 1
     return buf, starts, ends
+
+
+@kernel
+def newline_positions(buf, start, end, out):  # type: ignore[no-untyped-def]
+    """The positions of the newlines in buf[start:end], written to out; returns how many."""
+    n = 0
+    i = np.uint64(start)
+    stop = np.uint64(end)
+    while i < stop:
+        if buf[i] == 10:
+            out[n] = i
+            n += 1
+        i += np.uint64(1)
+    return n
 
 
 class BatchDecoder:

@@ -10,6 +10,7 @@ import zlib
 
 import numpy as np
 
+from engine.compiled import kernel
 from engine.decode import EventBatch
 from engine.hashing import crc32_spans
 
@@ -42,13 +43,30 @@ def split_by_shard(batch: EventBatch, shards: int) -> list[tuple[int, EventBatch
     if shards == 1 or (ids == ids[0]).all():
         batch.shard = int(ids[0])
         return [(batch.shard, batch)]
-    order = np.argsort(ids, kind="stable")
-    sorted_ids = ids[order]
+    order = np.empty(n, np.int64)
+    starts = np.zeros(shards + 1, np.int64)
+    _counting_sort(ids, order, starts)
     sorted_batch = batch.take(order)
-    bounds = [0, *(np.flatnonzero(np.diff(sorted_ids)) + 1).tolist(), n]
     out = []
-    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
-        sub = sorted_batch.slice(a, b)
-        sub.shard = int(sorted_ids[a])
-        out.append((sub.shard, sub))
+    for shard in np.flatnonzero(np.diff(starts)).tolist():
+        sub = sorted_batch.slice(int(starts[shard]), int(starts[shard + 1]))
+        sub.shard = shard
+        out.append((shard, sub))
     return out
+
+
+@kernel
+def _counting_sort(ids, order, starts):  # type: ignore[no-untyped-def]
+    """A stable sort of event indices by shard: order[starts[s]:starts[s + 1]] are shard s's events, in
+    input order (one pass to count, one to place: no comparison sort)."""
+    for i in range(len(ids)):
+        starts[ids[i] + 1] += 1
+    for s in range(1, len(starts)):
+        starts[s] += starts[s - 1]
+    for i in range(len(ids)):
+        s = ids[i]
+        order[starts[s]] = i
+        starts[s] += 1
+    for s in range(len(starts) - 1, 0, -1):
+        starts[s] = starts[s - 1]
+    starts[0] = 0

@@ -26,8 +26,7 @@ import numpy.typing as npt
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from engine import metrics
-from engine.compiled import kernel
-from engine.decode import BatchDecoder, EventBatch, split_lines
+from engine.decode import BatchDecoder, EventBatch, newline_positions, split_lines
 from engine.records import EndOfInput, ReaderEnd, Watermark, wall_ms
 from engine.routing import shard_key, split_by_shard
 from operators.dedupe import Deduplicator
@@ -318,20 +317,6 @@ class _StreamPartition(DecodingPartition):
     def close(self) -> None:
         if self.stream is not sys.stdin.buffer:
             self.stream.close()
-
-
-@kernel
-def newline_positions(buf, start, end, out):  # type: ignore[no-untyped-def]
-    """The positions of the newlines in buf[start:end], written to out; returns how many."""
-    n = 0
-    i = np.uint64(start)
-    stop = np.uint64(end)
-    while i < stop:
-        if buf[i] == 10:
-            out[n] = i
-            n += 1
-        i += np.uint64(1)
-    return n
 
 
 _EMPTY_BLOCK: Block = (np.frombuffer(b"\n", np.uint8), np.zeros(0, np.int64), np.zeros(0, np.int64),

@@ -23,8 +23,8 @@ from bytewax.testing import run_main
 from engine.config import RunConfig
 from engine.dataflow import build_flow
 from engine.decode import BatchDecoder
-from engine.sources import block_of
 from engine.shop import Shop, ShopConfig
+from engine.sources import block_of
 
 
 def _lines() -> list[bytes]:

@@ -96,11 +96,13 @@ class Firings:
 
 
 class ShardState:
-    def __init__(self, plan: Plan, contact_states: bool = False) -> None:
+    def __init__(self, plan: Plan, contact_states: bool = False, profile_changes: bool = True) -> None:
         """`contact_states`: after each batch, emit a `ContactState` per contact it touched
-        (for profile stores that show current scores and last-seen times)."""
+        (for profile stores that show current scores and last-seen times). `profile_changes`: emit
+        the `tag`/`untag`/`stage` actions of firings (False when no profile store takes them)."""
         self.plan = plan
         self.contact_states = contact_states
+        self.profile_changes = profile_changes
         self.index = ContactIndex()
         self.columns = Columns()
         self.columns.add("clock", np.int64, NEVER)
@@ -227,7 +229,7 @@ class ShardState:
                 event = events[offset:offset + length].tobytes()
                 out.extend(writer.triggers(contact, at, at_text, dict(zip(score_names, values, strict=False)), event,
                                            emitted, bool(by_timer)))
-            if writer.actions:
+            if writer.actions and self.profile_changes:
                 out.extend(writer.profile(contact, at, at_text))
 
     def take_suppressed_in_batch(self, before: np.ndarray) -> list[tuple[tuple[str, str], int]]:
@@ -264,14 +266,15 @@ class ShardState:
         return snap
 
     @classmethod
-    def restore(cls, plan: Plan, snap: dict[str, Any], contact_states: bool = False) -> ShardState:
+    def restore(cls, plan: Plan, snap: dict[str, Any], contact_states: bool = False,
+                profile_changes: bool = True) -> ShardState:
         if snap.get("version") != SNAPSHOT_VERSION:
             raise RecoveryFormatError(
                 f"this recovery directory holds shard state of format {snap.get('version', 1)}, written by an "
                 f"earlier halflife; this release reads format {SNAPSHOT_VERSION}. Finish the run with the release "
                 f"that wrote it, or start with an empty --recovery directory (input is then read again from the "
                 f"start of the file or stream).")
-        state = cls(plan, contact_states)
+        state = cls(plan, contact_states, profile_changes)
         state.index = ContactIndex.restore(snap["index"])
         size = len(state.index)
         state.columns.restore(snap["columns"], size)
@@ -290,10 +293,12 @@ class RecoveryFormatError(RuntimeError):
 class ShardLogic(StatefulBatchLogic[Any, Any, dict]):
     """Bytewax glue: feeds batches, watermarks and the end marker to a ShardState."""
 
-    def __init__(self, plan: Plan, resume: dict | None, contact_states: bool = False, live: bool = False) -> None:
-        """`live`: trigger latency (emission − event time) is observed for the metrics."""
-        self.state = (ShardState(plan, contact_states) if resume is None
-                      else ShardState.restore(plan, resume, contact_states))
+    def __init__(self, plan: Plan, resume: dict | None, contact_states: bool = False, live: bool = False,
+                 profile_changes: bool = True) -> None:
+        """`live`: trigger latency (emission − event time) is observed for the metrics; the other
+        flags are ShardState's."""
+        self.state = (ShardState(plan, contact_states, profile_changes) if resume is None
+                      else ShardState.restore(plan, resume, contact_states, profile_changes))
         self.live = live
         # Labelled children resolved once: `.labels()` costs more than the observation itself.
         self._batch_duration = metrics.BATCH_DURATION.labels("rules")

@@ -174,6 +174,7 @@ class ColumnMatchers:
             conditions = tuple(_compile_condition(c, paths.index(c.path)) for c in cm.spec.where)
             where.append(_WhereMatcher(word, bit, listed, conditions))
         self.where = tuple(where)
+        self._where_tables = _where_tables(self.where, codes)
         raw = [n.encode("utf-8", "surrogatepass") for n in names]
         self.name_table = np.frombuffer(b"".join(raw) or b"\0", np.uint8).copy()
         lengths = np.array([len(r) for r in raw], np.int64)
@@ -195,22 +196,46 @@ class ColumnMatchers:
     def bits(self, codes: npt.NDArray[np.int32], located: Located) -> npt.NDArray[np.uint64]:
         """Matcher bit sets (n x words) of the events with name `codes` and paths `located` (row i: event i)."""
         bits = self.name_bits[codes + 2]
-        for wm in self.where:
-            idx = np.flatnonzero(wm.candidates[codes + 2])
-            for cond in wm.conditions:
-                if not len(idx):
-                    break
-                answers = _answer(located.buf, located.kind, located.start, located.end, located.escaped,
-                                  idx, cond.field, cond.answers, cond.op, cond.literals, cond.literal_starts,
-                                  cond.literal_ends, np.empty(len(idx), np.uint8))
-                undecided = np.flatnonzero(answers == A_PYTHON)
-                for j in undecided.tolist():
-                    r = idx[j]
-                    raw = located.buf[located.start[r, cond.field]:located.end[r, cond.field]].tobytes()
-                    answers[j] = A_TRUE if cond.test(orjson.loads(raw)) else A_FALSE
-                idx = idx[answers == A_TRUE]
-            bits[idx, wm.word] |= wm.bit
+        if not self.where:
+            return bits
+        # One compiled pass sets the bits of every `where` matcher it can decide; the (event, matcher)
+        # pairs that need a value decoded come back for Python.
+        undecided = np.empty((len(codes) * len(self.where), 2), np.int64)
+        n = _where_bits(codes, located.buf, located.kind, located.start, located.end, located.escaped,
+                        *self._where_tables, bits, undecided)
+        for i, w in undecided[:n].tolist():
+            wm = self.where[w]
+            if all(cond.test(self._value(located, i, cond.field)) for cond in wm.conditions):
+                bits[i, wm.word] |= wm.bit
         return bits
+
+    @staticmethod
+    def _value(located: Located, i: int, field: int) -> Any:
+        if located.kind[i, field] == ABSENT:
+            return MISSING
+        return orjson.loads(located.buf[located.start[i, field]:located.end[i, field]].tobytes())
+
+
+def _where_tables(where: Sequence[_WhereMatcher], codes: int) -> tuple[np.ndarray, ...]:
+    """The `where` matchers as flat arrays for `_where_bits`."""
+    conditions = [c for wm in where for c in wm.conditions]
+    literals = [bytes(c.literals[s:e]) for c in conditions for s, e in zip(c.literal_starts, c.literal_ends,
+                                                                        strict=True)]
+    literal_ends = np.cumsum([len(b) for b in literals]).astype(np.int64)
+    per_condition = np.cumsum([0] + [len(c.literal_starts) for c in conditions]).astype(np.int64)
+    return (
+        np.array([wm.word for wm in where], np.int64),
+        np.array([wm.bit for wm in where], np.uint64),
+        np.array([wm.candidates for wm in where], np.bool_).reshape(len(where), codes),
+        np.cumsum([0] + [len(wm.conditions) for wm in where]).astype(np.int64),
+        np.array([c.field for c in conditions], np.int64),
+        np.array([c.answers for c in conditions], np.uint8).reshape(len(conditions), _KINDS),
+        np.array([c.op for c in conditions], np.int64),
+        per_condition,
+        np.frombuffer(b"".join(literals) or b"\0", np.uint8).copy(),
+        literal_ends - np.array([len(b) for b in literals], np.int64),
+        literal_ends,
+    )
 
 
 # -- compiled part ------------------------------------------------------------------------------------
@@ -291,16 +316,37 @@ def _bytes_op(buf, s, e, op, lit, lit_starts, lit_ends):  # type: ignore[no-unty
 
 
 @kernel
-def _answer(buf, kind, start, end, escaped, rows, field, answers, op, lit, lit_starts, lit_ends, out):  # type: ignore[no-untyped-def]
-    for i in range(len(rows)):
-        r = rows[i]
-        a = answers[kind[r, field]]
-        if a == A_BYTES:
-            if escaped[r, field]:
-                a = A_PYTHON
-            else:
-                # the string's content, between its quotes
-                a = A_TRUE if _bytes_op(buf, start[r, field] + 1, end[r, field] - 1, op, lit, lit_starts,
-                                        lit_ends) else A_FALSE
-        out[i] = a
-    return out
+def _where_bits(codes, buf, kind, start, end, escaped, words, masks, candidates, first_condition, fields, answers,  # type: ignore[no-untyped-def]
+                ops, first_literal, literals, literal_starts, literal_ends, bits, undecided):
+    """Set the bit of every `where` matcher that holds; write the (event, matcher) pairs only the
+    values themselves can decide to `undecided`; return how many."""
+    n = 0
+    for i in range(len(codes)):
+        row = codes[i] + 2
+        for w in range(len(words)):
+            if not candidates[w, row]:
+                continue
+            holds = True
+            for c in range(first_condition[w], first_condition[w + 1]):
+                f = fields[c]
+                a = answers[c, kind[i, f]]
+                if a == A_BYTES:
+                    if escaped[i, f]:
+                        a = A_PYTHON
+                    else:  # the string's content, between its quotes
+                        lo = first_literal[c]
+                        hi = first_literal[c + 1]
+                        a = A_TRUE if _bytes_op(buf, start[i, f] + 1, end[i, f] - 1, ops[c], literals,
+                                                literal_starts[lo:hi], literal_ends[lo:hi]) else A_FALSE
+                if a == A_FALSE:
+                    holds = False
+                    break
+                if a == A_PYTHON:
+                    undecided[n, 0] = i
+                    undecided[n, 1] = w
+                    n += 1
+                    holds = False
+                    break
+            if holds:
+                bits[i, words[w]] |= masks[w]
+    return n
