@@ -32,7 +32,6 @@ the same state, so a resumed run fires the same triggers.
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
@@ -304,13 +303,14 @@ class ShardLogic(StatefulBatchLogic[Any, Any, dict]):
         self._batch_duration = metrics.BATCH_DURATION.labels("rules")
         self._batch_size = metrics.BATCH_SIZE.labels("rules")
         self._latency = {True: metrics.TRIGGER_LATENCY.labels("timer"), False: metrics.TRIGGER_LATENCY.labels("event")}
-        self._fired_children: dict[tuple[str, str], Any] = {}
+        self._fired_children: dict[int, list[Any]] = {}
         self._shard_gauges: tuple[Any, Any] | None = None
 
     def on_batch(self, values: list[Any]) -> tuple[Iterable[Any], bool]:
         started = time.perf_counter()
         out: list[Any] = []
         state = self.state
+        fired_before = state.fired_counts.copy()
         suppressed_before = state.suppressed_counts.copy()
         events = 0
         for value in values:
@@ -322,7 +322,7 @@ class ShardLogic(StatefulBatchLogic[Any, Any, dict]):
             elif isinstance(value, EndOfInput):
                 out.append(state.end_of_input(value, out))
         state.advance_watermark(state.watermark, out)
-        self._observe(out, time.perf_counter() - started, events, suppressed_before)
+        self._observe(out, time.perf_counter() - started, events, fired_before, suppressed_before)
         # Records leave as one item per kind: bytewax's cost is per item.
         triggers = [v for v in out if isinstance(v, TriggerOut)]
         profiles = [v for v in out if isinstance(v, ProfileOut | ContactState)]
@@ -333,27 +333,26 @@ class ShardLogic(StatefulBatchLogic[Any, Any, dict]):
             grouped.insert(0, ProfileRecords(profiles))
         return grouped, StatefulBatchLogic.RETAIN
 
-    def _observe(self, out: list[Any], seconds: float, events: int, suppressed_before: np.ndarray) -> None:
-        """Metrics, once per batch."""
+    def _observe(self, out: list[Any], seconds: float, events: int, fired_before: np.ndarray,
+                 suppressed_before: np.ndarray) -> None:
+        """Metrics, once per batch, from the shard's counters (no work per record outside live mode)."""
         state = self.state
         if events:
             self._batch_duration.observe(seconds)
             self._batch_size.observe(events)
-        if out:
-            fired: Counter[tuple[str, str]] = Counter()
-            now_ms = wall_ms() if self.live else 0
+        fired = np.flatnonzero(state.fired_counts != fired_before)
+        for trigger in fired.tolist():
+            n = int(state.fired_counts[trigger] - fired_before[trigger])
+            for child in self._fired_children_of(trigger):
+                child.inc(n)
+        if self.live and len(fired):
+            now_ms = wall_ms()
             for v in out:
                 if isinstance(v, TriggerOut):
-                    fired[(v.rule, v.channel)] += 1
-                    if self.live:
-                        self._latency[v.by_timer].observe(max(0.0, (now_ms - v.at_ms) / 1000))
-            for key, n in fired.items():
-                child = self._fired_children.get(key)
-                if child is None:
-                    child = self._fired_children[key] = metrics.TRIGGERS_FIRED.labels(*key)
-                child.inc(n)
-        for (rule, reason), n in state.take_suppressed_in_batch(suppressed_before):
-            metrics.TRIGGERS_SUPPRESSED.labels(rule, reason).inc(n)
+                    self._latency[v.by_timer].observe(max(0.0, (now_ms - v.at_ms) / 1000))
+        if not np.array_equal(state.suppressed_counts, suppressed_before):
+            for (rule, reason), n in state.take_suppressed_in_batch(suppressed_before):
+                metrics.TRIGGERS_SUPPRESSED.labels(rule, reason).inc(n)
         if state.shard >= 0:
             if self._shard_gauges is None:
                 shard = str(state.shard)
@@ -361,6 +360,14 @@ class ShardLogic(StatefulBatchLogic[Any, Any, dict]):
             contacts, pending = self._shard_gauges
             contacts.set(len(state.index))
             pending.set(state.timers.pending())
+
+    def _fired_children_of(self, trigger: int) -> list[Any]:
+        """The `triggers_fired` children of a rule: one per channel it writes records to."""
+        children = self._fired_children.get(trigger)
+        if children is None:
+            t = self.state.plan.triggers[trigger]
+            children = self._fired_children[trigger] = [metrics.TRIGGERS_FIRED.labels(t.name, c) for c in t.channels]
+        return children
 
     def snapshot(self) -> dict:
         return self.state.snapshot()

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from engine.compiled import kernel
 from rules.matchers import compile_where, matcher_key
 from rules.model import (
     CountWithin,
@@ -322,31 +323,33 @@ class EffectTable:
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
-        self._id_of: dict[bytes, int] = {}
         self._rows: list[Effects] = []
         self._arrays: tuple[np.ndarray, ...] = self._build()
+        # An open-addressing table bit set -> id, searched by a compiled loop so that a batch costs
+        # no Python work per event or per distinct bit set; only new bit sets go through Python.
+        self._keys = np.zeros((0, 1), np.uint64)
+        self._table = np.full(64, -1, np.int32)
 
     def ids(self, bits: np.ndarray) -> np.ndarray:
-        if bits.shape[1] == 1:
-            unique, inverse = np.unique(bits[:, 0], return_inverse=True)
-            keys = [np.array([u], np.uint64).tobytes() for u in unique.tolist()]
-        else:
-            unique, inverse = np.unique(bits, axis=0, return_inverse=True)
-            keys = [row.tobytes() for row in unique]
-        mapped = np.empty(len(keys), np.int32)
-        grew = False
-        for j, key in enumerate(keys):
-            e = self._id_of.get(key)
-            if e is None:
-                words = np.frombuffer(key, np.uint64).tolist()
-                value = sum(int(w) << (64 * k) for k, w in enumerate(words))
-                e = self._id_of[key] = len(self._rows)
-                self._rows.append(self.plan.effects_for(value))
-                grew = True
-            mapped[j] = e
-        if grew:
+        out = np.empty(len(bits), np.int32)
+        if self._keys.shape[1] != bits.shape[1]:
+            self._keys = np.zeros((0, bits.shape[1]), np.uint64)
+        if _lookup_effects(bits, self._keys, self._table, out):
+            for row in np.unique(bits[out < 0], axis=0):
+                self._add(row)
             self._arrays = self._build()
-        return mapped[inverse.reshape(-1)]
+            _lookup_effects(bits, self._keys, self._table, out)
+        return out
+
+    def _add(self, row: np.ndarray) -> None:
+        value = sum(int(w) << (64 * k) for k, w in enumerate(row.tolist()))
+        self._rows.append(self.plan.effects_for(value))
+        self._keys = np.concatenate([self._keys, row.reshape(1, -1).astype(np.uint64)])
+        if 2 * len(self._keys) > len(self._table):
+            self._table = np.full(2 * len(self._table), -1, np.int32)
+            for e in range(len(self._keys) - 1):
+                _insert_effect(self._keys, self._table, e)
+        _insert_effect(self._keys, self._table, len(self._keys) - 1)
 
     def as_tuple(self) -> tuple[np.ndarray, ...]:
         return self._arrays
@@ -373,3 +376,43 @@ class EffectTable:
                 count[i, plan.triggers[trigger].count_slot] = 1
             empty[i] = eff.empty
         return unless, seq, add, has, count, empty
+
+
+@kernel(inline=True)
+def _effect_slot(keys, table, row, words):  # type: ignore[no-untyped-def]
+    """Where `row` (or the empty place it would take) is in `table`: the slot index."""
+    h = np.uint64(0)
+    for w in range(words):
+        h = (h ^ row[w]) * np.uint64(0x9E3779B97F4A7C15)
+    mask = np.uint64(len(table) - 1)
+    i = (h >> np.uint64(29)) & mask
+    while True:
+        e = table[i]
+        if e < 0:
+            return i
+        same = True
+        for w in range(words):
+            if keys[e, w] != row[w]:
+                same = False
+                break
+        if same:
+            return i
+        i = (i + np.uint64(1)) & mask
+
+
+@kernel
+def _lookup_effects(bits, keys, table, out):  # type: ignore[no-untyped-def]
+    """out[i] = the effect id of bits[i], or -1 when its bit set has none yet; how many had none."""
+    missing = 0
+    words = bits.shape[1]
+    for i in range(len(bits)):
+        e = table[_effect_slot(keys, table, bits[i], words)]
+        out[i] = e
+        if e < 0:
+            missing += 1
+    return missing
+
+
+@kernel
+def _insert_effect(keys, table, e):  # type: ignore[no-untyped-def]
+    table[_effect_slot(keys, table, keys[e], keys.shape[1])] = e
