@@ -58,7 +58,7 @@ def _common_workload(p: argparse.ArgumentParser, events: int) -> None:
     p.add_argument("--input", help="a pre-generated workload file (default: generate one with --seed)")
     p.add_argument("--rules", help="rules (default: rules/examples/ecommerce.yaml)")
     p.add_argument("--shards", type=int, default=64, help="virtual shards (default %(default)s)")
-    p.add_argument("--batch-size", type=int, default=1000, help="input lines per batch (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=65536, help="input lines per batch (default %(default)s)")
     p.add_argument("--seed", type=int, default=7, help="workload seed (default %(default)s)")
     p.add_argument("--sessions-per-second", type=float, default=5.0,
                    help="workload sessions per second of event time: with 5, 2M events span about 11 hours, so "
@@ -92,7 +92,7 @@ def _e2e(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shards", type=int, default=64, help="shard streams (default %(default)s)")
     p.add_argument("--entry-events", type=int, default=100, help="events per XADD entry at most (default %(default)s)")
     p.add_argument("--rules", help="rules (default: bench/rules/e2e.yaml)")
-    p.add_argument("--batch-size", type=int, default=1000, help="engine --batch-size (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=65536, help="engine --batch-size (default %(default)s)")
     p.add_argument("--snapshot-interval", type=float, default=10.0,
                    help="engine --snapshot-interval, the engine's own default (default %(default)s)")
     p.add_argument("--seed", type=int, default=11)

@@ -65,8 +65,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="worker threads per process")
     run.add_argument("--processes", action=_EnvDefault, type=positive_int, default=1,
                      help="local processes forming one bytewax cluster (supervised)")
-    run.add_argument("--batch-size", action=_EnvDefault, type=positive_int, default=1000,
-                     help="input lines per batch")
+    run.add_argument("--batch-size", action=_EnvDefault, type=positive_int, default=65536,
+                     help="most input lines per batch (a pipe or a live stream passes on what it has)")
     run.add_argument("--shards", action=_EnvDefault, type=positive_int, default=64,
                      help="virtual shards (state partitions); the unit of parallelism")
     run.add_argument("--snapshot-interval", action=_EnvDefault, type=positive_float, default=10.0,

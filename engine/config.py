@@ -16,7 +16,7 @@ class RunConfig:
     recovery: str | None = None
     workers: int = 1
     processes: int = 1
-    batch_size: int = 1000
+    batch_size: int = 65536
     shards: int = 64
     snapshot_interval_s: float = 10.0
     summary_path: str | None = None  # where the end-of-input step writes the run summary (JSON)

@@ -228,8 +228,10 @@ class _StreamPartition(DecodingPartition):
                  plan: Plan | None) -> None:
         super().__init__(name, state, shards, plan)
         self.stream = stream
-        # A pipe answers with what it has (read1): lines reach the engine as they are written.
-        self._readinto = stream.readinto1 if stream is sys.stdin.buffer else stream.readinto
+        # A pipe answers with what it has (read1), and a block ends with what the pipe had: lines
+        # reach the engine as they are written, whatever the batch size.
+        self._pipe = stream is sys.stdin.buffer
+        self._readinto = stream.readinto1 if self._pipe else stream.readinto
         self.batch_size = batch_size
         self._buf = np.empty(4 * self.CHUNK, np.uint8)
         self._lo = 0  # the unconsumed bytes are _buf[_lo:_hi]; _buf[_lo] is at file offset state.offset
@@ -279,6 +281,8 @@ class _StreamPartition(DecodingPartition):
         while not self._eof and (self._skip or (len(self._newlines) < self.batch_size
                                                 and self._tail() <= KEEP_RAW_BYTES)):
             self._fill()
+            if self._pipe and len(self._newlines) and not self._skip:
+                break
         lo = self._lo
         if not len(self._newlines):
             if self._hi - lo > KEEP_RAW_BYTES:  # one line longer than the limit: its prefix is the line

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import select
 import subprocess
 import sys
 
@@ -69,6 +70,28 @@ def test_stdin_to_stdout(tmp_path):
     assert sorted(r["channel"] for r in records) == ["a", "b"]
     assert {r["at"] for r in records} == {"2026-11-23T14:00:00.000Z"}
     assert len({r["id"] for r in records}) == 2
+
+
+def test_a_pipe_is_read_as_it_is_written_whatever_the_batch_size(tmp_path):
+    """One line into an open pipe makes its trigger record without waiting for a full batch."""
+    rules = tmp_path / "r.yaml"
+    rules.write_text("version: 1\ntriggers:\n  t:\n    when: {count: {event: Ping}, within: 1h, at_least: 1}\n")
+    process = subprocess.Popen([sys.executable, "-m", "engine", "run", "--rules", str(rules), "--input", "-",
+                                "--batch-size", "65536"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    try:
+        assert process.stdin is not None and process.stdout is not None
+        process.stdin.write(b'{"event":"Ping","userId":"u1","timestamp":1795442400000}\n')
+        process.stdin.flush()
+        ready, _, _ = select.select([process.stdout], [], [], 30)  # the pipe is still open
+        assert ready, "no trigger record while the pipe stays open"
+        record = json.loads(process.stdout.readline())
+        assert (record["rule"], record["contact"], record["at"]) == ("t", "u1", "2026-11-23T14:00:00.000Z")
+        process.stdin.close()
+        assert process.wait(timeout=60) == 0
+    finally:
+        process.kill()
+        process.wait()
 
 
 def test_invalid_rules_exit_2_with_file_line(tmp_path):
