@@ -9,6 +9,7 @@ import os
 import pickle
 import subprocess
 import sys
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,8 @@ import pytest
 from engine.decode import EventBatch
 from engine.hashing import NO_DIGEST, digest_of, digests
 from engine.testing import event_batch, run_rules
-from operators.dedupe import RING, Deduplicator
+from operators.contacts import ContactIndex
+from operators.dedupe import INLINE, RING, Deduplicator
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = 1_795_442_400_000  # 2026-11-23T14:00:00Z
@@ -240,6 +242,236 @@ def test_a_restored_deduplicator_continues_identically():
     expected = _kept(live, contacts[2000:], mids[2000:])
     assert _kept(restored, contacts[2000:], mids[2000:]) == expected
     assert 0 < len(expected) < 2000 and 0 < len(first) < 2000
+
+
+# -- the adaptive ring: INLINE digests inline, then a ring of 16 in the pool ---------------------
+
+
+def _slot(dedupe: Deduplicator, contact: str) -> int:
+    return dedupe.index.ids().index(contact)
+
+
+def _state_of(dedupe: Deduplicator, contact: str) -> tuple[list[int], int, list[int] | None]:
+    """A contact's inline digests, its fill and its pool ring (None: none)."""
+    s = _slot(dedupe, contact)
+    a = dedupe.columns.arrays
+    r = int(a["dedupe_ring"][s])
+    return (a["dedupe_inline"][s].tolist(), int(a["dedupe_fill"][s]),
+            None if r < 0 else dedupe.pool[r].tolist())
+
+
+def test_the_inline_ring_holds_four():
+    assert INLINE == 4
+    dedupe = Deduplicator()
+    m = digests([f"m{i}" for i in range(6)]).tolist()
+    assert _kept(dedupe, ["u"] * 4, ["m0", "m1", "m2", "m3"]) == [0, 1, 2, 3]
+    assert _state_of(dedupe, "u") == (m[:4], 4, None) and dedupe.pool_used == 0
+    # The 5th accepted event gets the contact its ring: the 4 inline digests in order, then the 5th.
+    assert _kept(dedupe, ["u", "u"], ["m3", "m4"]) == [1]
+    assert _state_of(dedupe, "u") == ([NO_DIGEST] * 4, 5, [*m[:5], *[NO_DIGEST] * 11]) and dedupe.pool_used == 1
+    assert _kept(dedupe, ["u"], ["m5"]) == [0]
+    assert _state_of(dedupe, "u")[1:] == (6, [*m[:6], *[NO_DIGEST] * 10])
+
+
+# Hand-computed: m0..m3 fill the inline ring; m4 (the 5th) moves u to a ring; n0..n10 make 16 accepted
+# events, so m0 (idx 16) is still a duplicate; n11 (17th accepted) pushes m0 out: m0 (18) is new, and
+# accepting it pushes m1 out: m1 (19) is new, pushing m2 out. The last 16 are then m3, m4, n0..n11, m0,
+# m1: m3 (20) is a duplicate, m2 (21) is not.
+CROSSING = [*(f"m{i}" for i in range(5)), *(f"n{i}" for i in range(11)), "m0", "n11", "m0", "m1", "m3", "m2"]
+CROSSING_KEPT = [*range(16), 17, 18, 19, 21]
+# m0..m20 all new (21 accepted: the last 16 are m5..m20); m5 exactly 16 back is a duplicate (21); m4, 17
+# back, is not (22) and pushes m5 out, so m5 is not either (23), pushing m6 out (24 is new); m20 (25) and
+# m4 (26) are duplicates.
+RESEND = [*(f"m{i}" for i in range(21)), "m5", "m4", "m5", "m6", "m20", "m4"]
+RESEND_KEPT = [*range(21), 22, 23, 24]
+
+
+@pytest.mark.parametrize(("mids", "expected"), [(CROSSING, CROSSING_KEPT), (RESEND, RESEND_KEPT)])
+def test_a_contact_crossing_into_its_ring_in_one_batch_and_across_batches(mids, expected):
+    assert _kept(Deduplicator(), ["u"] * len(mids), mids) == expected
+    dedupe = Deduplicator()
+    assert [i for i, m in enumerate(mids) if _one(dedupe, "u", m)] == expected
+    # Split in two batches at every point, around the 4th/5th event among them.
+    for k in range(len(mids) + 1):
+        dedupe = Deduplicator()
+        first = _kept(dedupe, ["u"] * k, mids[:k])
+        second = [k + i for i in _kept(dedupe, ["u"] * (len(mids) - k), mids[k:])]
+        assert first + second == expected, k
+    # With other contacts interleaved (some crossing too, some staying inline) and a third of the
+    # events in each of three batches.
+    contacts, ids, where = [], [], []
+    for i, m in enumerate(mids):
+        contacts += ["u", f"v{i % 3}", f"w{i}"]
+        ids += [m, f"v{i // 3}", m]
+        where.append(len(contacts) - 3)
+    dedupe = Deduplicator()
+    kept = []
+    for a, b in [(0, 20), (20, 45), (45, len(ids))]:
+        kept += [a + i for i in _kept(dedupe, contacts[a:b], ids[a:b])]
+    assert [where.index(i) for i in kept if i in where] == expected
+    assert all(i - 2 in where for i in kept if i % 3 == 2)  # every w is new: one event each
+    assert _state_of(dedupe, "w0") == (digests(["m0"]).tolist() + [NO_DIGEST] * 3, 1, None)
+    assert dedupe.pool_used == 1 + 3  # u and v0..v2 (7+ events each); no w
+
+
+def test_the_pool_grows_inside_one_batch():
+    # 300 contacts reach their 5th accepted event in the same batch: far more rings than the pool's first
+    # allocation, so the kernel stops, the pool doubles and it continues, several times.
+    n = 300
+    contacts = [f"c-{i}" for _ in range(7) for i in range(n)]
+    mids = [f"m-{k}" if k < 6 else "m-0" for k in range(7) for _ in range(n)]
+    dedupe = Deduplicator()
+    assert _kept(dedupe, contacts, mids) == list(range(6 * n))  # the 7th round repeats m-0: duplicates
+    assert dedupe.pool_used == n and len(dedupe.pool) >= n
+    assert _kept(dedupe, contacts[:n], [f"m-{k}" for k in range(n)]) == list(range(6, n))
+    assert dedupe.nbytes() == dedupe.index.nbytes() + dedupe.columns.nbytes() + dedupe.pool.nbytes
+    # Contacts that accept at most 4 events hold no ring.
+    few = Deduplicator()
+    _kept(few, [f"c-{i}" for _ in range(4) for i in range(n)], [f"m-{k}" for k in range(4) for _ in range(n)])
+    assert few.pool_used == 0 and len(few.pool) == 0
+
+
+def _reference(contacts: list[str], mids: list[str | None], rings: dict[str, deque]) -> list[int]:
+    """The SPEC's rule with a deque of the last 16 accepted ids per contact (updated in place)."""
+    kept = []
+    for i, (c, m) in enumerate(zip(contacts, mids, strict=True)):
+        ring = rings.setdefault(c, deque(maxlen=RING))
+        if m is not None and m in ring:
+            continue
+        ring.append(m)
+        kept.append(i)
+    return kept
+
+
+def _random_stream(rng: np.random.Generator, n: int, contacts: int) -> tuple[list[str], list[str | None]]:
+    """Zipf-like contacts (a few with hundreds of events, most with a few), each drawing its ids from a
+    small vocabulary of its own, so that ids come back at every distance; a tenth without an id."""
+    weights = 1.0 / np.arange(1, contacts + 1) ** 1.1
+    who = rng.choice(contacts, n, p=weights / weights.sum())
+    vocabulary = rng.integers(3, 40, contacts)
+    cs = [f"c-{int(c)}" for c in who]
+    ms: list[str | None] = [None if rng.random() < 0.1 else f"m-{int(rng.integers(0, vocabulary[c]))}" for c in who]
+    return cs, ms
+
+
+def _run_split(dedupe: Deduplicator, batch: EventBatch, rng: np.random.Generator, a: int, b: int) -> list[int]:
+    """Events a..b-1 of `batch` in random batches (some empty, some single events); the kept indices."""
+    kept = []
+    while a < b:
+        size = int(rng.choice([0, 1, 2, 7, 50, 400]))
+        kept += [a + i for i in np.flatnonzero(dedupe.accepted(batch.slice(a, min(a + size, b)))).tolist()]
+        a += size
+    return kept
+
+
+@pytest.mark.parametrize(("seed", "n_contacts"), [(0, 5), (1, 60), (2, 400), (3, 400), (4, 2000), (5, 2000)])
+def test_random_streams_match_a_deque_of_sixteen_per_contact(seed, n_contacts):
+    rng = np.random.default_rng(seed)
+    contacts, mids = _random_stream(rng, 6000, n_contacts)
+    expected = _reference(contacts, mids, {})
+    batch = _batch(contacts, mids)
+    dedupe = Deduplicator()
+    assert _run_split(dedupe, batch, rng, 0, len(mids)) == expected
+    assert _kept(Deduplicator(), contacts, mids) == expected
+    # Both decisions many times, and contacts both inline and in rings at the end.
+    assert 0.2 * len(mids) < len(expected) < 0.9 * len(mids)
+    if n_contacts >= 400:
+        assert 0 < dedupe.pool_used < len(dedupe.index)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_snapshot_mid_stream_restores_to_the_same_decisions(seed):
+    rng = np.random.default_rng(100 + seed)
+    contacts, mids = _random_stream(rng, 5000, 300)
+    expected = _reference(contacts, mids, {})
+    batch = _batch(contacts, mids)
+    live = Deduplicator()
+    cuts = sorted(int(c) for c in rng.integers(0, len(mids), 3))
+    kept = _run_split(live, batch, rng, 0, cuts[0])
+    for a, b in zip(cuts, [*cuts[1:], len(mids)], strict=True):
+        snap = live.snapshot()
+        pickled = pickle.dumps(snap)
+        restored = Deduplicator.restore(pickle.loads(pickled))
+        # The same state, and a copy: the restored one's snapshot is the same, and neither one's later
+        # events change the snapshot taken.
+        again = restored.snapshot()
+        assert again["pool"].tolist() == snap["pool"].tolist() and restored.pool_used == live.pool_used
+        assert all(again["columns"][k].tolist() == v.tolist() for k, v in snap["columns"].items())
+        assert set(again["columns"]) == set(snap["columns"]) == {"dedupe_inline", "dedupe_fill", "dedupe_ring"}
+        step = _run_split(restored, batch, np.random.default_rng(b), a, b)
+        assert _run_split(live, batch, np.random.default_rng(b), a, b) == step
+        assert pickle.dumps(snap) == pickled
+        kept += step
+        live = restored if a % 2 else live  # go on with either one
+    assert kept == expected
+    assert 0 < live.pool_used < len(live.index)
+
+
+def _old_snapshot(contacts: list[str], accepted: dict[str, list[str | None]]) -> dict:
+    """A snapshot in the layout before the adaptive ring: a ring of 16 digests per contact
+    (`dedupe_ids`, accepted event k at k % 16, the rest NO_DIGEST) and its next position."""
+    n = len(contacts)
+    ids = np.full((n, RING), NO_DIGEST, np.int64)
+    following = np.zeros(n, np.uint8)
+    for s, c in enumerate(contacts):
+        for k, d in enumerate(digests(accepted[c]).tolist()):
+            ids[s, k % RING] = d
+        following[s] = len(accepted[c]) % RING
+    return {"index": ContactIndex.of(contacts).snapshot(), "columns": {"dedupe_ids": ids, "dedupe_next": following}}
+
+
+def test_an_old_layout_snapshot_is_converted():
+    m = [f"m{i}" for i in range(20)]
+    accepted: dict[str, list[str | None]] = {
+        "a": m,  # 20 accepted: the ring is m4..m19, oldest at position 4
+        "b": ["x0", *[None] * 14],  # x0 is 15 back
+        "c": [*[None] * 14, "y0", "y1"],  # only the newest 2 hold ids: inline
+        "d": [None] * 3,  # no id at all: inline, empty
+        "e": ["z0", "z1", "z2", "z3"],  # a ring not yet full: inline
+    }
+    contacts = list(accepted)
+    dedupe = Deduplicator.restore(pickle.loads(pickle.dumps(_old_snapshot(contacts, accepted))))
+    assert dedupe.index.ids() == contacts
+    assert dedupe.pool_used == 2  # a and b
+    y, z = digests(["y0", "y1"]).tolist(), digests(["z0", "z1", "z2", "z3"]).tolist()
+    assert _state_of(dedupe, "c") == ([*y, NO_DIGEST, NO_DIGEST], 2, None)
+    assert _state_of(dedupe, "d") == ([NO_DIGEST] * 4, 0, None)
+    assert _state_of(dedupe, "e") == (z, 4, None)
+    ring_a = _state_of(dedupe, "a")
+    assert ring_a[1] == 4 and ring_a[2] == [*digests(m[16:]).tolist(), *digests(m[4:16]).tolist()]
+    # It decides as the old one did. a: m4 is exactly 16 back, m3 17 back.
+    assert _kept(dedupe, ["a", "a", "a"], ["m4", "m3", "m4"]) == [1, 2]  # m3 pushed m4 out
+    # b: x0 stays for one more accepted event, not two.
+    assert _kept(dedupe, ["b", "b", "b", "b"], [None, "x0", None, "x0"]) == [0, 2, 3]
+    # c: y0 stays for 14 more accepted events (crossing into a ring on the 3rd); the 15th pushes it out.
+    assert _kept(dedupe, ["c"] * 15, [*[None] * 14, "y0"]) == list(range(14))
+    assert _kept(dedupe, ["c", "c", "c"], [None, "y1", "y0"]) == [0, 2]
+    assert _kept(dedupe, ["d", "e", "e"], ["m0", "z0", "z4"]) == [0, 2]
+    # A random history converts to the same decisions as the deque model's.
+    rng = np.random.default_rng(5)
+    contacts, mids = _random_stream(rng, 8000, 200)
+    rings: dict[str, deque] = {}
+    _reference(contacts[:4000], mids[:4000], rings)
+    history: dict[str, list[str | None]] = {}
+    for c, mid in zip(contacts[:4000], mids[:4000], strict=True):  # the accepted ones, in order
+        h = history.setdefault(c, [])
+        if mid is None or mid not in h[-RING:]:
+            h.append(mid)
+    assert {c: list(h[-RING:]) for c, h in history.items()} == {c: list(r) for c, r in rings.items()}
+    order = list(dict.fromkeys(contacts[:4000]))
+    dedupe = Deduplicator.restore(_old_snapshot(order, history))
+    assert 0 < dedupe.pool_used < len(order)
+    expected = _reference(contacts[4000:], mids[4000:], rings)
+    assert _kept(dedupe, contacts[4000:], mids[4000:]) == expected
+
+
+def test_a_snapshot_with_another_inline_width_is_refused():
+    dedupe = Deduplicator()
+    _kept(dedupe, ["u"], ["m"])
+    snap = dedupe.snapshot()
+    snap["columns"]["dedupe_inline"] = np.zeros((1, INLINE + 1), np.int64)
+    with pytest.raises(ValueError, match="inline"):
+        Deduplicator.restore(snap)
 
 
 # -- through the dataflow (de-duplication happens in the source) ------------------------------------
