@@ -39,7 +39,6 @@ import numpy as np
 from bytewax.operators import StatefulBatchLogic
 
 from engine import metrics
-from engine.blobs import copy_bytes
 from engine.compiled import kernel
 from engine.decode import EventBatch
 from engine.records import (
@@ -64,7 +63,7 @@ from operators.timers import NONE, TimerTable
 from rules.compiler import RISES_ABOVE, SEQ_START, EffectTable, Plan, PlanArrays
 
 NEVER = np.iinfo(np.int64).min
-SNAPSHOT_VERSION = 3
+SNAPSHOT_VERSION = 4
 
 # Where a firing's causing event is: the batch (event index) or the timer arena (offset).
 FROM_BATCH, FROM_ARENA = 0, 1
@@ -140,7 +139,7 @@ class ShardState:
         slots = self.index.slots(batch.contact_hashes, batch.contacts)
         self.columns.ensure(len(self.index))
         effect_ids = self.effects.ids(batch.bits)
-        self.timers.reserve(n * max(1, self.timers.n_timers), len(batch.summaries.data))
+        self.timers.reserve(n * max(1, self.timers.n_timers), n, len(batch.summaries.data), len(self.index))
         events = (slots, batch.times, batch.watermarks, effect_ids, batch.summaries.data, batch.summaries.offsets)
         i = 0
         while i < n:
@@ -267,6 +266,9 @@ class ShardState:
     @classmethod
     def restore(cls, plan: Plan, snap: dict[str, Any], contact_states: bool = False,
                 profile_changes: bool = True) -> ShardState:
+        if snap.get("version") == 3:  # timers kept int64 offsets and int32 lengths: re-laid out
+            snap = {**snap, "columns": dict(snap["columns"]), "version": SNAPSHOT_VERSION}
+            snap["timers"] = TimerTable.from_offsets(snap["columns"], snap["timers"]["arena"])
         if snap.get("version") != SNAPSHOT_VERSION:
             raise RecoveryFormatError(
                 f"this recovery directory holds shard state of format {snap.get('version', 1)}, written by an "
@@ -411,8 +413,9 @@ def _fire(state, plan, out, slot, trigger, at_ms, by_timer, source, offset, leng
 
 @kernel
 def _fire_timer(state, tm, plan, out, deadline, slot, k):  # type: ignore[no-untyped-def]
-    offset = tm[3][slot, k]
-    length = tm[4][slot, k]
+    at = np.int64(tm[3][slot, k]) * timers.ALIGN
+    length = timers.record_length(tm[6], at)
+    offset = at + timers.HEADER
     timers.cancel(tm, slot, k)
     _fire(state, plan, out, slot, plan[13][k], deadline, 1, FROM_ARENA, offset, length)
 
@@ -428,15 +431,6 @@ def _fire_due(state, tm, plan, out, bound, size):  # type: ignore[no-untyped-def
         if k < 0:
             return True
         _fire_timer(state, tm, plan, out, d, slot, k)
-
-
-@kernel
-def _store_event(tm, data, offsets, i):  # type: ignore[no-untyped-def]
-    """Copy event i's summary into the timer arena; its offset there."""
-    arena, meta = tm[7], tm[8]
-    at = meta[timers.ARENA_USED]
-    meta[timers.ARENA_USED] = copy_bytes(arena, at, data, offsets[i], offsets[i + 1] - offsets[i])
-    return at
 
 
 @kernel
@@ -469,7 +463,7 @@ def _apply_events(state, tm, plan, effects, events, out, first, size, per_event)
         if e_empty[e]:
             continue
         length = offsets[i + 1] - offsets[i]
-        stored = -1  # the event's offset in the arena, once a timer keeps it
+        stored = -1  # the event's arena record, once a timer keeps it
         for u in range(e_unless.shape[1]):
             if e_unless[e, u]:
                 unless_seen[slot, u] = now
@@ -481,8 +475,8 @@ def _apply_events(state, tm, plan, effects, events, out, first, size, per_event)
             trig = sequence_triggers[q]
             if action == SEQ_START:  # (re)starts: also what cancelling and then starting would leave
                 if stored < 0:
-                    stored = _store_event(tm, data, offsets, i)
-                timers.arm(tm, slot, timer_of[trig], now + within[trig], stored, length, size)
+                    stored = timers.store_event(tm, data, offsets[i], length)
+                timers.arm(tm, slot, timer_of[trig], now + within[trig], stored, size)
             else:
                 timers.cancel(tm, slot, timer_of[trig])
         for s in range(len(half_life)):
@@ -497,9 +491,9 @@ def _apply_events(state, tm, plan, effects, events, out, first, size, per_event)
                         fires += 1
                 elif after >= threshold[trig]:
                     if stored < 0:
-                        stored = _store_event(tm, data, offsets, i)
+                        stored = timers.store_event(tm, data, offsets[i], length)
                     timers.arm(tm, slot, timer_of[trig], scores.crossing_time(after, now, half_life[s], threshold[trig]),
-                               stored, length, size)
+                               stored, size)
                 elif tm[0][slot, timer_of[trig]] != NONE:
                     timers.cancel(tm, slot, timer_of[trig])
                     firing[fires] = trig

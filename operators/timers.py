@@ -9,14 +9,16 @@ do push; the heap is rebuilt from the deadlines whenever it doubles, so it stays
 pending timers. A heap entry is two int64s, (deadline, slot << 8 | k), ordered as (deadline, slot, k).
 
 Each pending timer keeps the summary of the event that armed it (the trigger record's `event`,
-engine/decode.py) in the shard's event arena, an append-only byte buffer: `event_offset` and
-`event_length` per (slot, k). One event arming several timers is stored once. Re-arms leave old
-summaries behind; `compact_events` copies the live ones into a new arena once the garbage
-outweighs them. The heap and `timer_next` are derived: snapshots leave them out and `restore`
-rebuilds them from the deadlines.
+engine/decode.py) in the shard's event arena, an append-only byte buffer of records (a uint32
+length, the summary, padding to 8 bytes); `timer_event[slot, k]` is a uint32 reference to it in
+8-byte units, 4 bytes per timer instead of an int64 offset and an int32 length. One event arming
+several timers is stored once. Re-arms leave old records behind; `compact_events` copies the live
+ones into a new arena once the garbage is half the live bytes, so the arena stays within about
+1.5x what pending timers keep. The heap and `timer_next` are derived: snapshots leave them out
+and `restore` rebuilds them from the deadlines.
 
 The compiled functions take the table as one tuple, `TimerTable.arrays()`:
-(deadline, queued, next, event_offset, event_length, heap_deadline, heap_ref, arena, meta), where
+(deadline, queued, next, event, heap_deadline, heap_ref, arena, meta), where
 meta holds the heap size, the pending count, the arena's used bytes and the heap size that
 triggers a rebuild.
 
@@ -41,6 +43,11 @@ assert (1 << K_BITS) >= MAX_TIMER_TRIGGERS  # the loader refuses rule sets with 
 K_MASK = (1 << K_BITS) - 1
 COMPACT_MIN = 1024
 HEAP_SIZE, PENDING, ARENA_USED, COMPACT_AT = range(4)
+ALIGN = 8  # arena records start at multiples of 8: a uint32 reference then addresses 32 GiB
+HEADER = 4  # a record is its length (uint32, little-endian), then the summary's bytes
+RECORD_OVERHEAD = HEADER + ALIGN - 1  # the most a record takes beyond its summary
+ARENA_MIN = 1 << 16
+COMPACT_ABOVE = 1 << 20  # arena bytes below which garbage is left alone
 
 
 class TimerTable:
@@ -53,63 +60,83 @@ class TimerTable:
         columns.add("timer_deadline", np.int64, NONE, width)
         columns.add("timer_queued", np.int64, NONE, width, derived=True)  # deadline of the live heap entry
         columns.add("timer_next", np.int64, NONE, derived=True)  # min over the row: the contact's next deadline
-        columns.add("timer_event_offset", np.int64, 0, width)
-        columns.add("timer_event_length", np.int32, 0, width)
+        columns.add("timer_event", np.uint32, 0, width)  # the arming event's arena record, in ALIGN units
         self.heap_deadline = np.zeros(COMPACT_MIN, np.int64)
         self.heap_ref = np.zeros(COMPACT_MIN, np.int64)
-        self.arena = np.zeros(1 << 16, np.uint8)
+        self.arena = np.zeros(ARENA_MIN, np.uint8)
         self.meta = np.array([0, 0, 0, COMPACT_MIN], np.int64)
         self._live_after_compaction = 0
+        self._row = np.zeros(width, np.uint32)  # the compaction kernel's scratch
 
     def arrays(self) -> tuple[Any, ...]:
         a = self.columns.arrays
-        return (a["timer_deadline"], a["timer_queued"], a["timer_next"], a["timer_event_offset"],
-                a["timer_event_length"], self.heap_deadline, self.heap_ref, self.arena, self.meta)
+        return (a["timer_deadline"], a["timer_queued"], a["timer_next"], a["timer_event"], self.heap_deadline,
+                self.heap_ref, self.arena, self.meta)
 
     def pending(self) -> int:
         return int(self.meta[PENDING])
 
-    def reserve(self, pushes: int, event_bytes: int) -> None:
-        """Room for `pushes` more heap entries and `event_bytes` more arena bytes."""
+    def reserve(self, pushes: int, events: int, event_bytes: int, size: int) -> None:
+        """Room for `pushes` more heap entries and `events` more arena records of `event_bytes` in all
+        (`size`: the contacts, for a compaction that makes the room)."""
         need = int(self.meta[HEAP_SIZE]) + pushes + 1
         if need > len(self.heap_deadline):
             cap = max(need, 2 * len(self.heap_deadline))
             self.heap_deadline = _grown(self.heap_deadline, cap)
             self.heap_ref = _grown(self.heap_ref, cap)
-        need = int(self.meta[ARENA_USED]) + event_bytes
-        if need > len(self.arena):
-            self.arena = _grown(self.arena, max(need, 2 * len(self.arena)))
+        extra = event_bytes + events * RECORD_OVERHEAD
+        if int(self.meta[ARENA_USED]) + extra > len(self.arena):
+            self.compact_events(size)
+            need = int(self.meta[ARENA_USED]) + extra
+            if need > len(self.arena):
+                self.arena = _grown(self.arena, max(need, len(self.arena) + len(self.arena) // 2))
+        if int(self.meta[ARENA_USED]) + extra > ALIGN * (1 << 32):
+            self.compact_events(size, force=True)
+            if int(self.meta[ARENA_USED]) + extra > ALIGN * (1 << 32):
+                raise MemoryError("a shard's pending timers keep more than 32 GiB of events: use more --shards")
 
     def event(self, slot: int, k: int) -> bytes:
-        a = self.columns.arrays
-        off = int(a["timer_event_offset"][slot, k])
-        return self.arena[off:off + int(a["timer_event_length"][slot, k])].tobytes()
+        at = ALIGN * int(self.columns.arrays["timer_event"][slot, k])
+        length = int(self.arena[at:at + HEADER].view("<u4")[0])
+        return self.arena[at + HEADER:at + HEADER + length].tobytes()
 
     def deadline(self, slot: int, k: int) -> int:
         return int(self.columns.arrays["timer_deadline"][slot, k])
 
     def compact_events(self, size: int, force: bool = False) -> None:
-        """Copy the summaries pending timers keep into a new arena, once the arena has doubled since the
-        last compaction (amortised O(1) per stored byte; `force`: now)."""
+        """Copy the records pending timers keep into a new arena, once garbage is half the live bytes
+        (every stored byte is then copied about twice; `force`: now).
+
+        The new arena holds the live records and half as much again, so the arena stays within
+        about 1.5x its live bytes (it was 2-3x with doubling)."""
         used = int(self.meta[ARENA_USED])
-        if not force and used < max(1 << 20, 2 * self._live_after_compaction):
+        live_before = self._live_after_compaction
+        if not force and (used < COMPACT_ABOVE or 2 * used < 3 * live_before):
             return
-        a = self.columns.arrays
-        deadlines = a["timer_deadline"][:size]
-        pending = deadlines != NONE
-        offsets = a["timer_event_offset"][:size][pending]
-        lengths = a["timer_event_length"][:size][pending]
-        unique, first = np.unique(offsets, return_index=True)
-        live = int(lengths[first].sum())
+        live = _live_bytes(self.columns.arrays["timer_deadline"], self.columns.arrays["timer_event"], self.arena,
+                           self._row, size)
+        new = np.zeros(max(ARENA_MIN, live + live // 2), np.uint8)
+        moved = _move_records(self.columns.arrays["timer_deadline"], self.columns.arrays["timer_event"], self.arena,
+                              new, self._row, size)
+        assert moved == live
         self._live_after_compaction = live
-        new = np.zeros(max(1 << 16, 2 * live), np.uint8)
-        new_offsets = np.zeros(len(unique), np.int64)
-        np.cumsum(lengths[first][:-1], out=new_offsets[1:])
-        _move(self.arena, unique, lengths[first], new, new_offsets)
-        remapped = a["timer_event_offset"][:size]
-        remapped[pending] = new_offsets[np.searchsorted(unique, offsets)]
         self.arena = new
         self.meta[ARENA_USED] = live
+
+    @staticmethod
+    def from_offsets(columns: dict[str, np.ndarray], arena: np.ndarray) -> dict[str, Any]:
+        """Snapshot format 3 (an int64 offset and an int32 length per timer, raw summaries in the
+        arena) as this format: the columns are changed in place; the new arena snapshot is returned."""
+        deadline = columns["timer_deadline"]
+        offsets = columns.pop("timer_event_offset")
+        lengths = columns.pop("timer_event_length")
+        pending = deadline != NONE
+        bound = int(lengths[pending].sum()) + RECORD_OVERHEAD * int(pending.sum())
+        refs = np.zeros(deadline.shape, np.uint32)
+        new = np.zeros(max(bound, 1), np.uint8)
+        used = _records_from_offsets(deadline, offsets, lengths, arena, refs, new)
+        columns["timer_event"] = refs
+        return {"arena": new[:used].copy()}
 
     def event_bytes(self) -> int:
         return int(self.meta[ARENA_USED])
@@ -132,15 +159,16 @@ class TimerTable:
     def restore(self, size: int, snap: dict[str, Any]) -> None:
         """Rebuild the derived state (pending count, heap, next deadlines) after the columns were restored."""
         arena = snap["arena"]
-        self.arena = np.zeros(max(1 << 16, 2 * len(arena)), np.uint8)
+        self.arena = np.zeros(max(ARENA_MIN, len(arena) + len(arena) // 2), np.uint8)
         self.arena[: len(arena)] = arena
         self.meta[ARENA_USED] = len(arena)
+        self._live_after_compaction = len(arena)
         a = self.columns.arrays
         deadlines = a["timer_deadline"]
         pending = int(np.count_nonzero(deadlines[:size] != NONE)) if self.n_timers else 0
         self.meta[PENDING] = pending
         a["timer_next"][:] = deadlines.min(axis=1)
-        self.reserve(pending, 0)
+        self.reserve(pending, 0, 0, size)
         compact(self.arrays(), size)
 
 
@@ -150,10 +178,98 @@ def _grown(arr: np.ndarray, size: int) -> np.ndarray:
     return new
 
 
+# -- the event arena ------------------------------------------------------------------------------------
+
+
+@kernel(inline=True)
+def record_length(arena, at):  # type: ignore[no-untyped-def]
+    """The summary length of the record at byte `at`."""
+    return (np.int64(arena[at]) | (np.int64(arena[at + 1]) << 8) | (np.int64(arena[at + 2]) << 16)
+            | (np.int64(arena[at + 3]) << 24))
+
+
 @kernel
-def _move(src, offsets, lengths, dst, new_offsets):  # type: ignore[no-untyped-def]
-    for i in range(len(offsets)):
-        copy_bytes(dst, new_offsets[i], src, offsets[i], lengths[i])
+def store_event(timers, data, start, length):  # type: ignore[no-untyped-def]
+    """Append data[start:start + length] to the arena as a record; its reference (for `arm`)."""
+    arena, meta = timers[6], timers[7]
+    at = meta[ARENA_USED]
+    arena[at] = length & 0xFF
+    arena[at + 1] = (length >> 8) & 0xFF
+    arena[at + 2] = (length >> 16) & 0xFF
+    arena[at + 3] = (length >> 24) & 0xFF
+    end = copy_bytes(arena, at + HEADER, data, start, length)
+    meta[ARENA_USED] = (end + ALIGN - 1) // ALIGN * ALIGN
+    return at // ALIGN
+
+
+@kernel(inline=True)
+def _shared_earlier(deadline, refs, row, s, k):  # type: ignore[no-untyped-def]
+    """Index j < k of a pending timer of row s that kept the same record as timer k did (`row`: the
+    row's references before the move), or -1. One event arming several timers is stored once."""
+    for j in range(k):
+        if deadline[s, j] != NONE and row[j] == row[k]:
+            return j
+    return -1
+
+
+@kernel
+def _live_bytes(deadline, refs, arena, row, size):  # type: ignore[no-untyped-def]
+    total = 0
+    for s in range(size):
+        for k in range(deadline.shape[1]):
+            row[k] = refs[s, k]
+        for k in range(deadline.shape[1]):
+            if deadline[s, k] != NONE and _shared_earlier(deadline, refs, row, s, k) < 0:
+                total += (HEADER + record_length(arena, np.int64(row[k]) * ALIGN) + ALIGN - 1) // ALIGN * ALIGN
+    return total
+
+
+@kernel
+def _move_records(deadline, refs, arena, new, row, size):  # type: ignore[no-untyped-def]
+    """Copy the records of pending timers into `new` (no sort: a record is shared only within a row)."""
+    at = 0
+    for s in range(size):
+        for k in range(deadline.shape[1]):
+            row[k] = refs[s, k]
+        for k in range(deadline.shape[1]):
+            if deadline[s, k] == NONE:
+                continue
+            j = _shared_earlier(deadline, refs, row, s, k)
+            if j >= 0:
+                refs[s, k] = refs[s, j]
+                continue
+            old = np.int64(row[k]) * ALIGN
+            length = record_length(arena, old)
+            end = copy_bytes(new, at, arena, old, HEADER + length)
+            refs[s, k] = at // ALIGN
+            at = (end + ALIGN - 1) // ALIGN * ALIGN
+    return at
+
+
+@kernel
+def _records_from_offsets(deadline, offsets, lengths, arena, refs, new):  # type: ignore[no-untyped-def]
+    at = 0
+    for s in range(deadline.shape[0]):
+        for k in range(deadline.shape[1]):
+            if deadline[s, k] == NONE:
+                continue
+            shared = -1
+            for j in range(k):
+                if deadline[s, j] != NONE and offsets[s, j] == offsets[s, k]:
+                    shared = j
+                    break
+            if shared >= 0:
+                refs[s, k] = refs[s, shared]
+                continue
+            length = np.int64(lengths[s, k])
+            new[at] = length & 0xFF
+            new[at + 1] = (length >> 8) & 0xFF
+            new[at + 2] = (length >> 16) & 0xFF
+            new[at + 3] = (length >> 24) & 0xFF
+            end = copy_bytes(new, at + HEADER, arena, offsets[s, k], length)
+            refs[s, k] = at // ALIGN
+            at = (end + ALIGN - 1) // ALIGN * ALIGN
+    return at
 
 
 # -- the heap -------------------------------------------------------------------------------------------
@@ -181,7 +297,7 @@ def _sift_down(hd, hr, i, n):  # type: ignore[no-untyped-def]
 
 @kernel
 def heap_push(timers, deadline, ref):  # type: ignore[no-untyped-def]
-    hd, hr, meta = timers[5], timers[6], timers[8]
+    hd, hr, meta = timers[4], timers[5], timers[7]
     i = meta[HEAP_SIZE]
     meta[HEAP_SIZE] = i + 1
     hd[i] = deadline
@@ -197,7 +313,7 @@ def heap_push(timers, deadline, ref):  # type: ignore[no-untyped-def]
 
 @kernel
 def heap_pop(timers):  # type: ignore[no-untyped-def]
-    hd, hr, meta = timers[5], timers[6], timers[8]
+    hd, hr, meta = timers[4], timers[5], timers[7]
     d = hd[0]
     r = hr[0]
     n = meta[HEAP_SIZE] - 1
@@ -216,7 +332,7 @@ def compact(timers, size):  # type: ignore[no-untyped-def]
     superseded entries behind; rebuilding when the heap has doubled keeps it within twice the
     pending timers at amortised O(1) per push.
     """
-    deadline, queued, hd, hr, meta = timers[0], timers[1], timers[5], timers[6], timers[8]
+    deadline, queued, hd, hr, meta = timers[0], timers[1], timers[4], timers[5], timers[7]
     n = 0
     for s in range(size):
         for k in range(deadline.shape[1]):
@@ -251,15 +367,15 @@ def _refresh_next(timers, slot, previous, current):  # type: ignore[no-untyped-d
 
 
 @kernel
-def arm(timers, slot, k, at_ms, event_offset, event_length, size):  # type: ignore[no-untyped-def]
-    """Arm (or re-arm: one call restarts a pending timer) timer k of a contact."""
-    deadline, queued, ev_off, ev_len, meta = timers[0], timers[1], timers[3], timers[4], timers[8]
+def arm(timers, slot, k, at_ms, event_ref, size):  # type: ignore[no-untyped-def]
+    """Arm (or re-arm: one call restarts a pending timer) timer k of a contact, keeping the arena
+    record `event_ref` (`store_event`) as its event."""
+    deadline, queued, ev_ref, meta = timers[0], timers[1], timers[3], timers[7]
     previous = deadline[slot, k]
     deadline[slot, k] = at_ms
     if previous == NONE:
         meta[PENDING] += 1
-    ev_off[slot, k] = event_offset
-    ev_len[slot, k] = event_length
+    ev_ref[slot, k] = event_ref
     if at_ms < queued[slot, k]:
         queued[slot, k] = at_ms
         heap_push(timers, at_ms, (np.int64(slot) << K_BITS) | k)
@@ -270,7 +386,7 @@ def arm(timers, slot, k, at_ms, event_offset, event_length, size):  # type: igno
 
 @kernel
 def cancel(timers, slot, k):  # type: ignore[no-untyped-def]
-    deadline, meta = timers[0], timers[8]
+    deadline, meta = timers[0], timers[7]
     previous = deadline[slot, k]
     if previous != NONE:
         meta[PENDING] -= 1
@@ -298,7 +414,7 @@ def pop_due(timers, bound):  # type: ignore[no-untyped-def]
 
     The caller fires and clears it. Stale entries on the way are dropped or re-queued.
     """
-    deadline, queued, hd, meta = timers[0], timers[1], timers[5], timers[8]
+    deadline, queued, hd, meta = timers[0], timers[1], timers[4], timers[7]
     while meta[HEAP_SIZE] > 0 and hd[0] < bound:
         d, ref = heap_pop(timers)
         slot = ref >> K_BITS

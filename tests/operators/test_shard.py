@@ -880,9 +880,46 @@ def test_shard_state_snapshot_round_trip_keeps_every_column(contract):
     assert restored.timers.pending() == state.timers.pending() > 0
 
 
+def _as_format_3(snap: dict) -> dict:
+    """A format-4 shard snapshot as format 3 wrote it: an int64 offset and an int32 length per timer
+    into an arena of the bare summaries (stored in a different order, to show nothing relies on it)."""
+    columns = dict(snap["columns"])
+    refs = columns.pop("timer_event")
+    arena = snap["timers"]["arena"].tobytes()
+    deadline = columns["timer_deadline"]
+    offsets = np.zeros(refs.shape, np.int64)
+    lengths = np.zeros(refs.shape, np.int32)
+    old = b""
+    placed: dict[int, int] = {}
+    for s, k in sorted(zip(*np.nonzero(deadline != NONE), strict=True), reverse=True):
+        at = 8 * int(refs[s, k])
+        length = int.from_bytes(arena[at:at + 4], "little")
+        if at not in placed:
+            placed[at] = len(old)
+            old += arena[at + 4:at + 4 + length]
+        offsets[s, k], lengths[s, k] = placed[at], length
+    columns["timer_event_offset"], columns["timer_event_length"] = offsets, lengths
+    return {**snap, "version": 3, "columns": columns, "timers": {"arena": np.frombuffer(old, np.uint8).copy()}}
+
+
+def test_a_format_3_snapshot_is_converted_and_resumes_exactly(contract, reference):
+    plan, lines = contract
+    first = Run(plan, lines, batch_size=50, shards=SHARDS, broadcast=False).run(10)
+    reader, shards = first.snapshot()
+    converted = {key: _as_format_3(pickle.loads(pickle.dumps(snap))) for key, snap in shards.items()}
+    assert sum(int((snap["columns"]["timer_event_length"] > 0).sum()) for snap in converted.values()) > 0
+    for key, snap in converted.items():  # the same timers, keeping the same events
+        state, restored = first.logics[key].state, ShardState.restore(plan, snap)
+        for s, k in zip(*np.nonzero(state.columns.arrays["timer_deadline"][:len(state.index)] != NONE), strict=True):
+            assert restored.timers.event(s, k) == state.timers.event(s, k)
+    carried = Run(plan, lines, 50, SHARDS, False).carry(first)
+    resumed = Run(plan, lines, 50, SHARDS, False, (pickle.loads(pickle.dumps(reader)), converted))
+    assert resumed.carry(carried).run().result() == reference
+
+
 def test_a_snapshot_of_an_earlier_format_is_refused_with_what_to_do(contract, reference):
-    # The previous release's layouts (version 1: decoded events in the timer columns and the heap
-    # saved; version 2: the per-event operator's) are not resumed: a clear refusal, before anything
+    # The layouts before the compiled engine (version 1: decoded events in the timer columns and
+    # the heap saved; version 2: the per-event operator's) are not resumed: a clear refusal, before anything
     # runs, instead of a resumed run with different state.
     plan, lines = contract
     first = Run(plan, lines, batch_size=50, shards=SHARDS, broadcast=False).run(10)

@@ -10,7 +10,7 @@ import pytest
 
 from operators import timers
 from operators.contacts import Columns
-from operators.timers import ARENA_USED, COMPACT_MIN, HEAP_SIZE, NONE, TimerTable
+from operators.timers import COMPACT_MIN, HEAP_SIZE, NONE, TimerTable
 from rules.model import MAX_TIMER_TRIGGERS
 
 T0 = 1_795_442_400_000
@@ -26,20 +26,17 @@ class _Table:
         self.size = 0
 
     def store(self, event: bytes) -> int:
-        """Append an event to the arena; its offset."""
-        self.t.reserve(0, len(event))
-        at = int(self.t.meta[ARENA_USED])
-        self.t.arena[at:at + len(event)] = np.frombuffer(event, np.uint8)
-        self.t.meta[ARENA_USED] = at + len(event)
-        return at
+        """Append an event to the arena; its record's reference."""
+        self.t.reserve(0, 1, len(event), self.size)
+        return int(timers.store_event(self.t.arrays(), np.frombuffer(event, np.uint8), 0, len(event)))
 
     def arm(self, slot: int, k: int, deadline: int, event: bytes, stored: int | None = None) -> None:
         """Arm timer k of `slot`, keeping `event` (or the event already stored at `stored`)."""
         self.size = max(self.size, slot + 1)
         self.columns.ensure(self.size)
         offset = self.store(event) if stored is None else stored
-        self.t.reserve(1, 0)
-        timers.arm(self.t.arrays(), slot, k, deadline, offset, len(event), self.size)
+        self.t.reserve(1, 0, 0, self.size)
+        timers.arm(self.t.arrays(), slot, k, deadline, offset, self.size)
 
     def cancel(self, slot: int, k: int) -> None:
         timers.cancel(self.t.arrays(), slot, k)
@@ -94,10 +91,10 @@ def test_columns_of_a_table():
     a = cols.arrays
     assert {n: (a[n].shape, a[n].dtype) for n in a} == {
         "timer_deadline": ((4, 3), np.int64), "timer_queued": ((4, 3), np.int64), "timer_next": ((4,), np.int64),
-        "timer_event_offset": ((4, 3), np.int64), "timer_event_length": ((4, 3), np.int32)}
+        "timer_event": ((4, 3), np.uint32)}
     assert (a["timer_deadline"] == NONE).all() and (a["timer_next"] == NONE).all()
     # The queued deadlines and the row minimum are derived: left out of snapshots.
-    assert set(cols.snapshot(4)) == {"timer_deadline", "timer_event_offset", "timer_event_length"}
+    assert set(cols.snapshot(4)) == {"timer_deadline", "timer_event"}
 
 
 def test_arm_cancel_and_rearm():
@@ -304,7 +301,8 @@ def test_restore_rebuilds_the_heap_from_the_deadlines():
     # The arena first (it compacts, which moves the timers' offsets), then the columns.
     arena = tt.t.snapshot(3)
     cols = tt.columns.snapshot(3)
-    assert arena["arena"].tobytes() in (b"a2b", b"ba2")  # only what pending timers keep
+    # Only what pending timers keep, as records (length, bytes, padding to 8), in contact order.
+    assert arena["arena"].tobytes() == b"\x02\0\0\0a2\0\0" b"\x01\0\0\0b\0\0\0"
     # Later changes to the live table do not reach the snapshot.
     tt.arm(2, 0, T0 + 10, b"c")
     tt.cancel(1, 1)
@@ -487,19 +485,20 @@ def test_compact_events_keeps_only_what_pending_timers_hold():
     tt.arm(1, 2, T0 + 4, b"one event, two timers", stored=shared)
     tt.arm(2, 1, T0 + 5, b"cancelled")
     tt.cancel(2, 1)
-    assert tt.t.event_bytes() == len(b"first-version" b"second" b"one event, two timers" b"cancelled")
+    # A record is 4 bytes of length, the event, padding to a multiple of 8: 13 -> 24, 6 -> 16, 21 -> 32, 9 -> 16.
+    assert tt.t.event_bytes() == 24 + 16 + 32 + 16
     tt.t.compact_events(tt.size)  # far below the threshold: nothing moves
-    assert tt.t.event_bytes() == 49
+    assert tt.t.event_bytes() == 88
     tt.t.compact_events(tt.size, force=True)
     # The shared event is stored once; the old version and the cancelled timer's event are gone.
-    assert tt.t.event_bytes() == len(b"second" b"one event, two timers")
+    assert tt.t.event_bytes() == 16 + 32
     assert [tt.t.event(0, 0), tt.t.event(1, 0), tt.t.event(1, 2)] == [
         b"second", b"one event, two timers", b"one event, two timers"]
-    offsets = tt.columns.arrays["timer_event_offset"]
-    assert offsets[1, 0] == offsets[1, 2]
+    refs = tt.columns.arrays["timer_event"]
+    assert (refs[0, 0], refs[1, 0], refs[1, 2]) == (0, 2, 2)  # in 8-byte units
     # Arming after the compaction appends after the live bytes.
     tt.arm(3, 0, T0 + 6, b"later")
-    assert tt.t.event(3, 0) == b"later" and tt.t.event_bytes() == 27 + 5
+    assert tt.t.event(3, 0) == b"later" and tt.t.event_bytes() == 48 + 16
 
 
 def test_reserve_grows_the_arena_and_the_heap_keeping_their_contents():
