@@ -8,7 +8,9 @@ environment variable `HALFLIFE_WEBHOOK_SECRET_<CHANNEL>` (channel upper-cased, e
 other than A-Z and 0-9 replaced by `_`: channel `push-eu` -> `HALFLIFE_WEBHOOK_SECRET_PUSH_EU`) or
 from a secrets file of `CHANNEL=SECRET` lines (`#` comments and blank lines allowed). A file entry
 wins over the environment. A channel without a secret is a configuration error: unsigned webhooks
-are never sent.
+are never sent. So is a set of channels whose names map to one variable (`push-eu`, `push_eu` and
+`PUSH.EU`; `Email` and `email`) unless each of them has its own file entry: they would silently
+share one secret.
 
     targets = parse_webhook_specs(specs, load_webhook_secrets(path, os.environ))
 
@@ -176,9 +178,11 @@ def parse_webhook_specs(specs: list[str], secrets: Mapping[str, str]) -> dict[st
     """`["CHANNEL=URL", ...]` -> {channel: WebhookTarget}; raises WebhookConfigError with a readable message.
 
     A channel's secret is `secrets[channel]` (a secrets file entry), else
-    `secrets[secret_env_name(channel)]` (so `os.environ` itself works as `secrets`).
+    `secrets[secret_env_name(channel)]` (so `os.environ` itself works as `secrets`). Channels whose names
+    give the same variable name are refused unless every one of them has its own `secrets[channel]`:
+    otherwise they would sign with one secret, which the operator meant for one of them.
     """
-    targets: dict[str, WebhookTarget] = {}
+    urls: dict[str, str] = {}
     for spec in specs:
         channel, sep, url = spec.partition("=")
         channel, url = channel.strip(), url.strip()
@@ -193,8 +197,25 @@ def parse_webhook_specs(specs: list[str], secrets: Mapping[str, str]) -> dict[st
             parts.port  # noqa: B018 - raises on a bad port
         except ValueError:
             raise WebhookConfigError(f"--webhook {spec!r}: invalid port in the URL") from None
-        if channel in targets:
+        if channel in urls:
             raise WebhookConfigError(f"--webhook {spec!r}: channel {channel!r} is configured twice")
+        urls[channel] = url
+    by_variable: dict[str, list[str]] = {}
+    for channel in urls:
+        by_variable.setdefault(secret_env_name(channel), []).append(channel)
+    for variable, channels in by_variable.items():
+        if len(channels) > 1 and not all(secrets.get(ch) for ch in channels):
+            names = [repr(ch) for ch in channels]
+            listed = ", ".join(names[:-1]) + " and " + names[-1]
+            raise WebhookConfigError(
+                f"webhook channels {listed} would {'both' if len(channels) == 2 else 'all'} read their secret "
+                f"from {variable} (a channel name is "
+                "upper-cased and every character other than A-Z and 0-9 becomes _), so they would share one "
+                "secret: rename the channels so that each has its own variable, or give each its own "
+                "'CHANNEL=SECRET' line in a webhook secrets file"
+            )
+    targets: dict[str, WebhookTarget] = {}
+    for channel, url in urls.items():
         secret = secrets.get(channel) or secrets.get(secret_env_name(channel))
         if not secret:
             raise WebhookConfigError(

@@ -242,6 +242,42 @@ def test_parse_webhook_specs_errors(specs: list[str], secrets: dict[str, str], m
         parse_webhook_specs(specs, secrets)
 
 
+@pytest.mark.parametrize("channels", [
+    ["push-eu", "push_eu"],
+    ["push-eu", "push_eu", "PUSH.EU"],
+    ["Email", "email"],
+    ["sms", "push.eu", "PUSH-EU"],
+])
+def test_channels_sharing_a_secret_variable_are_refused(channels: list[str]) -> None:
+    # Each of these sets of channels maps to one HALFLIFE_WEBHOOK_SECRET_* name: they would sign with
+    # one secret. Refused, naming the channels and the variable, whether the variable is set or not.
+    variable = secret_env_name(channels[-1])
+    specs = [f"{ch}=https://h.example/{i}" for i, ch in enumerate(channels)]
+    environ = {secret_env_name(ch): f"secret-{ch}" for ch in channels}
+    for secrets in (environ, {}):
+        with pytest.raises(WebhookConfigError) as info:
+            parse_webhook_specs(specs, secrets)
+        message = str(info.value)
+        colliding = [ch for ch in channels if secret_env_name(ch) == variable]
+        assert variable in message and all(repr(ch) in message for ch in colliding), message
+        assert "sms" not in message and "secret-" not in message, message  # no bystander, no secret value
+
+
+def test_channels_sharing_a_variable_with_their_own_file_entries_are_accepted(tmp_path) -> None:
+    # An explicit per-channel entry (a secrets file line) disambiguates: each channel signs with its own.
+    secrets_file = tmp_path / "secrets"
+    secrets_file.write_text("push-eu=secret-a\npush_eu=secret-b\n")
+    secrets = load_webhook_secrets(str(secrets_file), {"HALFLIFE_WEBHOOK_SECRET_PUSH_EU": "from-env"})
+    targets = parse_webhook_specs(["push-eu=https://h/a", "push_eu=https://h/b"], secrets)
+    assert (targets["push-eu"].secret, targets["push_eu"].secret) == (b"secret-a", b"secret-b")
+    # Only one of them with its own entry: the other would read the shared variable. Refused.
+    with pytest.raises(WebhookConfigError, match="HALFLIFE_WEBHOOK_SECRET_PUSH_EU"):
+        parse_webhook_specs(["push-eu=https://h/a", "push_eu=https://h/b", "PUSH.EU=https://h/c"], secrets)
+    # Names that differ after the mapping do not collide.
+    distinct = {"HALFLIFE_WEBHOOK_SECRET_PUSH_EU": "a", "HALFLIFE_WEBHOOK_SECRET_PUSH_EU2": "b"}
+    assert set(parse_webhook_specs(["push-eu=https://h/a", "push-eu2=https://h/b"], distinct)) == {"push-eu", "push-eu2"}
+
+
 def test_secrets_file_errors(tmp_path) -> None:
     bad = tmp_path / "bad"
     bad.write_text("email=ok\njust-a-secret\n")

@@ -483,3 +483,29 @@ def test_each_webhook_channel_signs_with_its_own_secret() -> None:
         assert "secret-" not in repr(target) and "secret-" not in str(target)
     with pytest.raises(ValueError, match="has no secret"):  # never unsigned
         parse_webhook_specs(["email=https://h.example/e", "push=https://h.example/p"], environ)
+
+
+@pytest.mark.parametrize(("channels", "variable"), [
+    (["push-eu", "push_eu"], "HALFLIFE_WEBHOOK_SECRET_PUSH_EU"),
+    (["Email", "email"], "HALFLIFE_WEBHOOK_SECRET_EMAIL"),
+])
+def test_run_refuses_channels_that_would_share_a_webhook_secret(tmp_path: Path, channels: list[str],
+                                                                variable: str) -> None:
+    # Two channel names that map to one HALFLIFE_WEBHOOK_SECRET_* variable would sign with the same
+    # secret: `halflife run` exits 2 with one clear line naming both channels and the variable (no
+    # traceback, no secret), whether the webhooks come from --webhook flags or HALFLIFE_WEBHOOKS.
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(orjson.dumps({"event": "E", "userId": "u", "timestamp": TS}) + b"\n")
+    base = ["run", "--rules", str(RULES), "--input", str(events), "--output", str(tmp_path / "out.jsonl"),
+            "--dlq", str(tmp_path / "dlq.jsonl")]
+    flags = [arg for i, ch in enumerate(channels) for arg in ("--webhook", f"{ch}=http://127.0.0.1:1/hook/{i}")]
+    webhooks_env = ",".join(f"{ch}=http://127.0.0.1:1/hook/{i}" for i, ch in enumerate(channels))
+    for argv, env in [(base + flags, clean_env(**{variable: "shared-secret-77"})),
+                      (base, clean_env(**{variable: "shared-secret-77", "HALFLIFE_WEBHOOKS": webhooks_env}))]:
+        done = halflife(*argv, env=env)
+        err = done.stderr.decode()
+        assert done.returncode == 2, err
+        assert err.startswith("halflife run: webhook channels ") and err.count("\n") == 1, err
+        assert all(repr(ch) in err for ch in channels) and variable in err, err
+        assert "Traceback" not in err and "shared-secret-77" not in err + done.stdout.decode()
+        assert not (tmp_path / "out.jsonl").exists() or (tmp_path / "out.jsonl").read_bytes() == b""
