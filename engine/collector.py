@@ -62,7 +62,6 @@ from collections import Counter as _Tally
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
-from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 import redis.asyncio as aioredis
@@ -74,6 +73,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from engine.argtypes import port, positive_float, positive_int
 from engine.decode import MAX_DEPTH, REASONS, decode_lines
+from engine.redaction import redact_url
 from engine.redis_keys import Keys
 from engine.routing import shard_of
 from engine.times import format_time
@@ -214,21 +214,6 @@ class MalformedHttpLog(logging.Filter):
         record.levelno, record.levelname = logging.WARNING, "WARNING"
         self.refused, self.last = 0, now
         return True
-
-
-def redact_url(url: str) -> str:
-    """The URL without its password, for logs."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        user = parts.username or ""
-        host = parts.hostname or ""
-        if parts.port is not None:
-            host = f"{host}:{parts.port}"
-        return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
-    except ValueError:
-        return "(unparseable URL)"
 
 
 def _bulk(arg: bytes) -> bytes:

@@ -58,6 +58,7 @@ from redis.retry import Retry
 from engine import metrics
 from engine.decode import DeadLetter
 from engine.records import ProfileOut, TriggerOut, each_record
+from engine.redaction import redact_url
 from engine.redis_keys import Keys
 from engine.times import format_time
 
@@ -458,12 +459,18 @@ def add_profile_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def profile_main(args: argparse.Namespace) -> int:
-    """Print the contact's profile as JSON; 1 when the contact is unknown or Redis unreachable."""
-    client = redis.Redis.from_url(args.redis, socket_timeout=5.0, socket_connect_timeout=5.0)
+    """Print the contact's profile as JSON; 1 when the contact is unknown or Redis unreachable, 2 for a bad URL.
+
+    The URL is only ever shown redacted (`redact_url`): it may hold the Redis password."""
+    try:
+        client = redis.Redis.from_url(args.redis, socket_timeout=5.0, socket_connect_timeout=5.0)
+    except ValueError as exc:
+        print(f"halflife profile: --redis {redact_url(args.redis)}: {exc}", file=sys.stderr)
+        return 2
     try:
         profile = read_profile(client, args.contact, args.prefix)
     except redis.RedisError as exc:
-        print(f"halflife profile: cannot read from Redis at {args.redis}: {exc}", file=sys.stderr)
+        print(f"halflife profile: cannot read from Redis at {redact_url(args.redis)}: {exc}", file=sys.stderr)
         return 1
     finally:
         client.close()

@@ -75,9 +75,9 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from engine import metrics
-from engine.collector import redact_url
 from engine.compiled import kernel
 from engine.decode import split_lines
+from engine.redaction import redact_url
 from engine.redis_keys import Keys
 from engine.sources import Block, DecodingPartition, ReaderState, report_started
 from rules.compiler import Plan

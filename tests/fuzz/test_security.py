@@ -202,6 +202,47 @@ def test_collector_run_never_logs_keys_or_the_redis_password(tmp_path: Path, pas
         assert secret.decode() not in logs, secret
 
 
+def test_profile_never_shows_the_redis_password(password_redis: tuple[Any, str]) -> None:
+    # `halflife profile` against a server that wants a password (given wrong, then right for an unknown
+    # contact), a port where nothing listens and a malformed URL, the URL on the command line or in
+    # HALFLIFE_REDIS: the password is never on stdout or stderr; the URL is shown redacted.
+    server, password = password_redis
+    wrong = f"wrong-{password}"
+    urls = [f"redis://:{wrong}@127.0.0.1:{server.port}/0", f"redis://default:{password}@127.0.0.1:{server.port}/0",
+            f"redis://:{password}@127.0.0.1:{free_port()}/0", f"redis://:{password}@127.0.0.1:notaport/0",
+            f"redis://127.0.0.1:{server.port}/0?password={password}"]
+    shown = []
+    for url in urls:
+        for args, env in [(["--redis", url], clean_env()), ([], clean_env(HALFLIFE_REDIS=url))]:
+            done = halflife("profile", "no-such-contact", *args, env=env, timeout=30)
+            output = (done.stdout + done.stderr).decode()
+            assert done.returncode in (1, 2), output
+            assert password not in output and "Traceback" not in output, output
+            shown.append(output)
+    text = "\n".join(shown)
+    assert f"redis://:***@127.0.0.1:{server.port}/0" in text  # the failures name the server, redacted
+    assert "unknown contact 'no-such-contact'" in text  # the right password got through to Redis
+
+
+def test_redact_url_hides_every_form_of_password() -> None:
+    from engine.redaction import redact_url
+
+    cases = {
+        "redis://127.0.0.1:6379/0": "redis://127.0.0.1:6379/0",
+        "redis://:pw-1@127.0.0.1:6379/0": "redis://:***@127.0.0.1:6379/0",
+        "rediss://user:pw-2@[::1]:6380/1": "rediss://user:***@[::1]:6380/1",
+        "redis://pw-3@host/0": "redis://***@host/0",  # redis-py's user name, often meant as a password
+        "redis://:p@w-4@host/0": "redis://:***@host/0",
+        "redis://:pw/5@host:1/0": "redis://***@host:1/0",  # an unescaped / ends the authority early
+        "unix:///run/redis.sock?db=0&password=pw-6": "unix:///run/redis.sock?db=0&password=***",
+        "redis://host/0?PASSWORD=pw-7&ssl=1": "redis://host/0?PASSWORD=***&ssl=1",
+        "redis://[::1/0?password=pw-8": "(unparseable URL)",
+    }
+    for url, want in cases.items():
+        assert redact_url(url) == want, url
+    assert collector.redact_url is redact_url  # the collector and the Redis source use the same function
+
+
 # --- listening addresses --------------------------------------------------------------------------------------
 
 
