@@ -6,8 +6,11 @@
 
 Scenarios (`tests/faults/` runs the same functions at a small scale in CI):
 
-* `kill`    -- `halflife run` (live, `--recovery`) killed with SIGKILL at random moments (delays from a
-               seeded RNG) while events stream into Redis, restarted from `--recovery` each time.
+* `kill`    -- `halflife run` (live, `--recovery`) killed with SIGKILL at random moments while events
+               stream into Redis, restarted from `--recovery` each time. Each kill waits until the
+               (re)started engine has written a new trigger, then comes after a seeded random delay, and
+               the end of the stream is held back until the last kill: every kill lands mid-stream however
+               long the start-up takes.
 * `cluster` -- `--processes 2`: cluster member 1 killed with SIGKILL; the supervisor restarts the cluster
                from `--recovery` (and this harness restarts the supervisor, as an orchestrator would, if it
                gives up after its 5 restarts).
@@ -91,7 +94,6 @@ KEYS = Keys("hl:")
 DAY_MS = 86_400_000
 LATENESS_MS = 2 * DAY_MS
 FLUSH_PREFIX = "hl-flush-"
-RESTART_S = 0.6  # about how long `halflife run` takes from exec to reading (Python and bytewax start-up)
 WRITE_KEY = "faults-write-key"
 
 # Short windows (seconds of event time) so that timers fire all along the stream; with a 2-day lateness
@@ -225,10 +227,14 @@ def replay_oracle(workdir: Path, rules: Path, events: list[dict], shards: int) -
 
 class DirectProducer(threading.Thread):
     """Writes events into the shard streams as the collector does (one entry per shard per `chunk` events),
-    in order, at `rate` events/s (None: all at once), then the flush events."""
+    in order, at `rate` events/s (None: all at once), then the flush events.
+
+    `allowed`: how many events it may write before it waits for `allow()` (None: all, then the flush). A
+    scenario uses it to keep part of the stream back until it has done its faults; after a wait the
+    producer goes on at `rate` from where it stopped (no burst to catch up)."""
 
     def __init__(self, url: str, events: list[dict], shards: int, rate: float | None, chunk: int = 100,
-                 flush: list[dict] | None = None) -> None:
+                 flush: list[dict] | None = None, allowed: int | None = None) -> None:
         super().__init__(daemon=True, name="producer")
         self.url = url
         self.rows = [(shard_of(contact_of(e), shards), orjson.dumps(e)) for e in events]
@@ -238,6 +244,27 @@ class DirectProducer(threading.Thread):
         self.chunk = chunk
         self.written = 0
         self.error: BaseException | None = None
+        self._allowed = allowed
+        self._gate = threading.Condition()
+
+    def allow(self, n: int | None) -> None:
+        """Let it write up to `n` events (None: every event, then the flush)."""
+        with self._gate:
+            if n is None or self._allowed is None:
+                self._allowed = None
+            else:
+                self._allowed = max(self._allowed, n)
+            self._gate.notify_all()
+
+    def _wait_allowed(self, i: int | None) -> tuple[int, bool]:
+        """How far past event i it may write now (waiting until that is past i; i None: until everything
+        and the flush is allowed), and whether it waited."""
+        waited = False
+        with self._gate:
+            while self._allowed is not None and (i is None or self._allowed <= i):
+                waited = True
+                self._gate.wait(0.5)
+            return (len(self.rows) if self._allowed is None else min(len(self.rows), self._allowed)), waited
 
     def _write(self, client: redis.Redis, rows: list[tuple[int, bytes]]) -> None:
         groups: dict[int, list[bytes]] = {}
@@ -252,15 +279,21 @@ class DirectProducer(threading.Thread):
         try:
             client = redis.Redis.from_url(self.url)
             client.hset(KEYS.config, "shards", self.shards)
-            started = time.monotonic()
-            for i in range(0, len(self.rows), self.chunk):
+            paced_from, paced_i = time.monotonic(), 0  # the rate schedule: event paced_i at paced_from
+            i = 0
+            while i < len(self.rows):
+                limit, waited = self._wait_allowed(i)
+                if waited:
+                    paced_from, paced_i = time.monotonic(), i
                 if self.rate:
-                    wait = started + i / self.rate - time.monotonic()
+                    wait = paced_from + (i - paced_i) / self.rate - time.monotonic()
                     if wait > 0:
                         time.sleep(wait)
-                rows = self.rows[i:i + self.chunk]
+                rows = self.rows[i:min(i + self.chunk, limit)]
                 self._write(client, rows)
+                i += len(rows)
                 self.written += len(rows)
+            self._wait_allowed(None)
             if self.flush:
                 self._write(client, self.flush)
             client.close()
@@ -715,41 +748,84 @@ def _secrets(seed: int, channels: Iterable[str]) -> dict[str, str]:
     return {ch: f"whsec-{ch}-{rng.getrandbits(64):016x}" for ch in channels}
 
 
+def wait_for_new_triggers(client: redis.Redis, since: int, alive: Callable[[], bool], deadline: float) -> bool:
+    """Wait until hl:triggers holds more than `since` records (the engine shows progress); False when the
+    engine exited or `deadline` (time.monotonic()) passed first."""
+    while time.monotonic() < deadline:
+        if client.xlen(KEYS.triggers) > since:
+            return True
+        if not alive():
+            return False
+        time.sleep(0.01)
+    return False
+
+
 def scenario_kill(workdir: Path, *, seed: int = 1, events: int = 40_000, contacts: int = 400, rate: float = 5000.0,
                   kills: int = 6, shards: int = 8, webhook_channels: tuple[str, ...] = ("email", "sales", "lifecycle"),
                   timeout_s: float = 120.0) -> Report:
-    """kill -9 of the live engine `kills` times at random moments while events stream in; restart from --recovery."""
+    """kill -9 of the live engine `kills` times at random moments while events stream in; restart from --recovery.
+
+    The kills follow the engine, not the clock (its start-up takes from 0.6 s to several seconds on a
+    loaded machine): the events are cut into `kills + 1` segments. Each (re)start lets the producer write
+    the first half of the next segment; once the engine has written a trigger of its own (hl:triggers grew
+    since that start) the producer gets the second half, streamed at `rate`, and the engine is killed after
+    a seeded random delay within the time that half takes. The last segment and the flush events come
+    after the last kill only. So every kill lands after the restarted engine made progress and before the
+    stream is complete. `timeout_s` bounds the kill phase (a start that never shows progress is a problem)
+    and, separately, the wait for the final outputs.
+    """
     started = time.monotonic()
     report = Report("kill", seed, events=events)
     rules, evs, flush, oracle_job = _setup(workdir, seed, events, contacts, shards)
     rng = random.Random(seed)
     secrets = _secrets(seed, webhook_channels)
-    # Spread the kills over the traffic: a restart takes ~0.6 s before the engine reads again.
-    mean_gap = max(0.3, events / rate / max(1, kills) - RESTART_S)
-    low, high = 0.3 * mean_gap, 1.7 * mean_gap
+    segment = max(1, len(evs) // (kills + 1))
+    lead = segment // 2
+    window_s = (segment - lead) / rate
     with RedisServer(str(workdir)) as server, Receiver(secrets, seed=seed) as receiver:
         client = redis.Redis.from_url(server.url)
         engine = Engine(workdir, rules, server.url, shards=shards, secrets=secrets,
                         webhooks={ch: receiver.url(ch) for ch in webhook_channels})
-        producer = DirectProducer(server.url, evs, shards, rate, flush=flush)
+        producer = DirectProducer(server.url, evs, shards, rate, flush=flush, allowed=lead)
         producer.start()
         engine.start()
         at_kill = []
+        progress_s: list[float] = []  # from each (re)start to its first new trigger
+        delays_s: list[float] = []  # from that trigger to the kill
         try:
+            deadline = time.monotonic() + timeout_s
             # A kill while the very first start creates the recovery partitions is scenario `first-start`
             # (it leaves a directory the engine cannot resume from): the kills here start once they exist.
             engine.wait_recovery_created()
-            for _ in range(kills):
-                time.sleep(rng.uniform(low, high))
+            since, restarted = 0, started
+            for k in range(kills):
+                if not wait_for_new_triggers(client, since, engine.alive, deadline):
+                    if engine.alive():
+                        report.problem(f"no new trigger in {KEYS.triggers} within {time.monotonic() - restarted:.0f} s "
+                                       f"of start {engine.starts} (kill phase limit {timeout_s:g} s): "
+                                       f"{engine.log_tail()}")
+                    else:
+                        report.problem(f"the engine exited by itself (code {engine.proc.returncode if engine.proc else None}): "
+                                       f"{engine.log_tail()}")
+                    break
+                progress_s.append(time.monotonic() - restarted)
+                producer.allow((k + 1) * segment)
+                delay = rng.uniform(0.0, window_s)
+                time.sleep(delay)
+                delays_s.append(delay)
                 if not engine.alive():
                     report.problem(f"the engine exited by itself (code {engine.proc.returncode if engine.proc else None}): "
                                    f"{engine.log_tail()}")
                     break
                 engine.kill()
                 report.kills += 1
-                at_kill.append((producer.written, client.xlen(KEYS.triggers), receiver.total_accepted()))
+                since = client.xlen(KEYS.triggers)
+                at_kill.append((producer.written, since, receiver.total_accepted()))
+                producer.allow((k + 1) * segment + lead)
                 engine.start()
+                restarted = time.monotonic()
                 report.restarts += 1
+            producer.allow(None)
             producer.join()
             if producer.error:
                 report.problem(f"producer failed: {producer.error!r}")
@@ -758,9 +834,12 @@ def scenario_kill(workdir: Path, *, seed: int = 1, events: int = 40_000, contact
                 report.problem(f"outputs incomplete after {timeout_s:g} s (engine alive: {engine.alive()}): "
                                f"{engine.log_tail()}")
         finally:
+            producer.allow(None)
             engine.stop()
         report.notes["at_kill (events written, hl:triggers, webhook keys)"] = at_kill
-        report.notes["kill delays (s)"] = [round(low, 2), round(high, 2)]
+        report.notes["start to first new trigger (s)"] = [round(x, 2) for x in progress_s]
+        report.notes["kill delay after it (s)"] = [round(x, 2) for x in delays_s]
+        report.notes["kill window (s)"] = round(window_s, 2)
         check(report, client, oracle_job.result(), receiver, webhook_channels)
         client.close()
     report.seconds = time.monotonic() - started
