@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -54,6 +55,7 @@ def prepare_recovery(cfg: RunConfig) -> bool:
     if not cfg.recovery:
         return True
     if glob.glob(os.path.join(cfg.recovery, "*.sqlite3")):
+        make_recovery_private(cfg.recovery)
         return False
     # Create the partitions beside the directory and rename them into place in one step: a
     # run killed during creation must not leave a partial set that no later run could start from.
@@ -74,6 +76,46 @@ def prepare_recovery(cfg: RunConfig) -> bool:
         if os.path.isdir(staging):
             shutil.rmtree(staging, ignore_errors=True)
     return True
+
+
+def make_recovery_private(directory: str) -> None:
+    """Mode 0700 for an existing recovery directory and 0600 for every file in it.
+
+    A directory made beforehand (by a deployment, a restore from backup, an older version) may be
+    wider; whoever can read it reads contact state, whoever can write it runs code at resume (the
+    snapshots are pickles). What this user owns is fixed; anything else that is open to others is
+    reported on stderr (only its owner or root can change it). Subdirectories (a member's staging
+    directory) are made with mkdtemp, 0700, and left alone.
+    """
+    uid = os.geteuid()
+
+    def fix(path: str, st: os.stat_result, want: int) -> None:
+        mode = stat.S_IMODE(st.st_mode)
+        if mode == want:
+            return
+        if st.st_uid == uid:
+            try:
+                os.chmod(path, want)
+                return
+            except FileNotFoundError:  # a journal SQLite removed meanwhile
+                return
+            except OSError:
+                pass
+        if mode & 0o077:
+            print(f"halflife: {path} is mode {mode:04o}, owned by uid {st.st_uid}: it should be {want:04o} "
+                  f"(recovery snapshots are pickles: whoever can write them runs code at resume); fix its mode "
+                  "or owner", file=sys.stderr)
+
+    fix(directory, os.stat(directory), 0o700)
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            try:
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            fix(entry.path, st, 0o600)
 
 
 def prepare_outputs(cfg: RunConfig) -> None:
@@ -118,6 +160,7 @@ def prepare_member_recovery(cfg: RunConfig, process_id: int, members: int) -> No
     if not cfg.recovery:
         return
     os.makedirs(cfg.recovery, mode=0o700, exist_ok=True)
+    make_recovery_private(cfg.recovery)  # makedirs leaves the mode of a directory that existed as it was
     if glob.glob(os.path.join(cfg.recovery, "*.sqlite3")):
         return
     count = max(RECOVERY_PARTITIONS_MIN, cfg.workers * members)
