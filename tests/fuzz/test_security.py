@@ -224,6 +224,30 @@ def test_profile_never_shows_the_redis_password(password_redis: tuple[Any, str])
     assert "unknown contact 'no-such-contact'" in text  # the right password got through to Redis
 
 
+def test_live_run_never_logs_the_redis_password(tmp_path: Path) -> None:
+    # The engine's Redis source when Redis is unreachable at start: its warning (and, 15 s later, the
+    # error that ends the run) names the URL redacted. The URLs come from the environment, as advised.
+    password = "engine-log-password-5"
+    url = f"redis://:{password}@127.0.0.1:{free_port()}/0"
+    env = clean_env(HALFLIFE_INPUT=url, HALFLIFE_OUTPUT=url, HALFLIFE_DLQ=url, HALFLIFE_PROFILES=url)
+    process = subprocess.Popen([sys.executable, "-m", "engine", "run", "--rules", str(RULES), "--recovery",
+                                str(tmp_path / "recovery"), "--shards", "2"], cwd=ROOT, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    seen = b""
+    try:
+        assert process.stderr is not None
+        os.set_blocking(process.stderr.fileno(), False)
+        deadline = time.monotonic() + 60
+        while b"cannot reach Redis at" not in seen and process.poll() is None and time.monotonic() < deadline:
+            seen += process.stderr.read() or b""
+            time.sleep(0.05)
+    finally:
+        _, rest = stop_process(process)
+    output = seen.decode(errors="replace") + rest
+    assert "cannot reach Redis at redis://:***@127.0.0.1:" in output, output[-3000:]
+    assert password not in output
+
+
 def test_redact_url_hides_every_form_of_password() -> None:
     from engine.redaction import redact_url
 
