@@ -22,9 +22,10 @@ Scenarios (`tests/faults/` runs the same functions at a small scale in CI):
                Redis: the engine's resident memory stays flat (backpressure); then it speeds up, and
                everything is delivered.
 * `first-start` -- SIGKILL while the very first start creates the `--recovery` partitions, then start
-               again (no traffic, no oracle): the restarted engine must come up. (It does not today: the
-               partly created directory is taken for one to resume from, and every start fails with
-               bytewax's NoPartitionsError or MissingPartitionsError.)
+               again (no traffic, no oracle): the restarted engine must come up. (It once did not: the
+               partly created directory was taken for one to resume from, and every later start failed
+               with bytewax's NoPartitionsError or MissingPartitionsError. The partitions are now staged
+               and renamed into place; `tests/faults/test_first_start.py` checks it.)
 
 The oracle. Every scenario's events are also run through `halflife run` in replay mode (a file). The
 rules have a 2-day lateness and the events are about a day old, so the wall clock fires nothing and the
@@ -45,14 +46,15 @@ delivery of one key carries the same trigger, nothing in `hl:webhooks:failed`; r
 counted (and reported) and allowed only across a crash -- without one (`webhook`, `slow`) each key must
 be accepted exactly once.
 
-The webhook sink's retry budget (`engine.webhooks.WebhookSink`: 8 attempts, full-jitter backoff from
-0.2 s doubling to 30 s, honouring Retry-After up to 30 s) has no command-line flag. So the `webhook`
-scenario refuses connections for 0.3 s only, then answers 503 with `Retry-After: 5` for 4 s (a proxy in
+The webhook sink's retry budget (`engine.webhooks.WebhookSink`: full-jitter backoff from 0.2 s doubling
+to 30 s, honouring Retry-After up to 30 s; 8 attempts, `halflife run --webhook-max-attempts N` to change
+that) is the production default here: this harness does not pass the flag. So the `webhook` scenario
+refuses connections for 0.3 s only, then answers 503 with `Retry-After: 5` for 4 s (a proxy in
 front of a restarting receiver): a delivery then meets at most one 503, and fails for good only if its
 first 7 attempts all fall within the 0.3 s of refusal (p < 1e-6 by simulation of the backoff). With
 `Retry-After: 1` and 0.5 s of refusal that chance is 0.25% per delivery caught at the start of the
 outage, and a receiver refusing connections for 10 s (`--refuse-seconds 10`) sends deliveries to
-`hl:webhooks:failed` for sure: nothing redelivers them.
+`hl:webhooks:failed` for sure with the default 8 attempts: nothing redelivers them.
 """
 
 from __future__ import annotations

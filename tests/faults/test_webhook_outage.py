@@ -12,8 +12,9 @@ pytestmark = pytest.mark.slow
 
 def test_receiver_outage_delivers_everything_once(tmp_path):
     # Down = connection refused for 0.3 s, then 503 with Retry-After: 5 for 4 s (a proxy in front of a
-    # restarting receiver). The engine's webhook retry budget (8 attempts, full-jitter backoff from 0.2 s,
-    # Retry-After honoured up to 30 s) has no flag; bench/faults.py explains why the refusal is short.
+    # restarting receiver). The engine runs with its default webhook retry budget (8 attempts, i.e. no
+    # --webhook-max-attempts; full-jitter backoff from 0.2 s, Retry-After honoured up to 30 s);
+    # bench/faults.py explains why the refusal is short.
     report = scenario_webhook(tmp_path, seed=14, events=30_000, contacts=400, rate=4000.0, refuse_s=0.3,
                               unavailable_s=4.0, retry_after="5")
     assert not report.problems, explain(report)
