@@ -791,6 +791,7 @@ def scenario_kill(workdir: Path, *, seed: int = 1, events: int = 40_000, contact
         producer = DirectProducer(server.url, evs, shards, rate, flush=flush, allowed=lead)
         producer.start()
         engine.start()
+        restarted = time.monotonic()
         at_kill = []
         progress_s: list[float] = []  # from each (re)start to its first new trigger
         delays_s: list[float] = []  # from that trigger to the kill
@@ -799,7 +800,7 @@ def scenario_kill(workdir: Path, *, seed: int = 1, events: int = 40_000, contact
             # A kill while the very first start creates the recovery partitions is scenario `first-start`
             # (it leaves a directory the engine cannot resume from): the kills here start once they exist.
             engine.wait_recovery_created()
-            since, restarted = 0, started
+            since = 0
             for k in range(kills):
                 if not wait_for_new_triggers(client, since, engine.alive, deadline):
                     if engine.alive():
@@ -821,11 +822,13 @@ def scenario_kill(workdir: Path, *, seed: int = 1, events: int = 40_000, contact
                     break
                 engine.kill()
                 report.kills += 1
-                since = client.xlen(KEYS.triggers)
-                at_kill.append((producer.written, since, receiver.total_accepted()))
+                at_kill.append((producer.written, client.xlen(KEYS.triggers), receiver.total_accepted()))
                 producer.allow((k + 1) * segment + lead)
                 engine.start()
                 restarted = time.monotonic()
+                # Counted once the killed engine's last commands are surely done, long before the new one
+                # (a second of start-up at least) can write.
+                since = client.xlen(KEYS.triggers)
                 report.restarts += 1
             producer.allow(None)
             producer.join()
