@@ -127,9 +127,11 @@ def _run_config(args: argparse.Namespace, summary_path: str | None) -> RunConfig
     webhooks = {}
     specs = _webhook_specs(args)
     if specs:
-        from engine.webhooks import parse_webhook_specs
+        from engine.webhooks import load_webhook_secrets, parse_webhook_specs
 
-        webhooks = parse_webhook_specs(specs, dict(os.environ))
+        # Only HALFLIFE_WEBHOOK_SECRET_* variables: a channel named like another variable (HOME) must not
+        # sign with that variable's value.
+        webhooks = parse_webhook_specs(specs, load_webhook_secrets(None, os.environ))
     return RunConfig(
         rules=args.rules, input=args.input, output=args.output, dlq=args.dlq, profiles=args.profiles,
         recovery=args.recovery, workers=int(args.workers), processes=int(args.processes),
@@ -186,7 +188,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="halflife-run-") as tmp:
         cfg = _run_config(args, os.path.join(tmp, "summary.json"))
         started = time.monotonic()
-        code = runner.run(cfg, argv_for_children=_child_argv(args))
+        argv, env = _child_argv(args)
+        code = runner.run(cfg, argv_for_children=argv, env_for_children=env)
         wall = time.monotonic() - started
         if code != 0 or cfg.live:
             return code
@@ -201,20 +204,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _child_argv(args: argparse.Namespace) -> list[str]:
-    argv = ["run", "--rules", args.rules, "--input", args.input, "--output", args.output, "--dlq", args.dlq,
-            "--workers", str(args.workers), "--processes", "1", "--batch-size", str(args.batch_size),
-            "--shards", str(args.shards), "--snapshot-interval", str(args.snapshot_interval)]
-    if args.profiles:
-        argv += ["--profiles", args.profiles]
+def _child_argv(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
+    """A cluster member's arguments, and the variables that carry the rest: where it reads and writes
+    (URLs may hold a Redis password, and any local user can read a command line in `ps`)."""
+    argv = ["run", "--rules", args.rules, "--workers", str(args.workers), "--processes", "1",
+            "--batch-size", str(args.batch_size), "--shards", str(args.shards),
+            "--snapshot-interval", str(args.snapshot_interval)]
+    carried = {"HALFLIFE_INPUT": args.input, "HALFLIFE_OUTPUT": args.output, "HALFLIFE_DLQ": args.dlq,
+               "HALFLIFE_PROFILES": args.profiles, "HALFLIFE_WEBHOOKS": ",".join(_webhook_specs(args))}
+    env = {name: value for name, value in carried.items() if value}
     if args.recovery:
         argv += ["--recovery", args.recovery]
-    for spec in _webhook_specs(args):
-        argv += ["--webhook", spec]
     argv += ["--webhook-max-attempts", str(args.webhook_max_attempts)]
     if args.metrics_port is not None:
         argv += ["--metrics-port", str(args.metrics_port), "--metrics-host", args.metrics_host]
-    return argv + ["--prefix", args.prefix]
+    return argv + ["--prefix", args.prefix], env
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -202,10 +202,11 @@ def _stop(procs: list[subprocess.Popen]) -> None:
             p.wait()
 
 
-def _run_cluster_once(cfg: RunConfig, argv: list[str], started_timeout_s: float) -> int:
+def _run_cluster_once(cfg: RunConfig, argv: list[str], started_timeout_s: float,
+                      extra_env: dict[str, str] | None = None) -> int:
     addresses = ";".join(f"127.0.0.1:{p}" for p in _free_ports(cfg.processes))
     with tempfile.TemporaryDirectory(prefix="halflife-cluster-") as started_dir:
-        env = {**os.environ, STARTED_DIR_ENV: started_dir}
+        env = {**os.environ, **(extra_env or {}), STARTED_DIR_ENV: started_dir}
         procs = []
         for i in range(cfg.processes):
             member = [*argv, "--process-id", str(i), "--addresses", addresses, "--summary-path", cfg.summary_path or ""]
@@ -233,7 +234,8 @@ def _run_cluster_once(cfg: RunConfig, argv: list[str], started_timeout_s: float)
             _stop(procs)
 
 
-def run(cfg: RunConfig, argv_for_children: list[str]) -> int:
+def run(cfg: RunConfig, argv_for_children: list[str], env_for_children: dict[str, str] | None = None) -> int:
+    """`env_for_children`: variables for cluster members on top of this process's environment."""
     if prepare_recovery(cfg):
         prepare_outputs(cfg)
     if cfg.processes == 1:
@@ -242,7 +244,7 @@ def run(cfg: RunConfig, argv_for_children: list[str]) -> int:
     restarts = 0
     while True:
         started = time.monotonic()
-        code = _run_cluster_once(cfg, argv_for_children, STARTUP_TIMEOUT_S)
+        code = _run_cluster_once(cfg, argv_for_children, STARTUP_TIMEOUT_S, env_for_children)
         if code == 0:
             return 0
         if code != NOT_STARTED and not cfg.recovery:

@@ -638,3 +638,36 @@ def test_run_refuses_channels_that_would_share_a_webhook_secret(tmp_path: Path, 
         assert all(repr(ch) in err for ch in channels) and variable in err, err
         assert "Traceback" not in err and "shared-secret-77" not in err + done.stdout.decode()
         assert not (tmp_path / "out.jsonl").exists() or (tmp_path / "out.jsonl").read_bytes() == b""
+
+
+def test_a_channel_named_like_another_variable_does_not_sign_with_its_value(tmp_path: Path) -> None:
+    # Only HALFLIFE_WEBHOOK_SECRET_* variables are secrets: a channel `HOME` has no secret (exit 2),
+    # it does not sign with $HOME.
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(orjson.dumps({"event": "E", "userId": "u", "timestamp": TS}) + b"\n")
+    done = halflife("run", "--rules", str(RULES), "--input", str(events), "--output", str(tmp_path / "out.jsonl"),
+                    "--webhook", "HOME=http://127.0.0.1:1/hook", env=clean_env(HOME="/home/someone-77"))
+    err = done.stderr.decode()
+    assert done.returncode == 2, err
+    assert "HALFLIFE_WEBHOOK_SECRET_HOME" in err and "Traceback" not in err, err
+    assert "someone-77" not in err + done.stdout.decode()
+
+
+def test_cluster_members_get_urls_through_their_environment_not_their_command_line(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Any local user can read a command line (`ps`); a Redis URL may hold a password.
+    from engine.cli import _child_argv, _parser
+
+    url = "redis://app:s3cret-77@127.0.0.1:6390/0"
+    args = _parser().parse_args(["run", "--rules", str(RULES), "--input", url, "--output", url, "--dlq", url,
+                                 "--profiles", url, "--webhook", "email=https://u:hook-secret-77@example.com/h",
+                                 "--processes", "2"])
+    argv, env = _child_argv(args)
+    assert not any("s3cret-77" in a or "hook-secret-77" in a for a in argv), argv
+    assert {k: env[k] for k in ("HALFLIFE_INPUT", "HALFLIFE_OUTPUT", "HALFLIFE_DLQ", "HALFLIFE_PROFILES")} == dict.fromkeys(
+        ("HALFLIFE_INPUT", "HALFLIFE_OUTPUT", "HALFLIFE_DLQ", "HALFLIFE_PROFILES"), url)
+    assert env["HALFLIFE_WEBHOOKS"] == "email=https://u:hook-secret-77@example.com/h"
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    member = _parser().parse_args(argv)  # what a member parses: the values come back from the variables
+    assert (member.processes, member.input, member.output, member.dlq, member.profiles) == (1, url, url, url, url)
