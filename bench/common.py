@@ -17,6 +17,8 @@ from typing import Any
 
 import orjson
 
+from engine.redaction import redact_url
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "bench" / "results"
 EXAMPLE_RULES = ROOT / "rules" / "examples" / "ecommerce.yaml"
@@ -53,7 +55,13 @@ def new_result(name: str, args: Any) -> dict[str, Any]:
     stamp = utc_stamp()
     return {"name": name, "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "started_at_stamp": stamp, "smoke": bool(getattr(args, "smoke", False)), "machine": machine(),
-            "command": "halflife bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else " ".join(sys.argv)}
+            "command": _command_line()}
+
+
+def _command_line() -> str:
+    """This process's command line for the results file, URLs without their passwords."""
+    argv = [redact_url(a) if "://" in a else a for a in sys.argv]
+    return "halflife bench " + " ".join(argv[2:]) if argv[1:2] == ["bench"] else " ".join(argv)
 
 
 def table(rows: Sequence[Sequence[Any]], headers: Sequence[str] | None = None) -> str:

@@ -90,3 +90,10 @@ def test_report(results: Path) -> None:
     assert set(data["images"]) == {"throughput.png", "latency.png", "state.png"}
     for image in data["images"]:
         assert (report.parent / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_results_record_the_command_line_without_passwords(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench.common import new_result
+
+    monkeypatch.setattr("sys.argv", ["halflife", "bench", "workload", "--output", "redis://app:s3cret@db:6379/0"])
+    assert new_result("workload", None)["command"] == "halflife bench workload --output redis://app:***@db:6379/0"
