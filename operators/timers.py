@@ -188,24 +188,34 @@ def record_length(arena, at):  # type: ignore[no-untyped-def]
             | (np.int64(arena[at + 3]) << 24))
 
 
+@kernel(inline=True)
+def _aligned(n):  # type: ignore[no-untyped-def]
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+@kernel(inline=True)
+def _write_record(dst, at, src, start, length):  # type: ignore[no-untyped-def]
+    """Write src[start:start + length] as a record at byte `at` of dst; where the next record goes."""
+    dst[at] = length & 0xFF
+    dst[at + 1] = (length >> 8) & 0xFF
+    dst[at + 2] = (length >> 16) & 0xFF
+    dst[at + 3] = (length >> 24) & 0xFF
+    return _aligned(copy_bytes(dst, at + HEADER, src, start, length))
+
+
 @kernel
 def store_event(timers, data, start, length):  # type: ignore[no-untyped-def]
     """Append data[start:start + length] to the arena as a record; its reference (for `arm`)."""
     arena, meta = timers[6], timers[7]
     at = meta[ARENA_USED]
-    arena[at] = length & 0xFF
-    arena[at + 1] = (length >> 8) & 0xFF
-    arena[at + 2] = (length >> 16) & 0xFF
-    arena[at + 3] = (length >> 24) & 0xFF
-    end = copy_bytes(arena, at + HEADER, data, start, length)
-    meta[ARENA_USED] = (end + ALIGN - 1) // ALIGN * ALIGN
+    meta[ARENA_USED] = _write_record(arena, at, data, start, length)
     return at // ALIGN
 
 
 @kernel(inline=True)
-def _shared_earlier(deadline, refs, row, s, k):  # type: ignore[no-untyped-def]
-    """Index j < k of a pending timer of row s that kept the same record as timer k did (`row`: the
-    row's references before the move), or -1. One event arming several timers is stored once."""
+def _shared_earlier(deadline, row, s, k):  # type: ignore[no-untyped-def]
+    """Index j < k of a pending timer of row s that kept the same record as timer k (`row`: the row's
+    references as they were before a move), or -1. One event arming several timers is stored once."""
     for j in range(k):
         if deadline[s, j] != NONE and row[j] == row[k]:
             return j
@@ -219,8 +229,8 @@ def _live_bytes(deadline, refs, arena, row, size):  # type: ignore[no-untyped-de
         for k in range(deadline.shape[1]):
             row[k] = refs[s, k]
         for k in range(deadline.shape[1]):
-            if deadline[s, k] != NONE and _shared_earlier(deadline, refs, row, s, k) < 0:
-                total += (HEADER + record_length(arena, np.int64(row[k]) * ALIGN) + ALIGN - 1) // ALIGN * ALIGN
+            if deadline[s, k] != NONE and _shared_earlier(deadline, row, s, k) < 0:
+                total += _aligned(HEADER + record_length(arena, np.int64(row[k]) * ALIGN))
     return total
 
 
@@ -234,15 +244,13 @@ def _move_records(deadline, refs, arena, new, row, size):  # type: ignore[no-unt
         for k in range(deadline.shape[1]):
             if deadline[s, k] == NONE:
                 continue
-            j = _shared_earlier(deadline, refs, row, s, k)
+            j = _shared_earlier(deadline, row, s, k)
             if j >= 0:
                 refs[s, k] = refs[s, j]
                 continue
             old = np.int64(row[k]) * ALIGN
-            length = record_length(arena, old)
-            end = copy_bytes(new, at, arena, old, HEADER + length)
             refs[s, k] = at // ALIGN
-            at = (end + ALIGN - 1) // ALIGN * ALIGN
+            at = _aligned(copy_bytes(new, at, arena, old, HEADER + record_length(arena, old)))
     return at
 
 
@@ -253,22 +261,12 @@ def _records_from_offsets(deadline, offsets, lengths, arena, refs, new):  # type
         for k in range(deadline.shape[1]):
             if deadline[s, k] == NONE:
                 continue
-            shared = -1
-            for j in range(k):
-                if deadline[s, j] != NONE and offsets[s, j] == offsets[s, k]:
-                    shared = j
-                    break
-            if shared >= 0:
-                refs[s, k] = refs[s, shared]
+            j = _shared_earlier(deadline, offsets[s], s, k)
+            if j >= 0:
+                refs[s, k] = refs[s, j]
                 continue
-            length = np.int64(lengths[s, k])
-            new[at] = length & 0xFF
-            new[at + 1] = (length >> 8) & 0xFF
-            new[at + 2] = (length >> 16) & 0xFF
-            new[at + 3] = (length >> 24) & 0xFF
-            end = copy_bytes(new, at + HEADER, arena, offsets[s, k], length)
             refs[s, k] = at // ALIGN
-            at = (end + ALIGN - 1) // ALIGN * ALIGN
+            at = _write_record(new, at, arena, offsets[s, k], np.int64(lengths[s, k]))
     return at
 
 

@@ -332,7 +332,7 @@ class EffectTable:
 
     def ids(self, bits: np.ndarray) -> np.ndarray:
         out = np.empty(len(bits), np.int32)
-        if self._keys.shape[1] != bits.shape[1]:
+        if not len(self._keys):  # the bit sets' width is the plan's: known from the first batch
             self._keys = np.zeros((0, bits.shape[1]), np.uint64)
         if _lookup_effects(bits, self._keys, self._table, out):
             for row in np.unique(bits[out < 0], axis=0):
