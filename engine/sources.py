@@ -29,6 +29,7 @@ from engine import metrics
 from engine.decode import BatchDecoder, EventBatch, newline_positions, split_lines
 from engine.records import EndOfInput, ReaderEnd, Watermark, wall_ms
 from engine.routing import shard_key, split_by_shard
+from engine.snapshots import pack, unpack
 from operators.dedupe import Deduplicator
 from rules.compiler import Plan
 
@@ -66,7 +67,7 @@ class ReaderState:
     late: int = 0
     max_time: int = NEVER  # largest time among accepted events
     finished: bool = False
-    dedupe: dict[str, Any] | None = None  # Deduplicator.snapshot()
+    dedupe: tuple | dict[str, Any] | None = None  # Deduplicator.snapshot(), packed (engine.snapshots)
     cursor: str = "0-0"  # stream sources: the id of the last entry read
 
 
@@ -106,7 +107,7 @@ class DecodingPartition(StatefulSourcePartition[tuple[str, Any], ReaderState]):
         self.lateness_ms = plan.lateness_ms if plan is not None else 0
         self.live = live
         self.watermark_targets = list(range(shards)) if own_shard is None else [own_shard]
-        self.dedupe = Deduplicator() if state.dedupe is None else Deduplicator.restore(state.dedupe)
+        self.dedupe = Deduplicator() if state.dedupe is None else Deduplicator.restore(unpack(state.dedupe))
         state.dedupe = None
         self._broadcast_at = 0.0
         # Resumed after the input had ended: send the end markers again, so that a rerun of a
@@ -210,7 +211,7 @@ class DecodingPartition(StatefulSourcePartition[tuple[str, Any], ReaderState]):
     def snapshot(self) -> ReaderState:
         s = self.state
         return ReaderState(s.offset, s.events_in, s.processed, s.deduplicated, s.dead_lettered, dict(s.reasons),
-                           s.late, s.max_time, s.finished, self.dedupe.snapshot(), s.cursor)
+                           s.late, s.max_time, s.finished, pack(self.dedupe.snapshot()), s.cursor)
 
 
 class _StreamPartition(DecodingPartition):

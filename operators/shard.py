@@ -53,6 +53,7 @@ from engine.records import (
     Watermark,
     wall_ms,
 )
+from engine.snapshots import pack, unpack
 from engine.times import format_time, format_times
 from operators import counts, scores, suppress, timers
 from operators.contacts import Columns, ContactIndex
@@ -291,15 +292,15 @@ class RecoveryFormatError(RuntimeError):
     """A snapshot this release cannot read."""
 
 
-class ShardLogic(StatefulBatchLogic[Any, Any, dict]):
+class ShardLogic(StatefulBatchLogic[Any, Any, tuple]):
     """Bytewax glue: feeds batches, watermarks and the end marker to a ShardState."""
 
-    def __init__(self, plan: Plan, resume: dict | None, contact_states: bool = False, live: bool = False,
+    def __init__(self, plan: Plan, resume: tuple | dict | None, contact_states: bool = False, live: bool = False,
                  profile_changes: bool = True) -> None:
         """`live`: trigger latency (emission − event time) is observed for the metrics; the other
         flags are ShardState's."""
         self.state = (ShardState(plan, contact_states, profile_changes) if resume is None
-                      else ShardState.restore(plan, resume, contact_states, profile_changes))
+                      else ShardState.restore(plan, unpack(resume), contact_states, profile_changes))
         self.live = live
         # Labelled children resolved once: `.labels()` costs more than the observation itself.
         self._batch_duration = metrics.BATCH_DURATION.labels("rules")
@@ -371,8 +372,8 @@ class ShardLogic(StatefulBatchLogic[Any, Any, dict]):
             children = self._fired_children[trigger] = [metrics.TRIGGERS_FIRED.labels(t.name, c) for c in t.channels]
         return children
 
-    def snapshot(self) -> dict:
-        return self.state.snapshot()
+    def snapshot(self) -> tuple:
+        return pack(self.state.snapshot())
 
 
 # -- the compiled loop ---------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from engine.records import (
 )
 from engine.routing import shard_key, split_by_shard
 from engine.shop import Shop, ShopConfig
+from engine.snapshots import unpack
 from engine.sources import DLQ_KEY, END_KEY, DecodingPartition, ReaderState, block_of
 from engine.testing import event_batch, plan_of, run_rules
 from engine.times import parse_time
@@ -906,7 +907,7 @@ def test_a_format_3_snapshot_is_converted_and_resumes_exactly(contract, referenc
     plan, lines = contract
     first = Run(plan, lines, batch_size=50, shards=SHARDS, broadcast=False).run(10)
     reader, shards = first.snapshot()
-    converted = {key: _as_format_3(pickle.loads(pickle.dumps(snap))) for key, snap in shards.items()}
+    converted = {key: _as_format_3(unpack(pickle.loads(pickle.dumps(snap)))) for key, snap in shards.items()}
     assert sum(int((snap["columns"]["timer_event_length"] > 0).sum()) for snap in converted.values()) > 0
     for key, snap in converted.items():  # the same timers, keeping the same events
         state, restored = first.logics[key].state, ShardState.restore(plan, snap)
@@ -924,7 +925,7 @@ def test_a_snapshot_of_an_earlier_format_is_refused_with_what_to_do(contract, re
     plan, lines = contract
     first = Run(plan, lines, batch_size=50, shards=SHARDS, broadcast=False).run(10)
     _, shards = first.snapshot()
-    snap = pickle.loads(pickle.dumps(next(iter(shards.values()))))
+    snap = unpack(pickle.loads(pickle.dumps(next(iter(shards.values())))))
     for version in (1, 2, None):
         old = dict(snap)
         if version is None:
