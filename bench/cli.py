@@ -5,6 +5,7 @@
     halflife bench baseline  [--events N]                           the same rules the idiomatic bytewax way
     halflife bench e2e       [--processes 1,2]                      through Redis: sustainable rate, latency
     halflife bench collector [--seconds S] [--locust]               HTTP collector: events/s, request latency
+    halflife bench snapshots [--contacts N]                         the pause bytewax's epoch snapshots cause
     halflife bench report                                           bench/results/report.md with plots
 
 Every subcommand prints a table and writes bench/results/<UTC timestamp>-<name>.json (`--results-dir`);
@@ -23,6 +24,7 @@ SUBCOMMANDS = {
     "baseline": ("bench.baseline", "halflife vs the same rules written the idiomatic bytewax way, same file"),
     "e2e": ("bench.e2e", "Redis end to end: max sustainable rate, event->trigger latency histogram"),
     "collector": ("bench.collector", "the HTTP collector under /v1/batch load: events/s accepted, latency"),
+    "snapshots": ("bench.snapshot_pause", "the pause of the epoch snapshots with real state: plain vs packed"),
     "report": ("bench.report", "markdown report with plots from the latest results"),
 }
 
@@ -108,13 +110,22 @@ def _collector(p: argparse.ArgumentParser) -> None:
     p.add_argument("--users", type=int, default=32, help="locust users (default %(default)s)")
 
 
+def _snapshots(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--contacts", type=int, default=200_000, help="contacts in the state (default %(default)s)")
+    p.add_argument("--rules", help="rules (default: bench/rules/e2e.yaml)")
+    p.add_argument("--seconds", type=float, default=9.0, help="seconds per run (default %(default)s)")
+    p.add_argument("--epoch", type=float, default=2.0, help="epoch length, seconds (default %(default)s)")
+    p.add_argument("--rounds", type=int, default=2, help="runs of each mode, alternated (default %(default)s)")
+    p.add_argument("--recovery-dir", help="where the recovery files go (default: a temporary directory)")
+
+
 def _report(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", help="report path (default: <results dir>/report.md)")
 
 
 ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "workload": _workload, "hotpath": _hotpath, "baseline": _baseline, "e2e": _e2e, "collector": _collector,
-    "report": _report,
+    "snapshots": _snapshots, "report": _report,
 }
 
 

@@ -300,8 +300,11 @@ def breakdown(prefix: str, obj: Any, seen: set[int], out: dict[str, int], depth:
             breakdown(f"{prefix}.{name}", value, seen, out, depth - 1)
 
 
-def state_size(rules: str, contacts: int, *, shards: int = 64, seed: int = 7, batch_size: int = 1000) -> dict[str, Any]:
-    """Build a state with `contacts` contacts through the real operators and count every byte it holds."""
+def build_state(rules: str, contacts: int, *, shards: int = 64, seed: int = 7,
+                batch_size: int = 1000) -> tuple[Plan, dict[str, Any], IterPartition, int, Timer]:
+    """A state of `contacts` contacts built through the real operators (`DecodingPartition` ->
+    `ShardLogic`, no bytewax): the plan, the shard logics by key, the source partition (its dedupe
+    rings), the events it took and the build's timer."""
     from bench.workload import Workload, WorkloadConfig
     from engine.dataflow import load_plan
     from operators.shard import ShardLogic
@@ -337,6 +340,13 @@ def state_size(rules: str, contacts: int, *, shards: int = 64, seed: int = 7, ba
             events = partition.state.processed
             if _contacts(logics) >= contacts or events > 50 * contacts:  # (the cap: should contacts not be countable)
                 break
+    return plan, logics, partition, events, build
+
+
+def state_size(rules: str, contacts: int, *, shards: int = 64, seed: int = 7, batch_size: int = 1000) -> dict[str, Any]:
+    """Build a state with `contacts` contacts through the real operators and count every byte it holds."""
+    plan, logics, partition, events, build = build_state(rules, contacts, shards=shards, seed=seed,
+                                                         batch_size=batch_size)
     held = _contacts(logics)
     exclude = _reachable_ids(plan)
     seen = set(exclude)

@@ -97,3 +97,13 @@ def test_results_record_the_command_line_without_passwords(monkeypatch: pytest.M
 
     monkeypatch.setattr("sys.argv", ["halflife", "bench", "workload", "--output", "redis://app:s3cret@db:6379/0"])
     assert new_result("workload", None)["command"] == "halflife bench workload --output redis://app:***@db:6379/0"
+
+
+def test_snapshots_pause_with_plain_and_packed_state(results: Path) -> None:
+    data = _run(results, "snapshots")
+    assert data["contacts"] >= 2_000 and data["shards"] == 64
+    assert [r["mode"] for r in data["runs"]] == ["plain", "packed"]
+    plain, packed = data["runs"]
+    # Packing shrinks what bytewax stores (a size, not a speed: the state compresses whatever the machine).
+    assert 0 < packed["recovery_file_bytes"] < plain["recovery_file_bytes"]
+    assert all(r["pauses_ms"] and r["median_pause_ms"] > 0 for r in data["runs"])

@@ -7,6 +7,7 @@ import pickle
 
 import numpy as np
 import orjson
+import pytest
 
 from engine.records import TriggerOut, each_record
 from engine.snapshots import pack, unpack
@@ -60,7 +61,7 @@ def _shard_with_events() -> ShardLogic:
 def test_a_shard_resumes_from_its_packed_snapshot_and_from_an_unpacked_one_alike():
     logic = _shard_with_events()
     packed = logic.snapshot()
-    assert packed[0] == "halflife-lz4/1"
+    assert packed[0] == "halflife-lz4/2"
     plain = logic.state.snapshot()
     from_packed, from_plain = ShardLogic(logic.state.plan, packed), ShardLogic(logic.state.plan, plain)
     for resumed in (from_packed, from_plain):
@@ -84,10 +85,24 @@ def test_the_dedupe_rings_resume_from_a_reader_state_written_before_packing():
     part = ListPartition([[ev("a", T0, "m1")], [ev("a", T0, "m1"), ev("a", T0, "m2")]])
     part.next_batch()
     snap = part.snapshot()
-    assert snap.dedupe[0] == "halflife-lz4/1"
+    assert snap.dedupe[0] == "halflife-lz4/2"
     unpacked = dataclasses.replace(snap, dedupe=unpack(snap.dedupe))
     for state in (snap, unpacked):
         resumed = ListPartition(part.batches, state=pickle.loads(pickle.dumps(state)))
         [batch] = batches_of(resumed.next_batch())
         assert [batch.summary(i)["messageId"] for i in range(len(batch))] == ["m2"]
         assert (resumed.state.processed, resumed.state.deduplicated) == (2, 1)
+
+
+def test_a_packed_snapshot_is_data_only():
+    with pytest.raises(TypeError, match="numeric arrays only"):
+        pack({"ids": np.array(["u-1"], dtype=object)})
+    with pytest.raises(TypeError, match="cannot hold"):
+        pack({"when": object()})
+    fmt, outline, parts = pack({"a": np.arange(3)})
+    forged = outline.replace(b'"<i8"', b'"|O"')
+    with pytest.raises(ValueError, match="non-numeric array type"):
+        unpack((fmt, forged, parts))
+    assert unpack((fmt, outline, parts))["a"].tolist() == [0, 1, 2]
+    # Tuples, lists, None and numpy scalars keep their shape.
+    assert unpack(pack({"t": (1, "x"), "l": [None, 2.5], "n": np.int64(7)})) == {"t": (1, "x"), "l": [None, 2.5], "n": 7}
