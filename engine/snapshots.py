@@ -49,7 +49,7 @@ def _outline(value: Any, parts: list[bytes]) -> Any:
         if value.dtype.kind not in _NUMERIC:
             raise TypeError(f"a snapshot holds numeric arrays only, not {value.dtype}")
         array = np.ascontiguousarray(value)
-        parts.append(lz4.frame.compress(memoryview(array.reshape(-1).view(np.uint8))))
+        parts.append(lz4.frame.compress(array.reshape(-1).view(np.uint8).data))
         return ["a", len(parts) - 1, array.dtype.str, list(array.shape)]
     if isinstance(value, dict):
         if not all(isinstance(k, str) for k in value):
