@@ -35,7 +35,8 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import run_main
 
-from bench.common import ROOT, new_result, table, write_result
+from bench.common import new_result, table, write_result
+from bench.e2e import E2E_RULES
 from bench.hotpath import build_state
 from engine.snapshots import pack
 
@@ -105,7 +106,7 @@ def run_mode(mode: str, shard_state: dict[str, Any], dedupe: Any, args: argparse
     run_main(_dataflow(mode, shard_state, dedupe, args.seconds, gaps), epoch_interval=timedelta(seconds=args.epoch),
              recovery_config=RecoveryConfig(recovery_dir))
     ms = np.array(gaps) * 1000.0
-    # One pause per epoch: the longest gap of each epoch's window.
+    # One pause per epoch past start-up: the run's `seconds // epoch - 1` longest gaps.
     pauses = sorted(ms, reverse=True)[: max(1, int(args.seconds // args.epoch) - 1)]
     return {"mode": mode, "pauses_ms": [round(float(p), 1) for p in sorted(pauses)],
             "median_pause_ms": float(np.median(pauses)), "median_poll_ms": float(np.median(ms)),
@@ -114,7 +115,7 @@ def run_mode(mode: str, shard_state: dict[str, Any], dedupe: Any, args: argparse
 
 
 def main(args: argparse.Namespace) -> int:
-    args.rules = args.rules or str(ROOT / "bench" / "rules" / "e2e.yaml")
+    args.rules = args.rules or str(E2E_RULES)
     if args.smoke:
         args.contacts, args.seconds, args.epoch, args.rounds = min(args.contacts, 2_000), 3.5, 1.0, 1
     result = new_result("snapshots", args)
@@ -132,7 +133,7 @@ def main(args: argparse.Namespace) -> int:
     medians = {m: float(np.median([r["median_pause_ms"] for r in runs if r["mode"] == m])) for m in MODES}
     result["median_pause_ms"] = medians
     result["pause_ratio_packed_to_plain"] = medians["packed"] / medians["plain"] if medians["plain"] else None
-    print(f"bench snapshot_pause: {contacts:,} contacts in {len(shard_state)} shards ({args.rules}), "
+    print(f"halflife bench snapshots: {contacts:,} contacts in {len(shard_state)} shards ({args.rules}), "
           f"epochs of {args.epoch:g} s, {args.seconds:g} s per run")
     print(table([[r["round"], r["mode"], r["median_pause_ms"], " ".join(f"{p:.0f}" for p in r["pauses_ms"]),
                   r["recovery_file_bytes"] / 1e6] for r in runs],
