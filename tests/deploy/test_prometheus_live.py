@@ -262,6 +262,10 @@ class Stack:
                 late_now = int(time.time() * 1000)
                 assert self.post("/v1/batch", {"batch": events_between(10, late_now - 500, late_now, seed=seed)}) == 503
             time.sleep(1.5)
+            # On a loaded machine the timers' records can come after that: refuse until a sink has failed.
+            waited = time.monotonic()
+            while not self._sink_errors() and time.monotonic() - waited < 15.0:
+                time.sleep(0.25)
         finally:
             self.redis.config_set("maxmemory", "0")
         # Let the sinks catch up and the timers fire, then give Prometheus a few more scrapes.
@@ -270,6 +274,14 @@ class Stack:
             self.metrics_texts[f"engine:{port}"] = http_get(f"http://127.0.0.1:{port}/metrics")[1].decode()
         self.metrics_texts["collector"] = http_get(f"http://127.0.0.1:{self.collector_port}/metrics")[1].decode()
         time.sleep(3.0)
+
+    def _sink_errors(self) -> float:
+        total = 0.0
+        for port in self.engine_ports:
+            for line in http_get(f"http://127.0.0.1:{port}/metrics")[1].decode().splitlines():
+                if line.startswith("halflife_sink_errors_total"):
+                    total += float(line.rsplit(" ", 1)[1])
+        return total
 
     def close(self) -> None:
         if self.prometheus is not None:
