@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import pickle
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -100,6 +101,79 @@ def test_reads_entries_in_order_across_entries_and_batches(redis_url, client):
     assert part.state.cursor == last and part.state.offset == len(expected) and part.state.entries == 8
 
 
+def xread_calls(client: redis.Redis) -> int:
+    return int(client.info("commandstats").get("cmdstat_xread", {}).get("calls", 0))
+
+
+def wait_until_due(part: RedisStreamPartition) -> None:
+    awake = part.next_awake()
+    if awake is not None:
+        time.sleep(max(0.0, (awake - datetime.now(timezone.utc)).total_seconds()))
+
+
+def test_the_partitions_of_a_worker_share_one_xread(redis_url, client):
+    source = RedisStreamSource(redis_url, 4, 1000, Plan.empty())
+    parts = [source.build_part("read", Keys().events(i), None) for i in range(4)]
+    written = {i: [ev(f"c{i}", T0 + j) for j in range(i + 1)] for i in range(3)}  # stream 3 stays empty
+    for i, lines in written.items():
+        add(client, *lines, key=Keys().events(i))
+    before = xread_calls(client)
+    got = [read_lines(p) for p in parts]
+    assert [lines for lines, _ in got] == [written[0], written[1], written[2], []]
+    assert [positions for _, positions in got] == [[0], [0, 1], [0, 1, 2], []]
+    assert xread_calls(client) - before == 1
+    # Polled again before they are due, none of them asks Redis; once due, one read covers them all.
+    assert [read_lines(p) for p in parts] == [([], [])] * 4 and xread_calls(client) - before == 1
+    add(client, ev("late", T0 + 9), key=Keys().events(3))
+    wait_until_due(parts[3])
+    assert [read_lines(p)[0] for p in reversed(parts)] == [[ev("late", T0 + 9)], [], [], []]
+    assert xread_calls(client) - before == 2
+
+
+def test_a_stream_with_more_than_its_share_reads_on_alone(redis_url, client):
+    source = RedisStreamSource(redis_url, 2, 12, Plan.empty())
+    busy, quiet = (source.build_part("read", Keys().events(i), None) for i in range(2))
+    lines = [ev("a", T0 + i) for i in range(30)]
+    for i in range(0, 30, 2):
+        add(client, *lines[i:i + 2], key=Keys().events(0))
+    add(client, ev("b", T0), key=Keys().events(1))
+    got: list[bytes] = []
+    sizes = []
+    while len(got) < 30:
+        batch, positions = read_lines(busy)
+        assert batch, "the busy stream stopped before its end"
+        assert positions == list(range(len(got), len(got) + len(batch)))
+        got += batch
+        sizes.append(len(batch))
+    assert got == lines
+    assert sizes[0] == 12 and max(sizes) <= 12  # the shared read's share, then its own reads up to a batch
+    assert read_lines(quiet)[0] == [ev("b", T0)]  # buffered by the first shared read
+    assert read_lines(busy) == ([], []) and busy.next_awake() is not None
+
+
+def test_entries_buffered_for_a_partition_are_read_again_after_a_resume(redis_url, client):
+    source = RedisStreamSource(redis_url, 2, 1000, Plan.empty())
+    first, second = (source.build_part("read", Keys().events(i), None) for i in range(2))
+    add(client, ev("a", T0), key=Keys().events(0))
+    add(client, ev("b", T0), ev("b", T0 + 1), key=Keys().events(1))
+    assert read_lines(first)[0] == [ev("a", T0)]  # the shared read buffered the second stream's entry too
+    snap = pickle.loads(pickle.dumps(second.snapshot()))
+    assert snap.cursor == "0-0" and snap.entries == 0 and snap.offset == 0
+    resumed = partition(redis_url, snap, shards=2, shard=1)
+    assert read_lines(resumed) == ([ev("b", T0), ev("b", T0 + 1)], [0, 1])
+
+
+def test_each_thread_has_its_own_shared_reads(redis_url):
+    source = RedisStreamSource(redis_url, 2, 100, Plan.empty())
+    mine = source.worker_reads()
+    theirs = []
+    thread = threading.Thread(target=lambda: theirs.append(source.worker_reads()))
+    thread.start()
+    thread.join()
+    assert source.worker_reads() is mine and theirs[0] is not mine
+    assert source.build_part("read", Keys().events(0), None).reads is mine
+
+
 def test_next_batch_routes_events_in_order_and_skips_blank_lines(redis_url, client):
     add(client, ev("a", T0), b"", b"   ", ev("a", T0 + 1, "Second"), b"")
     part = partition(redis_url, shards=1)
@@ -149,6 +223,9 @@ def test_an_empty_stream_returns_at_once_and_asks_to_sleep(redis_url, client):
         assert awake is not None
         assert timedelta(0) < awake - datetime.now(timezone.utc) <= timedelta(milliseconds=50)
     add(client, ev("a", T0))
+    # Polled before it is due, the partition does not look again (bytewax polls at next_awake).
+    assert read_lines(part) == ([], []) and part.next_awake() == awake
+    time.sleep(max(0.0, (awake - datetime.now(timezone.utc)).total_seconds()))
     lines, _ = read_lines(part)
     assert len(lines) == 1 and part.next_awake() is None  # data: come back at once
 
