@@ -211,7 +211,7 @@ class DecodingPartition(StatefulSourcePartition[tuple[str, Any], ReaderState]):
     def snapshot(self) -> ReaderState:
         s = self.state
         return ReaderState(s.offset, s.events_in, s.processed, s.deduplicated, s.dead_lettered, dict(s.reasons),
-                           s.late, s.max_time, s.finished, pack(self.dedupe.snapshot()), s.cursor)
+                           s.late, s.max_time, s.finished, pack(self.dedupe.snapshot(copy=False)), s.cursor)
 
 
 class _StreamPartition(DecodingPartition):

@@ -57,8 +57,10 @@ class Columns:
         self.capacity = cap
         return True
 
-    def snapshot(self, size: int) -> dict[str, np.ndarray]:
-        return {name: arr[:size].copy() for name, arr in self.arrays.items() if name not in self.derived}
+    def snapshot(self, size: int, copy: bool = True) -> dict[str, np.ndarray]:
+        """The first `size` rows; `copy=False` gives views, valid until the columns next change."""
+        return {name: arr[:size].copy() if copy else arr[:size]
+                for name, arr in self.arrays.items() if name not in self.derived}
 
     def restore(self, arrays: dict[str, np.ndarray], size: int) -> None:
         self.ensure(max(size, 1))
@@ -130,10 +132,12 @@ class ContactIndex:
         """Bytes this index holds (allocated, not only used)."""
         return int(self.table.nbytes + self.hashes.nbytes + self.id_offsets.nbytes + self.id_data.nbytes)
 
-    def snapshot(self) -> dict[str, np.ndarray]:
+    def snapshot(self, copy: bool = True) -> dict[str, np.ndarray]:
+        """`copy=False` gives views, valid until the index next changes."""
         n = self.size
-        return {"hashes": self.hashes[:n].copy(), "id_offsets": self.id_offsets[: n + 1].copy(),
-                "id_data": self.id_data[: self.id_offsets[n]].copy()}
+        snap: dict[str, np.ndarray] = {"hashes": self.hashes[:n], "id_offsets": self.id_offsets[: n + 1],
+                                       "id_data": self.id_data[: self.id_offsets[n]]}
+        return {name: arr.copy() for name, arr in snap.items()} if copy else snap
 
     @classmethod
     def restore(cls, snap: dict[str, np.ndarray]) -> ContactIndex:

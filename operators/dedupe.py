@@ -89,9 +89,11 @@ class Deduplicator:
     def nbytes(self) -> int:
         return self.index.nbytes() + self.columns.nbytes() + int(self.pool.nbytes)
 
-    def snapshot(self) -> dict[str, Any]:
-        return {"index": self.index.snapshot(), "columns": self.columns.snapshot(len(self.index)),
-                "pool": self.pool[: self.pool_used].copy()}
+    def snapshot(self, copy: bool = True) -> dict[str, Any]:
+        """`copy=False` gives views into the rings, valid until the next `accepted` call."""
+        pool = self.pool[: self.pool_used]
+        return {"index": self.index.snapshot(copy), "columns": self.columns.snapshot(len(self.index), copy),
+                "pool": pool.copy() if copy else pool}
 
     @classmethod
     def restore(cls, snap: dict[str, Any]) -> Deduplicator:

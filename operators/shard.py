@@ -244,13 +244,15 @@ class ShardState:
         """Bytes of state this shard holds (allocated), the rule plan excluded."""
         return self.index.nbytes() + self.columns.nbytes() + self.timers.nbytes()
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self, copy: bool = True) -> dict[str, Any]:
+        """The shard's state; `copy=False` gives views into the live arrays, valid until the next batch
+        (for `pack`, which compresses them before returning)."""
         size = len(self.index)
-        timers = self.timers.snapshot(size)  # first: it compacts the arena, which moves the timers' offsets
-        columns = self.columns.snapshot(size)
+        timers = self.timers.snapshot(size, copy)  # first: it compacts the arena, which moves the timers' offsets
+        columns = self.columns.snapshot(size, copy)
         snap = {
             "version": SNAPSHOT_VERSION,
-            "index": self.index.snapshot(),
+            "index": self.index.snapshot(copy),
             "columns": columns,
             "timers": timers,
             "watermark": self.watermark,
@@ -373,7 +375,7 @@ class ShardLogic(StatefulBatchLogic[Any, Any, tuple]):
         return children
 
     def snapshot(self) -> tuple:
-        return pack(self.state.snapshot())
+        return pack(self.state.snapshot(copy=False))
 
 
 # -- the compiled loop ---------------------------------------------------------------------------------

@@ -151,10 +151,12 @@ class TimerTable:
         return sorted((int(d), int(r) >> K_BITS, int(r) & K_MASK)
                       for d, r in zip(self.heap_deadline[:n], self.heap_ref[:n], strict=True))
 
-    def snapshot(self, size: int) -> dict[str, Any]:
-        """The arena's live part (the columns go with the shard's other columns)."""
+    def snapshot(self, size: int, copy: bool = True) -> dict[str, Any]:
+        """The arena's live part (the columns go with the shard's other columns); `copy=False` gives a
+        view, valid until the arena next changes."""
         self.compact_events(size, force=True)
-        return {"arena": self.arena[: self.meta[ARENA_USED]].copy()}
+        arena = self.arena[: self.meta[ARENA_USED]]
+        return {"arena": arena.copy() if copy else arena}
 
     def restore(self, size: int, snap: dict[str, Any]) -> None:
         """Rebuild the derived state (pending count, heap, next deadlines) after the columns were restored."""

@@ -81,6 +81,22 @@ def test_a_shard_resumes_from_its_packed_snapshot_and_from_an_unpacked_one_alike
     assert fired[0] == fired[1] == [("gone", "a", "2026-11-23T15:00:02.000Z"), ("gone", "b", "2026-11-23T15:00:01.000Z")]
 
 
+def test_a_packed_snapshot_keeps_the_state_it_was_taken_at_while_the_shard_moves_on():
+    logic = _shard_with_events()
+    packed = logic.snapshot()  # packed straight from views of the live arrays, not from copies
+    before = logic.state.snapshot()
+    logic.on_batch([event_batch([{"event": "Ping", "userId": "a", "timestamp": T0 + 3_000, "messageId": "m5"},
+                                 {"event": "Ping", "userId": "d", "timestamp": T0 + 4_000, "messageId": "m6"}],
+                                logic.state.plan, watermarks=[T0 + 2_000, T0 + 3_000])])
+    assert len(logic.state.index) == 3
+    restored = unpack(packed)
+    assert restored["index"]["hashes"].tolist() == before["index"]["hashes"].tolist()
+    assert len(restored["index"]["hashes"]) == 2
+    for name, arr in before["columns"].items():
+        assert np.array_equal(restored["columns"][name], arr), name
+    assert np.array_equal(restored["timers"]["arena"], before["timers"]["arena"])
+
+
 def test_the_dedupe_rings_resume_from_a_reader_state_written_before_packing():
     part = ListPartition([[ev("a", T0, "m1")], [ev("a", T0, "m1"), ev("a", T0, "m2")]])
     part.next_batch()
