@@ -12,6 +12,7 @@ fraction of two-process start-ups were seen to hang silently).
 
 from __future__ import annotations
 
+import gc
 import glob
 import os
 import shutil
@@ -133,6 +134,10 @@ def prepare_outputs(cfg: RunConfig) -> None:
 
 def run_in_process(cfg: RunConfig, process_id: int | None = None, addresses: list[str] | None = None) -> None:
     flow = build_flow(cfg)
+    # What exists now (modules, numba's dispatchers, the compiled plan) lives as long as the process;
+    # frozen out of the collector, it is no longer walked by every full collection, each of which
+    # paused the worker for 60-120 ms at 90k events/s.
+    gc.freeze()
     if cfg.metrics_port is not None:
         metrics.serve(cfg.metrics_port, cfg.metrics_host)
     cli_main(
