@@ -156,7 +156,8 @@ def _free_port_block(n: int) -> int:
 def scrape(ports: list[int]) -> dict[str, float]:
     """Sums over processes of the metrics the bench reads; missing endpoints count as absent."""
     want = {"halflife_events_in_total": 0.0, "halflife_events_processed_total": 0.0,
-            "halflife_source_backlog_entries": 0.0, "halflife_triggers_fired_total": 0.0}
+            "halflife_source_backlog_entries": 0.0, "halflife_triggers_fired_total": 0.0,
+            "halflife_snapshot_duration_seconds_sum": 0.0}
     seen = 0
     for port in ports:
         try:
@@ -179,6 +180,7 @@ class Engine:
     """`halflife run` against Redis, in its own process group (stopped with SIGINT, then killed)."""
 
     def __init__(self, url: str, processes: int, rules: str, tmp: str, args: argparse.Namespace) -> None:
+        self.processes = processes
         self.port = _free_port_block(processes)
         self.ports = [self.port + i for i in range(processes)]
         self.log_path = os.path.join(tmp, f"engine-{processes}.log")
@@ -310,6 +312,11 @@ def run_step(name: str, rate: float, seconds: float, url: str, engine: Engine, l
                             m["halflife_source_backlog_entries"]))
         time.sleep(0.5)
     cpu_run = engine.cpu_seconds() - (cpu0 if cpu0 is not None else 0.0)
+    # Our share of the epoch pause: the shards' and partitions' snapshot() time, per process and epoch
+    # (bytewax's writing of the snapshots comes on top).
+    snapshot_s = scrape(engine.ports)["halflife_snapshot_duration_seconds_sum"] - base[
+        "halflife_snapshot_duration_seconds_sum"]
+    epochs = max(1.0, seconds / args.snapshot_interval)
     sender.wait(timeout=60)
     reader.join(timeout=5)
     # Drain: wait until the engine has read what was sent (bounded), then collect the triggers.
@@ -342,6 +349,7 @@ def run_step(name: str, rate: float, seconds: float, url: str, engine: Engine, l
         "backlog_max_events": float(lag.max()) if len(lag) else float("nan"),
         "drained_in_s": drained_in, "engine_cpu_s": cpu_run,
         "engine_cpu_s_per_million": cpu_run / max(1, n) * 1e6,
+        "snapshot_ms_per_epoch": snapshot_s * 1000.0 / engine.processes / epochs,
         "backlog_samples": [[round(a, 2), round(b), c] for a, b, c in samples],
         "sender": {**ready, **done, "tick_s": tick_s},
         "latency": latency,
@@ -444,11 +452,12 @@ def report(result: dict[str, Any]) -> str:
         for s in run["steps"]:
             ev, tm = s["latency"]["at_event"], s["latency"]["by_timer"]
             rows.append([run["processes"], s["name"], s["rate"], s["sustainable"], s["backlog_slope_events_per_s"],
-                         s["engine_cpu_s_per_million"], ev.get("count", 0), ev.get("p50", float("nan")),
+                         s["engine_cpu_s_per_million"], s.get("snapshot_ms_per_epoch", float("nan")),
+                         ev.get("count", 0), ev.get("p50", float("nan")),
                          ev.get("p99", float("nan")), ev.get("p99.9", float("nan")), ev.get("max", float("nan")),
                          tm.get("p99", float("nan"))])
     out.append(table(rows, ["procs", "step", "offered ev/s", "flat", "backlog slope/s", "engine CPU s/M",
-                            "triggers", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "timer p99 ms"]))
+                            "snapshot ms/epoch", "triggers", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "timer p99 ms"]))
     out.append("")
     summary = []
     for run in result["runs"]:

@@ -52,6 +52,11 @@ STATE_BYTES = Gauge("halflife_state_bytes", "Size of a shard's columnar state (w
 BATCH_DURATION = Histogram("halflife_batch_duration_seconds", "Time to process one batch, by step",
                            ["step"], buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
                            registry=REGISTRY)
+SNAPSHOT_DURATION = Histogram("halflife_snapshot_duration_seconds",
+                              "Time to take one state snapshot at an epoch end (packing, stream trimming), by step; "
+                              "no event moves meanwhile", ["step"],
+                              buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+                              registry=REGISTRY)
 BATCH_SIZE = Histogram("halflife_batch_size_events", "Events per batch, by step", ["step"],
                        buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000), registry=REGISTRY)
 
@@ -79,6 +84,7 @@ def declare(rules: list[str], channels: dict[str, tuple[str, ...]]) -> None:
     for step in ("read", "rules"):
         BATCH_DURATION.labels(step)
         BATCH_SIZE.labels(step)
+        SNAPSHOT_DURATION.labels(step)
     for source in ("event", "timer"):
         TRIGGER_LATENCY.labels(source)
 

@@ -371,8 +371,8 @@ class RedisStreamPartition(DecodingPartition):
 
     # -- recovery ---------------------------------------------------------------------
 
-    def snapshot(self) -> StreamReaderState:
-        base = super().snapshot()
+    def _snapshot(self) -> StreamReaderState:
+        base = super()._snapshot()
         snap = StreamReaderState(**{f.name: getattr(base, f.name) for f in fields(ReaderState)},
                                  entries=self.state.entries)
         if self.trim:

@@ -209,6 +209,12 @@ class DecodingPartition(StatefulSourcePartition[tuple[str, Any], ReaderState]):
         return items
 
     def snapshot(self) -> ReaderState:
+        started = time.perf_counter()
+        snap = self._snapshot()
+        metrics.SNAPSHOT_DURATION.labels("read").observe(time.perf_counter() - started)
+        return snap
+
+    def _snapshot(self) -> ReaderState:
         s = self.state
         return ReaderState(s.offset, s.events_in, s.processed, s.deduplicated, s.dead_lettered, dict(s.reasons),
                            s.late, s.max_time, s.finished, pack(self.dedupe.snapshot(copy=False)), s.cursor)

@@ -307,6 +307,7 @@ class ShardLogic(StatefulBatchLogic[Any, Any, tuple]):
         # Labelled children resolved once: `.labels()` costs more than the observation itself.
         self._batch_duration = metrics.BATCH_DURATION.labels("rules")
         self._batch_size = metrics.BATCH_SIZE.labels("rules")
+        self._snapshot_duration = metrics.SNAPSHOT_DURATION.labels("rules")
         self._latency = {True: metrics.TRIGGER_LATENCY.labels("timer"), False: metrics.TRIGGER_LATENCY.labels("event")}
         self._fired_children: dict[int, list[Any]] = {}
         self._shard_gauges: tuple[Any, Any] | None = None
@@ -375,7 +376,10 @@ class ShardLogic(StatefulBatchLogic[Any, Any, tuple]):
         return children
 
     def snapshot(self) -> tuple:
-        return pack(self.state.snapshot(copy=False))
+        started = time.perf_counter()
+        packed = pack(self.state.snapshot(copy=False))
+        self._snapshot_duration.observe(time.perf_counter() - started)
+        return packed
 
 
 # -- the compiled loop ---------------------------------------------------------------------------------

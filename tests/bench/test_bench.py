@@ -69,6 +69,7 @@ def test_e2e(results: Path) -> None:
     step = run["steps"][0]
     assert step["sent"] == step["events"] > 0
     assert step["backlog_samples"]
+    assert step["snapshot_ms_per_epoch"] > 0  # epochs of 1 s: the engine's snapshot timings reached the bench
     lat = step["latency"]["at_event"]
     assert lat["count"] > 0
     assert 0 < lat["p50"] <= lat["p99"] <= lat["max"] < 30_000

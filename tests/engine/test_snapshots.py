@@ -9,6 +9,7 @@ import numpy as np
 import orjson
 import pytest
 
+from engine import metrics
 from engine.records import TriggerOut, each_record
 from engine.snapshots import pack, unpack
 from engine.sources import NEVER
@@ -108,6 +109,25 @@ def test_the_dedupe_rings_resume_from_a_reader_state_written_before_packing():
         [batch] = batches_of(resumed.next_batch())
         assert [batch.summary(i)["messageId"] for i in range(len(batch))] == ["m2"]
         assert (resumed.state.processed, resumed.state.deduplicated) == (2, 1)
+
+
+def test_every_snapshot_is_timed_under_its_step():
+    def observed(step: str) -> tuple[float, float]:
+        labels = {"step": step}
+        return (metrics.REGISTRY.get_sample_value("halflife_snapshot_duration_seconds_count", labels) or 0.0,
+                metrics.REGISTRY.get_sample_value("halflife_snapshot_duration_seconds_sum", labels) or 0.0)
+
+    before = {step: observed(step) for step in ("read", "rules")}
+    shard = _shard_with_events()
+    shard.snapshot()
+    shard.snapshot()
+    part = ListPartition([[ev("a", T0, "m1")]])
+    part.next_batch()
+    part.snapshot()
+    after = {step: observed(step) for step in ("read", "rules")}
+    assert after["rules"][0] - before["rules"][0] == 2
+    assert after["read"][0] - before["read"][0] == 1
+    assert after["rules"][1] > before["rules"][1] and after["read"][1] > before["read"][1]
 
 
 def test_a_packed_snapshot_is_data_only():
