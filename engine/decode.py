@@ -11,7 +11,7 @@ Two paths with one contract:
   line it cannot vouch for -- anything invalid, anything unusual (escapes in an id, a float
   timestamp, a number the scanner does not vouch for) -- goes through `decode_lines`, so dead
   letters, their reasons and details, and every accepted event are exactly what `decode_lines`
-  says (tests/engine/test_decode.py checks the two against each other on hostile input).
+  says (tests/fuzz/test_fuzz_batch_decode.py checks the two against each other on hostile input).
 """
 
 from __future__ import annotations
@@ -498,6 +498,8 @@ class BatchDecoder:
         self.max_depth = max_depth
         self.matchers = ColumnMatchers(plan.matchers if plan else [])
         self.trie = PathTrie.build(list(FIXED_FIELDS) + list(self.matchers.paths))
+        # The trie field of each path the rules read: a path may also be a fixed field (`where: {type: page}`).
+        self._path_fields = np.array([self.trie.field_of(path) for path in self.matchers.paths], np.int64)
         code = self.matchers.code
         self._call_codes = np.array([OTHER_NAME, code("Page Viewed"), code("Screen Viewed"), NO_NAME, NO_NAME,
                                      NO_NAME], np.int32)
@@ -533,8 +535,8 @@ class BatchDecoder:
         accepted = _decode_lines(
             buf, starts, ends, t.first, t.count, t.key_start, t.key_len, t.field, t.child, t.keys, self.max_depth,
             MAX_LINE_BYTES, m.name_table, m.name_starts, m.name_ends, self._call_codes, _TEXT, _TEXT_OFFSETS,
-            self._scratch, status, times, codes, kind, vstart, vend, escaped, hashes, digests_, contact_data, contact_offsets,
-            summary_data, summary_offsets)
+            self._path_fields, self._scratch, status, times, codes, kind, vstart, vend, escaped, hashes, digests_,
+            contact_data, contact_offsets, summary_data, summary_offsets)
         fast = np.flatnonzero(status == OK)
         located = Located(buf, kind[:accepted], vstart[:accepted], vend[:accepted], escaped[:accepted])
         batch = EventBatch(
@@ -733,7 +735,7 @@ def _summary(buf, kind, start, end, ms, t, text, text_offsets, out, pos):  # typ
 
 @kernel
 def _decode_lines(buf, starts, ends, first, count, key_start, key_len, field, child, keys, max_depth,  # type: ignore[no-untyped-def]
-                  max_line, names, name_starts, name_ends, call_codes, text, text_offsets, scratch,
+                  max_line, names, name_starts, name_ends, call_codes, text, text_offsets, path_fields, scratch,
                   status, times, codes, kind, vstart, vend, escaped, hashes, digests, contact_data, contact_offsets,
                   summary_data, summary_offsets):
     """Scan, check and extract every line in one pass (a line's fields stay in cache). Accepted lines
@@ -741,7 +743,6 @@ def _decode_lines(buf, starts, ends, first, count, key_start, key_len, field, ch
     `scratch`: a line's fields and the scanner's stacks (BatchDecoder._scratch)."""
     line_kind, line_start, line_end, line_escaped, stack_obj, stack_node, stack_field = scratch
     paths = kind.shape[1]
-    base = len(line_kind) - paths  # the rules' paths follow FIXED_FIELDS
     j = 0
     contact_offsets[0] = 0
     summary_offsets[0] = 0
@@ -774,10 +775,11 @@ def _decode_lines(buf, starts, ends, first, count, key_start, key_len, field, ch
         else:
             codes[j] = call_codes[t]
         for p in range(paths):
-            kind[j, p] = line_kind[base + p]
-            vstart[j, p] = line_start[base + p]
-            vend[j, p] = line_end[base + p]
-            escaped[j, p] = line_escaped[base + p]
+            f = path_fields[p]
+            kind[j, p] = line_kind[f]
+            vstart[j, p] = line_start[f]
+            vend[j, p] = line_end[f]
+            escaped[j, p] = line_escaped[f]
         contact_offsets[j + 1] = copy_bytes(contact_data, contact_offsets[j], buf, cs, ce - cs)
         hashes[j] = digest(buf, cs, ce)
         if line_kind[F_MESSAGE_ID] == STRING:

@@ -14,7 +14,7 @@ event. `scan_lines` walks a block of lines once, in compiled code, and for each 
 
 `BLANK` marks whitespace-only lines (not events). The scanner is conservative by design: it may
 decline a line that orjson would accept, never the reverse, so the fast path and the exact one can
-only agree. tests/engine/test_jsonscan.py checks that against orjson on hostile input.
+only agree. tests/fuzz/test_fuzz_batch_decode.py checks that on hostile input.
 
 Wanted paths are given as a trie (`PathTrie`): the top-level keys of the event object and, below
 the keys that are objects, their wanted keys. Keys are compared as raw bytes; a wanted key written

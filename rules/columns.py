@@ -16,7 +16,7 @@ plan's matchers into per-batch work on those columns:
   decoded by orjson and the condition's own test.
 
 So a matcher holds here exactly when `Plan.match` says it holds on the decoded event
-(tests/rules/test_columns.py checks that on hostile values).
+(tests/fuzz/test_fuzz_batch_decode.py checks that on hostile values).
 """
 
 from __future__ import annotations
