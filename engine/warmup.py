@@ -10,6 +10,7 @@ benchmarks start at full speed.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -20,6 +21,7 @@ import orjson
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import run_main
 
+from engine.compiled import CACHE_PREFIX, kernel_cache_dir
 from engine.config import RunConfig
 from engine.dataflow import build_flow
 from engine.decode import BatchDecoder
@@ -59,8 +61,18 @@ def main() -> int:
             run_main(build_flow(cfg), epoch_interval=timedelta(seconds=0), recovery_config=RecoveryConfig(recovery))
         # Blocks over read-only buffers (what the Redis source and in-memory sources hand the decoder).
         BatchDecoder().decode(*block_of(lines[:50], range(50)))
-    print(f"halflife: kernels compiled and cached in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    cache = kernel_cache_dir()
+    _remove_other_versions(cache)
+    print(f"halflife: kernels compiled and cached in {time.perf_counter() - started:.1f} s ({cache})", file=sys.stderr)
     return 0
+
+
+def _remove_other_versions(cache: str) -> None:
+    """Caches of earlier versions of the kernels beside this one are never read again."""
+    parent = os.path.dirname(cache)
+    for name in os.listdir(parent):
+        if name.startswith(CACHE_PREFIX) and os.path.join(parent, name) != cache:
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
 
 
 if __name__ == "__main__":
