@@ -14,11 +14,9 @@ import numpy as np
 import numpy.typing as npt
 
 from engine.compiled import kernel
+from engine.rawmem import copy_bytes
 
-__all__ = ["Blobs", "copy_bytes", "gather_spans"]
-
-_ONE = np.uint64(1)
-
+__all__ = ["Blobs", "gather_spans"]
 
 @dataclass
 class Blobs:
@@ -77,24 +75,6 @@ class Blobs:
         bases = np.cumsum([0, *sizes[:-1]])
         offsets = np.concatenate([np.zeros(1, np.int64)] + [p.offsets[1:] + base for p, base in zip(parts, bases, strict=True)])
         return Blobs(np.concatenate([p.data[:size] for p, size in zip(parts, sizes, strict=True)]), offsets)
-
-
-@kernel(inline=True)
-def copy_bytes(dst, at, src, start, length):  # type: ignore[no-untyped-def]
-    """dst[at:at + length] = src[start:start + length]; returns at + length.
-
-    A loop over unsigned indices: numba checks every signed index for wraparound and builds a view
-    for every slice, which made short copies (most of ours: ids, names, small JSON values) ten
-    times slower.
-    """
-    i = np.uint64(0)
-    n = np.uint64(length)
-    a = np.uint64(at)
-    s = np.uint64(start)
-    while i < n:
-        dst[a + i] = src[s + i]
-        i += _ONE
-    return at + length
 
 
 @kernel

@@ -25,13 +25,14 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from engine.blobs import Blobs, copy_bytes
+from engine.blobs import Blobs
 from engine.compiled import kernel
 from engine.hashing import NO_DIGEST, digest, digest_spans, digests
 from engine.jsonscan import ABSENT, FLOAT, INT, NULL, OBJECT, OK, SLOW, STRING, PathTrie, scan_line
+from engine.rawmem import copy_bytes
 from engine.records import event_summary
 from engine.times import MAX_TIME_MS, format_iso_bytes, parse_int_bytes, parse_iso_bytes, parse_time
-from rules.columns import NO_NAME, OTHER_NAME, ColumnMatchers, Located
+from rules.columns import NO_NAME, OTHER_NAME, ColumnMatchers, event_bits
 
 if TYPE_CHECKING:
     from rules.compiler import Plan
@@ -498,8 +499,8 @@ class BatchDecoder:
         self.max_depth = max_depth
         self.matchers = ColumnMatchers(plan.matchers if plan else [])
         self.trie = PathTrie.build(list(FIXED_FIELDS) + list(self.matchers.paths))
-        # The trie field of each path the rules read: a path may also be a fixed field (`where: {type: page}`).
-        self._path_fields = np.array([self.trie.field_of(path) for path in self.matchers.paths], np.int64)
+        # Conditions read the trie field of their path: a path may also be a fixed field (`where: {type: page}`).
+        self._matcher_tables = self.matchers.tables(self.trie.field_of)
         code = self.matchers.code
         self._call_codes = np.array([OTHER_NAME, code("Page Viewed"), code("Screen Viewed"), NO_NAME, NO_NAME,
                                      NO_NAME], np.int32)
@@ -516,31 +517,30 @@ class BatchDecoder:
         n = len(starts)
         if n and (int(ends.max()) >= len(buf) or not (buf[ends] == 10).all()):
             raise ValueError("every line must be followed by a newline in the buffer")
-        paths = len(self.matchers.paths)
+        m = self.matchers
         status = np.empty(n, np.uint8)
         times = np.empty(n, np.int64)
-        codes = np.empty(n, np.int32)
-        kind = np.empty((n, paths), np.uint8)
-        vstart = np.empty((n, paths), np.int64)
-        vend = np.empty((n, paths), np.int64)
-        escaped = np.empty((n, paths), np.uint8)
+        bits = np.empty((n, m.words), np.uint64)
+        undecided = np.empty((n * len(m.where), 3), np.int64)
         hashes = np.empty(n, np.int64)
         digests_ = np.empty(n, np.int64)
-        contact_data = np.empty(len(buf), np.uint8)
+        # Sized by the lines, not the buffer: a source's buffer may hold much more than this block, and
+        # allocations above glibc's mmap threshold are fresh pages, faulted in again at every batch.
+        line_bytes = int((ends - starts).sum())
+        contact_data = np.empty(line_bytes, np.uint8)
         contact_offsets = np.empty(n + 1, np.int64)
-        summary_data = np.empty(len(buf) + n * _SUMMARY_OVERHEAD, np.uint8)
+        summary_data = np.empty(line_bytes + n * _SUMMARY_OVERHEAD, np.uint8)
         summary_offsets = np.empty(n + 1, np.int64)
-        t = self.trie
-        m = self.matchers
-        accepted = _decode_lines(
-            buf, starts, ends, t.first, t.count, t.key_start, t.key_len, t.field, t.child, t.keys, self.max_depth,
-            MAX_LINE_BYTES, m.name_table, m.name_starts, m.name_ends, self._call_codes, _TEXT, _TEXT_OFFSETS,
-            self._path_fields, self._scratch, status, times, codes, kind, vstart, vend, escaped, hashes, digests_,
-            contact_data, contact_offsets, summary_data, summary_offsets)
+        counts = _decode_lines(
+            buf, starts, ends, self.trie.arrays(), self.max_depth, MAX_LINE_BYTES, m.name_table, m.name_starts,
+            m.name_ends, self._call_codes, _TEXT, _TEXT_OFFSETS, self._matcher_tables, self._scratch, status, times,
+            bits, undecided, hashes, digests_, contact_data, contact_offsets, summary_data, summary_offsets)
+        accepted, pending = int(counts[0]), int(counts[1])
+        if pending:
+            m.resolve(bits, undecided[:pending], lambda r: buf[starts[r]:ends[r]].tobytes())
         fast = np.flatnonzero(status == OK)
-        located = Located(buf, kind[:accepted], vstart[:accepted], vend[:accepted], escaped[:accepted])
         batch = EventBatch(
-            times[:accepted], m.bits(codes[:accepted], located), hashes[:accepted], digests_[:accepted],
+            times[:accepted], bits[:accepted], hashes[:accepted], digests_[:accepted],
             Blobs(contact_data[:contact_offsets[accepted]], contact_offsets[:accepted + 1]),
             Blobs(summary_data[:summary_offsets[accepted]], summary_offsets[:accepted + 1]),
             positions[fast].astype(np.int64, copy=False))
@@ -598,7 +598,7 @@ def _is_empty_object(buf, s, e):  # type: ignore[no-untyped-def]
     return True
 
 
-@kernel
+@kernel(inline=True)
 def _time_of(buf, kind, start, end, escaped, f):  # type: ignore[no-untyped-def]
     """`parse_time` of field f: (status, ms) with status 1 = parsed, 0 = not a time, -1 = only the exact
     decoder can tell (an escaped string, a float)."""
@@ -616,7 +616,7 @@ def _time_of(buf, kind, start, end, escaped, f):  # type: ignore[no-untyped-def]
     return 0, 0
 
 
-@kernel
+@kernel(inline=True)
 def _contact_span(buf, kind, start, end, escaped, f):  # type: ignore[no-untyped-def]
     """The contact id's UTF-8 span if field f holds a usable one: (1, s, e), (0, 0, 0) if it does not,
     (-1, 0, 0) if only the exact decoder can tell."""
@@ -638,7 +638,7 @@ def _contact_span(buf, kind, start, end, escaped, f):  # type: ignore[no-untyped
     return 0, 0, 0
 
 
-@kernel
+@kernel(inline=True)
 def _same(buf, s, e, table, a, b):  # type: ignore[no-untyped-def]
     if e - s != b - a:
         return False
@@ -648,7 +648,7 @@ def _same(buf, s, e, table, a, b):  # type: ignore[no-untyped-def]
     return True
 
 
-@kernel
+@kernel(inline=True)
 def _classify(buf, kind, start, end, escaped, text, text_offsets):  # type: ignore[no-untyped-def]
     """The checks of `decode_lines` on a scanned line: (ok, time, call type, contact start, contact end).
     Not ok: the exact decoder must decide (a dead letter, or something the fast path does not vouch for)."""
@@ -704,7 +704,7 @@ def _classify(buf, kind, start, end, escaped, text, text_offsets):  # type: igno
     return True, ms, t, cs, ce
 
 
-@kernel
+@kernel(inline=True)
 def _summary(buf, kind, start, end, ms, t, text, text_offsets, out, pos):  # type: ignore[no-untyped-def]
     """`event_summary` as JSON (messageId, type, event, timestamp, properties, non-empty traits), the
     values copied from the line's own JSON text; returns the position after it."""
@@ -734,24 +734,24 @@ def _summary(buf, kind, start, end, ms, t, text, text_offsets, out, pos):  # typ
 
 
 @kernel
-def _decode_lines(buf, starts, ends, first, count, key_start, key_len, field, child, keys, max_depth,  # type: ignore[no-untyped-def]
-                  max_line, names, name_starts, name_ends, call_codes, text, text_offsets, path_fields, scratch,
-                  status, times, codes, kind, vstart, vend, escaped, hashes, digests, contact_data, contact_offsets,
-                  summary_data, summary_offsets):
-    """Scan, check and extract every line in one pass (a line's fields stay in cache). Accepted lines
-    fill the outputs in order, row j for the j-th accepted line; returns how many were accepted.
+def _decode_lines(buf, starts, ends, trie, max_depth, max_line, names, name_starts, name_ends,  # type: ignore[no-untyped-def]
+                  call_codes, text, text_offsets, matchers, scratch, status, times, bits, undecided, hashes, digests,
+                  contact_data, contact_offsets, summary_data, summary_offsets):
+    """Scan, check, match and extract every line in one pass (a line's fields stay in cache).
+    Accepted lines fill the outputs in order, row j for the j-th accepted line; returns how many were
+    accepted and how many (event, matcher) pairs went to `undecided` (`rules.columns.event_bits`).
     `scratch`: a line's fields and the scanner's stacks (BatchDecoder._scratch)."""
     line_kind, line_start, line_end, line_escaped, stack_obj, stack_node, stack_field = scratch
-    paths = kind.shape[1]
     j = 0
+    pending = 0
     contact_offsets[0] = 0
     summary_offsets[0] = 0
     for r in range(len(starts)):
         line_kind[:] = ABSENT
         s = starts[r]
         e = ends[r]
-        st = scan_line(buf, np.uint64(s), np.uint64(e), first, count, key_start, key_len, field, child, keys,
-                       max_depth, line_kind, line_start, line_end, line_escaped, stack_obj, stack_node, stack_field)
+        st = scan_line(buf, np.uint64(s), np.uint64(e), trie, max_depth, line_kind, line_start, line_end, line_escaped,
+                       stack_obj, stack_node, stack_field)
         if st == OK:
             if e - s > max_line:
                 st = SLOW
@@ -766,20 +766,15 @@ def _decode_lines(buf, starts, ends, first, count, key_start, key_len, field, ch
         if t == TRACK:
             a = line_start[F_EVENT] + 1
             b = line_end[F_EVENT] - 1
-            code = -1
+            code = OTHER_NAME
             for c in range(len(name_starts)):
                 if _same(buf, a, b, names, name_starts[c], name_ends[c]):
                     code = c
                     break
-            codes[j] = code
         else:
-            codes[j] = call_codes[t]
-        for p in range(paths):
-            f = path_fields[p]
-            kind[j, p] = line_kind[f]
-            vstart[j, p] = line_start[f]
-            vend[j, p] = line_end[f]
-            escaped[j, p] = line_escaped[f]
+            code = call_codes[t]
+        pending = event_bits(code, buf, line_kind, line_start, line_end, line_escaped, matchers, bits, j, r, undecided,
+                             pending)
         contact_offsets[j + 1] = copy_bytes(contact_data, contact_offsets[j], buf, cs, ce - cs)
         hashes[j] = digest(buf, cs, ce)
         if line_kind[F_MESSAGE_ID] == STRING:
@@ -789,4 +784,4 @@ def _decode_lines(buf, starts, ends, first, count, key_start, key_len, field, ch
         summary_offsets[j + 1] = _summary(buf, line_kind, line_start, line_end, ms, t, text, text_offsets,
                                           summary_data, summary_offsets[j])
         j += 1
-    return j
+    return j, pending

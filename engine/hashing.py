@@ -12,6 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from engine.compiled import kernel
+from engine.rawmem import load_u64
 
 __all__ = ["NO_DIGEST", "crc32_spans", "digest", "digest_of", "digest_spans", "digests"]
 
@@ -49,21 +50,26 @@ def _finalize(h):  # type: ignore[no-untyped-def]
     return h ^ (h >> _S31)
 
 
-@kernel
+@kernel(inline=True)
 def digest(buf, start, end):  # type: ignore[no-untyped-def]
     """The bytes read as little-endian 64-bit words (the last one zero-padded), each mixed into the
     state with a multiply and the finaliser, then the length; never NO_DIGEST."""
     h = _SEED
-    i = start
-    while i < end:
-        word = np.uint64(0)
-        shift = np.uint64(0)
-        stop = min(end, i + 8)
-        for j in range(i, stop):
-            word |= np.uint64(buf[j]) << shift
-            shift += _S8
-        h = _finalize((h ^ word) * _MULTIPLIER)
+    i = np.int64(start)
+    while i + 8 <= end:
+        h = _finalize((h ^ load_u64(buf, i)) * _MULTIPLIER)
         i += 8
+    if i < end:
+        rest = np.uint64(end - i)
+        if i + 8 <= len(buf):  # one load, the bytes past the end masked off
+            word = load_u64(buf, i) & ((_S1 << (rest * _S8)) - _S1)
+        else:
+            word = np.uint64(0)
+            shift = np.uint64(0)
+            for j in range(i, end):
+                word |= np.uint64(buf[j]) << shift
+                shift += _S8
+        h = _finalize((h ^ word) * _MULTIPLIER)
     h = _finalize(h ^ np.uint64(end - start))
     d = np.int64(h >> _S1)
     return d if d != NO_DIGEST else np.int64(1)

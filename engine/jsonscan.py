@@ -31,6 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from engine.compiled import kernel
+from engine.rawmem import load_prefix
 
 __all__ = [
     "ABSENT", "ARRAY", "BLANK", "FALSE", "FLOAT", "INT", "NULL", "OBJECT", "OK", "SLOW", "STRING", "TRUE",
@@ -53,6 +54,11 @@ class PathTrie:
     Entry e is the key `keys[key_start[e]:key_start[e] + key_len[e]]`, located as field `field[e]`;
     `child[e]` is the node of its wanted keys when its value is an object (-1 when none are wanted).
     Every entry is a field, interior ones included, so that a duplicate key is always seen.
+
+    Keys are found by hashing, not by trying each entry: node n's open-addressing table is
+    `slots[slot_base[n]:slot_base[n] + slot_mask[n] + 1]` (entries, -1 for empty, at most a quarter
+    full), keyed by `key_hash` of the key's first 8 bytes and its length; `words[e]` holds entry e's
+    first 16 bytes as two little-endian words, so most keys compare in one or two word compares.
     """
 
     paths: tuple[tuple[str, ...], ...]  # field i is paths[i]
@@ -63,6 +69,10 @@ class PathTrie:
     field: npt.NDArray[np.int32]
     child: npt.NDArray[np.int32]
     keys: npt.NDArray[np.uint8]
+    slot_base: npt.NDArray[np.int64]
+    slot_mask: npt.NDArray[np.uint64]
+    slots: npt.NDArray[np.int32]
+    words: npt.NDArray[np.uint64]
 
     @classmethod
     def build(cls, paths: Sequence[tuple[str, ...]]) -> PathTrie:
@@ -92,21 +102,41 @@ class PathTrie:
         key_len: list[int] = []
         field: list[int] = []
         child: list[int] = []
+        words: list[int] = []
+        slot_base: list[int] = []
+        slot_mask: list[int] = []
+        slots: list[int] = []
         keys = bytearray()
         for n in nodes:
             first.append(len(field))
             count.append(len(entries_of[n]))
+            size = 8
+            while size < 4 * len(entries_of[n]):
+                size *= 2
+            table = [-1] * size
             for p in entries_of[n]:
                 raw = p[-1].encode("utf-8")
+                entry = len(field)
                 key_start.append(len(keys))
                 key_len.append(len(raw))
                 keys += raw
                 field.append(index[p])
                 child.append(nodes.index(p) if p in nodes else _NO_NODE)
+                padded = raw[:16].ljust(16, b"\0")
+                words += [int.from_bytes(padded[:8], "little"), int.from_bytes(padded[8:], "little")]
+                slot = _key_hash_py(int.from_bytes(raw[:8].ljust(8, b"\0"), "little"), len(raw)) & (size - 1)
+                while table[slot] >= 0:
+                    slot = (slot + 1) & (size - 1)
+                table[slot] = entry
+            slot_base.append(len(slots))
+            slot_mask.append(size - 1)
+            slots += table
         i32 = np.int32
         return cls(tuple(ordered), np.array(first, i32), np.array(count, i32), np.array(key_start, i32),
                    np.array(key_len, i32), np.array(field, i32), np.array(child, i32),
-                   np.frombuffer(bytes(keys) or b"\0", np.uint8).copy())
+                   np.frombuffer(bytes(keys) or b"\0", np.uint8).copy(), np.array(slot_base, np.int64),
+                   np.array(slot_mask, np.uint64), np.array(slots, i32),
+                   np.array(words or [0, 0], np.uint64).reshape(-1, 2))
 
     @property
     def fields(self) -> int:
@@ -114,6 +144,20 @@ class PathTrie:
 
     def field_of(self, path: tuple[str, ...]) -> int:
         return self.paths.index(tuple(path))
+
+    def arrays(self) -> tuple[npt.NDArray, ...]:
+        """What the compiled scanner takes (`scan_line`'s `trie`)."""
+        return (self.first, self.count, self.key_start, self.key_len, self.field, self.child, self.keys,
+                self.slot_base, self.slot_mask, self.slots, self.words)
+
+
+_HASH_MULTIPLIER = 0x9E3779B97F4A7C15
+_MASK64 = (1 << 64) - 1
+
+
+def _key_hash_py(word: int, length: int) -> int:
+    """`key_hash` in Python, for building the tables."""
+    return (((word ^ length) * _HASH_MULTIPLIER) & _MASK64) >> 40
 
 
 @dataclass
@@ -141,8 +185,8 @@ def scan_lines(buf: npt.NDArray[np.uint8], starts: npt.NDArray[np.int64], ends: 
     f = trie.fields
     result = ScanResult(np.empty(n, np.uint8), np.zeros((n, f), np.uint8), np.zeros((n, f), np.int64),
                         np.zeros((n, f), np.int64), np.zeros((n, f), np.uint8))
-    _scan_all(buf, starts, ends, trie.first, trie.count, trie.key_start, trie.key_len, trie.field, trie.child,
-              trie.keys, max_depth, result.status, result.kind, result.start, result.end, result.escaped)
+    _scan_all(buf, starts, ends, trie.arrays(), max_depth, result.status, result.kind, result.start, result.end,
+              result.escaped)
     return result
 
 
@@ -158,6 +202,10 @@ _2 = np.uint64(2)
 _4 = np.uint64(4)
 _5 = np.uint64(5)
 _6 = np.uint64(6)
+_8 = np.uint64(8)
+_16 = np.uint64(16)
+_40 = np.uint64(40)
+_MULTIPLIER = np.uint64(_HASH_MULTIPLIER)
 
 # Bytes that end a run of plain string content: the quote, the backslash, controls, non-ASCII.
 _SPECIAL = np.zeros(256, np.uint8)
@@ -312,29 +360,48 @@ def _scan_number(b, i, end):  # type: ignore[no-untyped-def]
     return i, kind, True
 
 
-@kernel
-def _find_key(b, ks, ke, node, first, count, key_start, key_len, keys):  # type: ignore[no-untyped-def]
+@kernel(inline=True)
+def key_hash(word, length):  # type: ignore[no-untyped-def]
+    """The hash of a key from its first 8 bytes (zero-padded) and its length."""
+    return ((word ^ np.uint64(length)) * _MULTIPLIER) >> _40
+
+
+@kernel(inline=True)
+def _find_key(b, ks, ke, node, trie):  # type: ignore[no-untyped-def]
     """The trie entry for key b[ks:ke] at `node`, or -1."""
+    key_start, key_len, keys, slot_base, slot_mask, slots, words = (trie[2], trie[3], trie[6], trie[7], trie[8],
+                                                                    trie[9], trie[10])
     length = ke - ks
-    e0 = first[node]
-    for e in range(e0, e0 + count[node]):
-        if np.uint64(key_len[e]) != length:
-            continue
-        k = np.uint64(key_start[e])
-        j = _0
-        while j < length and b[ks + j] == keys[k + j]:
-            j += _1
-        if j == length:
-            return e
-    return -1
+    w0 = load_prefix(b, ks, length)
+    mask = slot_mask[node]
+    base = slot_base[node]
+    h = key_hash(w0, length) & mask
+    while True:
+        e = slots[base + np.int64(h)]
+        if e < 0:
+            return -1
+        if np.uint64(key_len[e]) == length and words[e, 0] == w0:
+            if length <= _8:
+                return e
+            if words[e, 1] == load_prefix(b, ks + _8, length - _8):
+                if length <= _16:
+                    return e
+                k = np.uint64(key_start[e])
+                j = _16
+                while j < length and b[ks + j] == keys[k + j]:
+                    j += _1
+                if j == length:
+                    return e
+        h = (h + _1) & mask
 
 
-@kernel
-def scan_line(b, start, end, first, count, key_start, key_len, field, child, keys, max_depth,  # type: ignore[no-untyped-def]
-              kind, vstart, vend, escaped, stack_obj, stack_node, stack_field):
+@kernel(inline=True)
+def scan_line(b, start, end, trie, max_depth, kind, vstart, vend, escaped, stack_obj, stack_node,  # type: ignore[no-untyped-def]
+              stack_field):
     """Scan one line into `kind`, `vstart`, `vend`, `escaped` (one entry per field; `kind` all ABSENT
     on entry, the others are read only where `kind` is set); returns OK, BLANK or SLOW. The stacks
-    hold `max_depth + 1` entries. `start` and `end` are uint64."""
+    hold `max_depth + 1` entries. `start` and `end` are uint64; `trie` is `PathTrie.arrays()`."""
+    field, child = trie[4], trie[5]
     ws = _WHITESPACE
     i = _skip_ws(b, start, end, ws)
     if i >= end:
@@ -364,7 +431,7 @@ def scan_line(b, start, end, first, count, key_start, key_len, field, child, key
             if parent >= 0:
                 if key_escaped:
                     return SLOW
-                e = _find_key(b, ks, i - _1, parent, first, count, key_start, key_len, keys)
+                e = _find_key(b, ks, i - _1, parent, trie)
                 if e >= 0:
                     f = field[e]
                     node = child[e]
@@ -457,15 +524,13 @@ def scan_line(b, start, end, first, count, key_start, key_len, field, child, key
 
 
 @kernel(allocates=True)
-def _scan_all(b, starts, ends, first, count, key_start, key_len, field, child, keys, max_depth,  # type: ignore[no-untyped-def]
-              status, kind, vstart, vend, escaped):
+def _scan_all(b, starts, ends, trie, max_depth, status, kind, vstart, vend, escaped):  # type: ignore[no-untyped-def]
     stack_obj = np.empty(max_depth + 1, np.uint8)
     stack_node = np.empty(max_depth + 1, np.int32)
     stack_field = np.empty(max_depth + 1, np.int32)
     for row in range(len(starts)):
-        st = scan_line(b, np.uint64(starts[row]), np.uint64(ends[row]), first, count, key_start, key_len, field,
-                       child, keys, max_depth, kind[row], vstart[row], vend[row], escaped[row], stack_obj, stack_node,
-                       stack_field)
+        st = scan_line(b, np.uint64(starts[row]), np.uint64(ends[row]), trie, max_depth, kind[row], vstart[row],
+                       vend[row], escaped[row], stack_obj, stack_node, stack_field)
         status[row] = st
         if st != OK:
             kind[row, :] = ABSENT

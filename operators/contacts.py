@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from engine.blobs import Blobs, copy_bytes
+from engine.blobs import Blobs
 from engine.compiled import kernel
+from engine.rawmem import copy_bytes
 
 __all__ = ["Columns", "ContactIndex"]
 
@@ -74,7 +75,7 @@ class Columns:
 class ContactIndex:
     """Contact id -> slot; see the module docstring.
 
-    >>> from engine.blobs import Blobs, copy_bytes
+    >>> from engine.blobs import Blobs
     >>> from engine.hashing import digests
     >>> index = ContactIndex()
     >>> ids = ["u-1", "u-2", "u-1"]

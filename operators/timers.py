@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from engine.blobs import copy_bytes
 from engine.compiled import kernel
+from engine.rawmem import copy_bytes
 from operators.contacts import Columns
 from rules.model import MAX_TIMER_TRIGGERS
 

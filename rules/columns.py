@@ -1,19 +1,22 @@
-"""Matchers over a batch of located values (SPEC §3 "Matchers"), compiled once per rule set.
+"""Matchers evaluated on scanned events (SPEC §3 "Matchers"), compiled once per rule set.
 
 The batch decoder (engine/decode.py) does not build a dict per event: the scanner locates each
 event's name and the value at every path a `where` condition reads. `ColumnMatchers` turns the
-plan's matchers into per-batch work on those columns:
+plan's matchers into tables that the decoder's compiled loop evaluates on each event while its
+line is in cache (`event_bits`):
 
-* the event name becomes a code (`name_codes`): a name some matcher lists, or "another name", or
-  "no name" (identify, group, alias); matchers without `where` are then one table lookup per
-  event (`name_bits`);
+* the event name becomes a code: a name some matcher lists, or "another name", or "no name"
+  (identify, group, alias); matchers without `where` are then one table row per event
+  (`name_bits`);
 * each condition of a `where` gets an answer per value kind, fixed at compile time wherever the
   literal cannot tell two values of that kind apart (the condition's own test, rules/matchers.py,
   applied to a missing value, null, true, false, a number, an object, an array or a string), a
   byte operation on the UTF-8 of a string value (equality, membership, prefix, substring,
-  ordering: UTF-8 byte order is code point order), or, for what only the value can decide
-  (numbers against numbers, arrays for `contains`, strings written with escapes), the value
-  decoded by orjson and the condition's own test.
+  ordering: UTF-8 byte order is code point order), a comparison of a number value with the
+  literal's numbers (both exact as doubles: integers up to 2^53, decimals of at most 19 digits with
+  at most 22 after the point, as Clinger's fast path reads them), or, for what only the value can
+  decide (other numbers, arrays for `contains`, strings written with escapes), the matcher's own
+  predicate on the event decoded by orjson (`resolve`).
 
 So a matcher holds here exactly when `Plan.match` says it holds on the decoded event
 (tests/fuzz/test_fuzz_batch_decode.py checks that on hostile values).
@@ -34,29 +37,19 @@ from engine.jsonscan import ABSENT, ARRAY, FALSE, FLOAT, INT, NULL, OBJECT, STRI
 from rules.matchers import MISSING, compile_test
 from rules.model import Condition
 
-__all__ = ["NO_NAME", "OTHER_NAME", "ColumnMatchers", "Located", "name_codes"]
+__all__ = ["NO_NAME", "OTHER_NAME", "ColumnMatchers", "event_bits"]
 
 NO_NAME = -2  # identify, group, alias
 OTHER_NAME = -1  # a name no matcher lists
 
 # Answers of a condition for a value kind.
-A_FALSE, A_TRUE, A_PYTHON, A_BYTES = range(4)
-# Byte operations on a string value's UTF-8.
+A_FALSE, A_TRUE, A_PYTHON, A_BYTES, A_NUMBER = range(5)
+# Byte operations on a string value's UTF-8, and comparisons of a number value.
 OP_EQUALS_ANY, OP_EQUALS_NONE, OP_STARTSWITH, OP_CONTAINS, OP_GT, OP_GTE, OP_LT, OP_LTE = range(8)
 _ORDERED_OPS = {"gt": OP_GT, "gte": OP_GTE, "lt": OP_LT, "lte": OP_LTE}
 _KINDS = 9
-
-
-@dataclass
-class Located:
-    """Where each event's values at the rules' paths are: row i is event i, column p path p (see
-    engine/jsonscan.ScanResult: kind, the span of the value's JSON text in `buf`, escapes)."""
-
-    buf: npt.NDArray[np.uint8]
-    kind: npt.NDArray[np.uint8]
-    start: npt.NDArray[np.int64]
-    end: npt.NDArray[np.int64]
-    escaped: npt.NDArray[np.uint8]
+# Integers up to this size are exact as doubles.
+_EXACT_INTEGER = 2**53
 
 
 def _has(value: Any, wanted: Callable[[Any], bool]) -> bool:
@@ -73,18 +66,27 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _compared_numbers(condition: Condition) -> list[int | float]:
+    """The literal's numbers a number value is compared with (equality, membership, order); others
+    (numbers inside arrays and objects, `contains`) can never equal or order a number value."""
+    op, literal = condition.op, condition.value
+    if op in ("eq", "ne", "gt", "gte", "lt", "lte"):
+        return [literal] if _is_number(literal) else []
+    if op in ("in", "not_in"):
+        return [v for v in literal if _is_number(v)]
+    return []
+
+
 @dataclass(frozen=True)
 class _CompiledCondition:
-    field: int  # index into the decoder's located fields
+    path: int  # index into ColumnMatchers.paths
     answers: npt.NDArray[np.uint8]  # per value kind
-    op: int  # byte operation, when some kind answers A_BYTES
-    literals: npt.NDArray[np.uint8]  # UTF-8 of the string literal(s) of the byte operation, concatenated
-    literal_starts: npt.NDArray[np.int64]
-    literal_ends: npt.NDArray[np.int64]
-    test: Callable[[Any], bool]  # the condition's own test, for A_PYTHON
+    op: int  # byte operation or comparison, when some kind answers A_BYTES or A_NUMBER
+    strings: tuple[bytes, ...]  # UTF-8 of the string literal(s) of the byte operation
+    numbers: tuple[float, ...]  # the literal's numbers, exact as doubles, for A_NUMBER
 
 
-def _compile_condition(condition: Condition, field: int) -> _CompiledCondition:
+def _compile_condition(condition: Condition, path: int) -> _CompiledCondition:
     test = compile_test(condition)
     literal = condition.value
     answers = np.full(_KINDS, A_PYTHON, np.uint8)
@@ -96,16 +98,19 @@ def _compile_condition(condition: Condition, field: int) -> _CompiledCondition:
     answers[NULL] = fixed(None)
     answers[TRUE] = fixed(True)
     answers[FALSE] = fixed(False)
-    if not _has(literal, _is_number):
+    compared = _compared_numbers(condition)
+    if not compared:
         answers[INT] = answers[FLOAT] = fixed(0)
+    elif all(isinstance(v, float) or abs(v) <= _EXACT_INTEGER for v in compared):
+        answers[INT] = answers[FLOAT] = A_NUMBER
     if not _has(literal, lambda v: isinstance(v, Mapping)):
         answers[OBJECT] = fixed({})
     if condition.op != "contains" and not _has(literal, lambda v: isinstance(v, (list, tuple))):
         answers[ARRAY] = fixed([])
     op = OP_EQUALS_ANY
     strings: tuple[str, ...] = ()
-    if condition.op in ("eq", "ne") and isinstance(literal, str):
-        strings = (literal,)
+    if condition.op in ("eq", "ne"):
+        strings = (literal,) if isinstance(literal, str) else ()
         op = OP_EQUALS_ANY if condition.op == "eq" else OP_EQUALS_NONE
     elif condition.op in ("in", "not_in"):
         strings = tuple(v for v in literal if isinstance(v, str))
@@ -113,18 +118,15 @@ def _compile_condition(condition: Condition, field: int) -> _CompiledCondition:
     elif condition.op in ("startswith", "contains") and isinstance(literal, str):
         strings = (literal,)
         op = OP_STARTSWITH if condition.op == "startswith" else OP_CONTAINS
-    elif condition.op in _ORDERED_OPS and isinstance(literal, str):
-        strings = (literal,)
+    elif condition.op in _ORDERED_OPS:
+        strings = (literal,) if isinstance(literal, str) else ()
         op = _ORDERED_OPS[condition.op]
     if strings or condition.op in ("in", "not_in"):
         answers[STRING] = A_BYTES
     else:
         answers[STRING] = fixed("")
-    raw = [s.encode("utf-8", "surrogatepass") for s in strings]
-    lengths = np.array([len(r) for r in raw], np.int64)
-    ends = np.cumsum(lengths)
-    literals = np.frombuffer(b"".join(raw) or b"\0", np.uint8).copy()
-    return _CompiledCondition(field, answers, op, literals, ends - lengths, ends, test)
+    return _CompiledCondition(path, answers, op, tuple(s.encode("utf-8", "surrogatepass") for s in strings),
+                              tuple(float(v) for v in compared))
 
 
 @dataclass(frozen=True)
@@ -133,17 +135,18 @@ class _WhereMatcher:
     bit: np.uint64
     candidates: npt.NDArray[np.bool_]  # per name code + 2
     conditions: tuple[_CompiledCondition, ...]
+    predicate: Callable[[dict[str, Any]], bool]  # the whole `where` on a decoded event, for A_PYTHON
 
 
 class ColumnMatchers:
-    """The plan's matchers for batch evaluation; see the module docstring.
+    """The plan's matchers for compiled evaluation; see the module docstring.
 
     `names` are the event names that matchers list (code i is names[i]); `paths` the paths that
-    `where` conditions read: the decoder locates them, path i as column i of `Located`.
+    `where` conditions read: the decoder locates them (`tables` maps each to its scanner field).
     """
 
     def __init__(self, matchers: Sequence[Any]) -> None:
-        """`matchers`: the plan's CompiledMatcher list (spec.events, spec.where)."""
+        """`matchers`: the plan's CompiledMatcher list (spec.events, spec.where, predicate)."""
         names: list[str] = []
         paths: list[tuple[str, ...]] = []
         for cm in matchers:
@@ -172,9 +175,8 @@ class ColumnMatchers:
                 self.name_bits[listed, word] |= bit
                 continue
             conditions = tuple(_compile_condition(c, paths.index(c.path)) for c in cm.spec.where)
-            where.append(_WhereMatcher(word, bit, listed, conditions))
+            where.append(_WhereMatcher(word, bit, listed, conditions, cm.predicate))
         self.where = tuple(where)
-        self._where_tables = _where_tables(self.where, codes)
         raw = [n.encode("utf-8", "surrogatepass") for n in names]
         self.name_table = np.frombuffer(b"".join(raw) or b"\0", np.uint8).copy()
         lengths = np.array([len(r) for r in raw], np.int64)
@@ -187,84 +189,100 @@ class ColumnMatchers:
             return NO_NAME
         return self.code_of.get(name, OTHER_NAME)
 
-    def codes(self, buf: npt.NDArray[np.uint8], starts: npt.NDArray[np.int64],
-              ends: npt.NDArray[np.int64]) -> npt.NDArray[np.int32]:
-        """Codes of names given as UTF-8 spans of `buf` (a start of -1: no name)."""
-        return name_codes(buf, starts, ends, self.name_table, self.name_starts, self.name_ends,
-                          np.empty(len(starts), np.int32))
+    def tables(self, field_of: Callable[[tuple[str, ...]], int]) -> tuple[npt.NDArray, ...]:
+        """What `event_bits` takes: the matchers as flat arrays, each condition reading the scanner field
+        `field_of(its path)`."""
+        where = self.where
+        conditions = [c for wm in where for c in wm.conditions]
+        strings = [s for c in conditions for s in c.strings]
+        string_ends = np.cumsum([len(s) for s in strings]).astype(np.int64)
+        i64 = np.int64
+        return (
+            self.name_bits,
+            np.array([wm.word for wm in where], i64),
+            np.array([wm.bit for wm in where], np.uint64),
+            np.array([wm.candidates for wm in where], np.bool_).reshape(len(where), len(self.name_bits)),
+            np.cumsum([0] + [len(wm.conditions) for wm in where]).astype(i64),
+            np.array([field_of(self.paths[c.path]) for c in conditions], i64),
+            np.array([c.answers for c in conditions], np.uint8).reshape(len(conditions), _KINDS),
+            np.array([c.op for c in conditions], i64),
+            np.cumsum([0] + [len(c.strings) for c in conditions]).astype(i64),
+            np.frombuffer(b"".join(strings) or b"\0", np.uint8).copy(),
+            string_ends - np.array([len(s) for s in strings], i64),
+            string_ends,
+            np.cumsum([0] + [len(c.numbers) for c in conditions]).astype(i64),
+            np.array([v for c in conditions for v in c.numbers] or [0.0], np.float64),
+        )
 
-    def bits(self, codes: npt.NDArray[np.int32], located: Located) -> npt.NDArray[np.uint64]:
-        """Matcher bit sets (n x words) of the events with name `codes` and paths `located` (row i: event i)."""
-        bits = self.name_bits[codes + 2]
-        if not self.where:
-            return bits
-        # One compiled pass sets the bits of every `where` matcher it can decide; the (event, matcher)
-        # pairs that need a value decoded come back for Python.
-        undecided = np.empty((len(codes) * len(self.where), 2), np.int64)
-        n = _where_bits(codes, located.buf, located.kind, located.start, located.end, located.escaped,
-                        *self._where_tables, bits, undecided)
-        for i, w in undecided[:n].tolist():
+    def resolve(self, bits: npt.NDArray[np.uint64], undecided: npt.NDArray[np.int64],
+                line: Callable[[int], bytes]) -> None:
+        """Decide the (event, matcher) pairs `event_bits` left to Python: rows of (event row in `bits`,
+        where-matcher index, the event's line number, which `line` turns into its JSON text)."""
+        for j, w, r in undecided.tolist():
             wm = self.where[w]
-            if all(cond.test(self._value(located, i, cond.field)) for cond in wm.conditions):
-                bits[i, wm.word] |= wm.bit
-        return bits
-
-    @staticmethod
-    def _value(located: Located, i: int, field: int) -> Any:
-        if located.kind[i, field] == ABSENT:
-            return MISSING
-        return orjson.loads(located.buf[located.start[i, field]:located.end[i, field]].tobytes())
-
-
-def _where_tables(where: Sequence[_WhereMatcher], codes: int) -> tuple[np.ndarray, ...]:
-    """The `where` matchers as flat arrays for `_where_bits`."""
-    conditions = [c for wm in where for c in wm.conditions]
-    literals = [bytes(c.literals[s:e]) for c in conditions for s, e in zip(c.literal_starts, c.literal_ends,
-                                                                        strict=True)]
-    literal_ends = np.cumsum([len(b) for b in literals]).astype(np.int64)
-    per_condition = np.cumsum([0] + [len(c.literal_starts) for c in conditions]).astype(np.int64)
-    return (
-        np.array([wm.word for wm in where], np.int64),
-        np.array([wm.bit for wm in where], np.uint64),
-        np.array([wm.candidates for wm in where], np.bool_).reshape(len(where), codes),
-        np.cumsum([0] + [len(wm.conditions) for wm in where]).astype(np.int64),
-        np.array([c.field for c in conditions], np.int64),
-        np.array([c.answers for c in conditions], np.uint8).reshape(len(conditions), _KINDS),
-        np.array([c.op for c in conditions], np.int64),
-        per_condition,
-        np.frombuffer(b"".join(literals) or b"\0", np.uint8).copy(),
-        literal_ends - np.array([len(b) for b in literals], np.int64),
-        literal_ends,
-    )
+            if wm.predicate(orjson.loads(line(r))):
+                bits[j, wm.word] |= wm.bit
 
 
 # -- compiled part ------------------------------------------------------------------------------------
 
+# 10**k for k = 0..22: exact as doubles, so a decimal of at most 2^53 in its digits divided by one of them
+# is the correctly rounded double of its text (Clinger's fast path), the value orjson and Python read.
+_POWERS_OF_TEN = np.array([10.0**k for k in range(23)], np.float64)
+_MAX_MANTISSA = np.uint64(_EXACT_INTEGER)
 
-@kernel
-def name_codes(buf, starts, ends, table, table_starts, table_ends, out):  # type: ignore[no-untyped-def]
-    for i in range(len(starts)):
-        s = starts[i]
-        if s < 0:
-            out[i] = NO_NAME
+
+@kernel(inline=True)
+def number_value(buf, s, e):  # type: ignore[no-untyped-def]
+    """The double of the JSON number text buf[s:e] (an INT or a FLOAT the scanner vouched for: no
+    exponent), when it is exact by the fast path: (True, value); else (False, 0.0)."""
+    negative = buf[s] == 45
+    i = s + 1 if negative else s
+    mantissa = np.uint64(0)
+    significant = 0
+    after_point = -1  # digits after the point; -1 before it
+    while i < e:
+        c = buf[i]
+        i += 1
+        if c == 46:
+            after_point = 0
             continue
-        length = ends[i] - s
-        code = OTHER_NAME
-        for c in range(len(table_starts)):
-            t0 = table_starts[c]
-            if table_ends[c] - t0 != length:
-                continue
-            j = 0
-            while j < length and buf[s + j] == table[t0 + j]:
-                j += 1
-            if j == length:
-                code = c
+        if after_point >= 0:
+            after_point += 1
+        if mantissa == 0 and c == 48:
+            continue
+        significant += 1
+        if significant > 19:
+            return False, 0.0
+        mantissa = mantissa * np.uint64(10) + np.uint64(c - 48)
+    if mantissa > _MAX_MANTISSA or after_point > 22:
+        return False, 0.0
+    value = np.float64(mantissa)
+    if after_point > 0:
+        value = value / _POWERS_OF_TEN[after_point]
+    return True, -value if negative else value
+
+
+@kernel(inline=True)
+def _number_op(value, op, numbers, lo, hi):  # type: ignore[no-untyped-def]
+    if op == OP_EQUALS_ANY or op == OP_EQUALS_NONE:
+        found = False
+        for k in range(lo, hi):
+            if value == numbers[k]:
+                found = True
                 break
-        out[i] = code
-    return out
+        return found if op == OP_EQUALS_ANY else not found
+    x = numbers[lo]
+    if op == OP_GT:
+        return value > x
+    if op == OP_GTE:
+        return value >= x
+    if op == OP_LT:
+        return value < x
+    return value <= x
 
 
-@kernel
+@kernel(inline=True)
 def _compare(buf, s, e, lit, ls, le):  # type: ignore[no-untyped-def]
     """-1, 0 or 1 as buf[s:e] sorts before, equal to or after lit[ls:le] (bytewise)."""
     n = min(e - s, le - ls)
@@ -278,17 +296,17 @@ def _compare(buf, s, e, lit, ls, le):  # type: ignore[no-untyped-def]
     return -1 if e - s < le - ls else 1
 
 
-@kernel
-def _bytes_op(buf, s, e, op, lit, lit_starts, lit_ends):  # type: ignore[no-untyped-def]
+@kernel(inline=True)
+def _bytes_op(buf, s, e, op, lit, lit_starts, lit_ends, lo, hi):  # type: ignore[no-untyped-def]
     if op == OP_EQUALS_ANY or op == OP_EQUALS_NONE:
         found = False
-        for k in range(len(lit_starts)):
-            if _compare(buf, s, e, lit, lit_starts[k], lit_ends[k]) == 0:
+        for k in range(lo, hi):
+            if lit_ends[k] - lit_starts[k] == e - s and _compare(buf, s, e, lit, lit_starts[k], lit_ends[k]) == 0:
                 found = True
                 break
         return found if op == OP_EQUALS_ANY else not found
-    ls = lit_starts[0]
-    le = lit_ends[0]
+    ls = lit_starts[lo]
+    le = lit_ends[lo]
     n = le - ls
     if op == OP_STARTSWITH:
         if e - s < n:
@@ -315,38 +333,46 @@ def _bytes_op(buf, s, e, op, lit, lit_starts, lit_ends):  # type: ignore[no-unty
     return c <= 0
 
 
-@kernel
-def _where_bits(codes, buf, kind, start, end, escaped, words, masks, candidates, first_condition, fields, answers,  # type: ignore[no-untyped-def]
-                ops, first_literal, literals, literal_starts, literal_ends, bits, undecided):
-    """Set the bit of every `where` matcher that holds; write the (event, matcher) pairs only the
-    values themselves can decide to `undecided`; return how many."""
-    n = 0
-    for i in range(len(codes)):
-        row = codes[i] + 2
-        for w in range(len(words)):
-            if not candidates[w, row]:
-                continue
-            holds = True
-            for c in range(first_condition[w], first_condition[w + 1]):
-                f = fields[c]
-                a = answers[c, kind[i, f]]
-                if a == A_BYTES:
-                    if escaped[i, f]:
-                        a = A_PYTHON
-                    else:  # the string's content, between its quotes
-                        lo = first_literal[c]
-                        hi = first_literal[c + 1]
-                        a = A_TRUE if _bytes_op(buf, start[i, f] + 1, end[i, f] - 1, ops[c], literals,
-                                                literal_starts[lo:hi], literal_ends[lo:hi]) else A_FALSE
-                if a == A_FALSE:
-                    holds = False
-                    break
-                if a == A_PYTHON:
-                    undecided[n, 0] = i
-                    undecided[n, 1] = w
-                    n += 1
-                    holds = False
-                    break
-            if holds:
-                bits[i, words[w]] |= masks[w]
+@kernel(inline=True)
+def event_bits(code, buf, kind, start, end, escaped, tables, bits, j, line, undecided, n):  # type: ignore[no-untyped-def]
+    """Set bits[j] to the matcher bit set of one scanned event: name `code`, the scanner's `kind`,
+    `start`, `end`, `escaped` per field (engine/jsonscan.py); `tables` is `ColumnMatchers.tables`.
+    The (j, matcher, line) triples only the decoded event can decide go to undecided[n:]; returns
+    the new n."""
+    (name_bits, words, masks, candidates, first_condition, fields, answers, ops, first_literal, literals,
+     literal_starts, literal_ends, first_number, numbers) = tables
+    row = code + 2
+    for w in range(name_bits.shape[1]):
+        bits[j, w] = name_bits[row, w]
+    for w in range(len(words)):
+        if not candidates[w, row]:
+            continue
+        holds = True
+        for c in range(first_condition[w], first_condition[w + 1]):
+            f = fields[c]
+            a = answers[c, kind[f]]
+            if a == A_BYTES:
+                if escaped[f]:
+                    a = A_PYTHON
+                else:  # the string's content, between its quotes
+                    a = A_TRUE if _bytes_op(buf, start[f] + 1, end[f] - 1, ops[c], literals, literal_starts,
+                                            literal_ends, first_literal[c], first_literal[c + 1]) else A_FALSE
+            elif a == A_NUMBER:
+                exact, value = number_value(buf, start[f], end[f])
+                if not exact:
+                    a = A_PYTHON
+                else:
+                    a = A_TRUE if _number_op(value, ops[c], numbers, first_number[c], first_number[c + 1]) else A_FALSE
+            if a == A_FALSE:
+                holds = False
+                break
+            if a == A_PYTHON:
+                undecided[n, 0] = j
+                undecided[n, 1] = w
+                undecided[n, 2] = line
+                n += 1
+                holds = False
+                break
+        if holds:
+            bits[j, words[w]] |= masks[w]
     return n
