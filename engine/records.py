@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import numpy as np
 import orjson
 
 from engine.times import format_time
@@ -66,11 +67,72 @@ class ProfileOut(NamedTuple):
     line: bytes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class TriggerRecords:
-    """The trigger records one shard batch produced, moved through the dataflow as one item."""
+    """Trigger records as columns: what one shard batch produced, moved through the dataflow as one item.
 
-    records: list[TriggerOut]
+    `data` holds the records as JSON lines, each followed by its newline: record i ends at `ends[i]`
+    (after the newline) and starts where record i - 1 ends. Per record: `at_ms`, `by_timer`, and its
+    rule and channel as indices into `rule_names` and `channel_names`. A sink that only writes lines
+    takes `data` whole; iterating gives one `TriggerOut` per record.
+    """
+
+    data: bytes
+    ends: np.ndarray
+    at_ms: np.ndarray
+    by_timer: np.ndarray
+    rule: np.ndarray
+    channel: np.ndarray
+    rule_names: tuple[str, ...]
+    channel_names: tuple[str, ...]
+
+    @classmethod
+    def of(cls, outs: Sequence[TriggerOut]) -> TriggerRecords:
+        """The columns of records written one by one (`RecordWriter`)."""
+        rules = tuple(dict.fromkeys(o.rule for o in outs))
+        channels = tuple(dict.fromkeys(o.channel for o in outs))
+        data = b"".join(o.line + b"\n" for o in outs)
+        return cls(data, np.cumsum([len(o.line) + 1 for o in outs], dtype=np.int64),
+                   np.array([o.at_ms for o in outs], np.int64), np.array([o.by_timer for o in outs], np.bool_),
+                   np.array([rules.index(o.rule) for o in outs], np.int32),
+                   np.array([channels.index(o.channel) for o in outs], np.int32), rules, channels)
+
+    @classmethod
+    def concat(cls, parts: Sequence[TriggerRecords]) -> TriggerRecords:
+        """One item of several (all written for one rule plan)."""
+        if len(parts) == 1:
+            return parts[0]
+        first = parts[0]
+        if any(p.rule_names != first.rule_names or p.channel_names != first.channel_names for p in parts):
+            return cls.of([r for p in parts for r in p])
+        bases = np.cumsum([0] + [len(p.data) for p in parts[:-1]])
+        return cls(b"".join(p.data for p in parts), np.concatenate([p.ends + b for p, b in zip(parts, bases, strict=True)]),
+                   np.concatenate([p.at_ms for p in parts]), np.concatenate([p.by_timer for p in parts]),
+                   np.concatenate([p.rule for p in parts]), np.concatenate([p.channel for p in parts]),
+                   first.rule_names, first.channel_names)
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    def line(self, i: int) -> bytes:
+        """Record i's JSON, without its newline."""
+        start = int(self.ends[i - 1]) if i else 0
+        return self.data[start:int(self.ends[i]) - 1]
+
+    def __iter__(self) -> Iterator[TriggerOut]:
+        data = self.data
+        ends = self.ends.tolist()
+        starts = [0, *ends[:-1]] if ends else []
+        for start, end, at, timer, rule, channel in zip(starts, ends, self.at_ms.tolist(),
+                                                        self.by_timer.tolist(), self.rule.tolist(),
+                                                        self.channel.tolist(), strict=True):
+            line = data[start:end - 1]
+            yield TriggerOut(self.rule_names[rule], self.channel_names[channel], line, at, timer,
+                             line[7:39].decode("ascii"))
+
+    @property
+    def records(self) -> list[TriggerOut]:
+        return list(self)
 
 
 @dataclass(frozen=True)
@@ -83,7 +145,9 @@ class ProfileRecords:
 def each_record(values: Iterable[Any]) -> Iterator[Any]:
     """The records among output values, a value being one record or a batch of them."""
     for value in values:
-        if isinstance(value, (TriggerRecords, ProfileRecords)):
+        if isinstance(value, TriggerRecords):
+            yield from value
+        elif isinstance(value, ProfileRecords):
             yield from value.records
         else:
             yield value

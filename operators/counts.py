@@ -22,7 +22,7 @@ class CountWindows:
         columns.add("count_next", np.uint16, 0, max(len(sizes), 1))
 
 
-@kernel
+@kernel(inline=True)
 def add(times, following, slot, rule, offset, size, now_ms, within_ms):  # type: ignore[no-untyped-def]
     """Record a matching event of count rule `rule` (its ring: `size` columns from `offset`) at
     `now_ms`; True when the count has just reached its K (= `size`)."""

@@ -29,7 +29,7 @@ class ScoreColumns:
 TWO = np.array([2.0])
 
 
-@kernel
+@kernel(inline=True)
 def decay(value, last_ms, now_ms, half_life_ms, two):  # type: ignore[no-untyped-def]
     """The value `now_ms - last_ms` after an update, without clamping (decay is never clamped)."""
     if value == 0.0 or now_ms == last_ms:
@@ -37,7 +37,7 @@ def decay(value, last_ms, now_ms, half_life_ms, two):  # type: ignore[no-untyped
     return value * two[0] ** (-(now_ms - last_ms) / half_life_ms)
 
 
-@kernel
+@kernel(inline=True)
 def value_at(values, lasts, slot, score, now_ms, half_life_ms, two):  # type: ignore[no-untyped-def]
     last = lasts[slot, score]
     if last == NEVER:
@@ -45,7 +45,7 @@ def value_at(values, lasts, slot, score, now_ms, half_life_ms, two):  # type: ig
     return decay(values[slot, score], last, now_ms, half_life_ms, two)
 
 
-@kernel
+@kernel(inline=True)
 def update(values, lasts, slot, score, now_ms, half_life_ms, add, lo, hi, two):  # type: ignore[no-untyped-def]
     """Apply one event's summed `add` at `now_ms`; returns (before, after)."""
     before = value_at(values, lasts, slot, score, now_ms, half_life_ms, two)
@@ -57,7 +57,7 @@ def update(values, lasts, slot, score, now_ms, half_life_ms, add, lo, hi, two): 
     return before, after
 
 
-@kernel
+@kernel(inline=True)
 def crossing_time(value, last_ms, half_life_ms, threshold):  # type: ignore[no-untyped-def]
     """First whole millisecond at which `value`, decaying from `last_ms`, is below `threshold`.
 

@@ -48,13 +48,13 @@ from engine.records import (
     ProfileRecords,
     RecordWriter,
     ShardEnd,
-    TriggerOut,
     TriggerRecords,
     Watermark,
     wall_ms,
 )
 from engine.snapshots import pack, unpack
-from engine.times import format_time, format_times
+from engine.times import format_time
+from engine.trigger_writer import TriggerWriter
 from operators import counts, scores, suppress, timers
 from operators.contacts import Columns, ContactIndex
 from operators.counts import CountWindows
@@ -119,8 +119,10 @@ class ShardState:
         # Most firings one event can cause: its own triggers, and its contact's due timers first.
         self._per_event = len(plan.triggers) + len(plan.timer_triggers)
         self.firings = Firings(max(4096, 4 * self._per_event), len(plan.scores), max(1, len(plan.triggers)))
-        self._writers = [RecordWriter(t.name, t.channels, t.profile_actions) for t in plan.triggers]
-        self._score_names = [sp.name for sp in plan.scores]
+        self._trigger_writer = TriggerWriter([(t.name, t.channels) for t in plan.triggers], [sp.name for sp in plan.scores])
+        self._profile_writers = [RecordWriter(t.name, (), t.profile_actions) if t.profile_actions else None
+                                 for t in plan.triggers]
+        self._no_events = np.zeros(1, np.uint8)
         self.suppressed_in_batch: list[tuple[str, str]] = []  # for metrics, drained per batch
 
     # -- events -------------------------------------------------------------------
@@ -202,34 +204,28 @@ class ShardState:
         return out
 
     def _drain(self, batch: EventBatch | None, out: list[Any]) -> None:
-        """Trigger records and profile changes of the firings the loop wrote."""
+        """Trigger records (one `TriggerRecords` for all the firings the loop wrote) and profile changes."""
         f = self.firings
         count = int(f.count[0])
         if not count:
             return
         f.count[0] = 0
-        writers = self._writers
-        score_names = self._score_names
         emitted = format_time(wall_ms()).encode()
-        at_texts = format_times(f.at[:count])
-        index = self.index
-        batch_events = batch.summaries.data if batch is not None else None
-        arena = self.timers.arena
-        rows = zip(f.trigger[:count].tolist(), f.slot[:count].tolist(), f.at[:count].tolist(),
-                   f.by_timer[:count].tolist(), f.source[:count].tolist(), f.offset[:count].tolist(),
-                   f.length[:count].tolist(), f.scores[:count].tolist(), strict=True)
-        for j, (trigger, slot, at, by_timer, source, offset, length, values) in enumerate(rows):
-            writer = writers[trigger]
-            contact = index.id(slot)
-            at_text = at_texts[24 * j:24 * j + 24]
-            if writer.channels:
-                events = batch_events if source == FROM_BATCH else arena
-                assert events is not None
-                event = events[offset:offset + length].tobytes()
-                out.extend(writer.triggers(contact, at, at_text, dict(zip(score_names, values, strict=False)), event,
-                                           emitted, bool(by_timer)))
-            if writer.actions and self.profile_changes:
-                out.extend(writer.profile(contact, at, at_text))
+        if self._trigger_writer.emits:
+            events = batch.summaries.data if batch is not None else self._no_events
+            records = self._trigger_writer.write(
+                f.trigger[:count], f.slot[:count], f.at[:count], f.by_timer[:count], f.source[:count], f.offset[:count],
+                f.length[:count], f.scores[:count], events, self.timers.arena, self.index.id_data, self.index.id_offsets,
+                emitted)
+            if len(records):
+                out.append(records)
+        if self.profile_changes:
+            writers = self._profile_writers
+            for j, trigger in enumerate(f.trigger[:count].tolist()):
+                writer = writers[trigger]
+                if writer is not None:
+                    at = int(f.at[j])
+                    out.extend(writer.profile(self.index.id(int(f.slot[j])), at, format_time(at).encode()))
 
     def take_suppressed_in_batch(self, before: np.ndarray) -> list[tuple[tuple[str, str], int]]:
         diff = self.suppressed_counts - before
@@ -260,11 +256,20 @@ class ShardState:
             "fired": self.fired_counts.copy(),
             "suppressed": self.suppressed_counts.copy(),
         }
-        if self.shard >= 0:
-            metrics.STATE_BYTES.labels(str(self.shard)).set(
-                sum(a.nbytes for a in columns.values()) + sum(a.nbytes for a in snap["index"].values())
-                + snap["timers"]["arena"].nbytes)
+        self.observe_size()
         return snap
+
+    def snapshot_bytes(self) -> int:
+        """Bytes a snapshot takes before packing: the columns and the index cut to the contacts, the
+        events pending timers keep."""
+        size = len(self.index)
+        columns = self.columns.snapshot(size, copy=False)
+        return (sum(a.nbytes for a in columns.values()) + sum(a.nbytes for a in self.index.snapshot(False).values())
+                + self.timers.event_bytes())
+
+    def observe_size(self) -> None:
+        if self.shard >= 0:
+            metrics.STATE_BYTES.labels(str(self.shard)).set(self.snapshot_bytes())
 
     @classmethod
     def restore(cls, plan: Plan, snap: dict[str, Any], contact_states: bool = False,
@@ -294,16 +299,18 @@ class RecoveryFormatError(RuntimeError):
     """A snapshot this release cannot read."""
 
 
-class ShardLogic(StatefulBatchLogic[Any, Any, tuple]):
+class ShardLogic(StatefulBatchLogic[Any, Any, tuple | None]):
     """Bytewax glue: feeds batches, watermarks and the end marker to a ShardState."""
 
     def __init__(self, plan: Plan, resume: tuple | dict | None, contact_states: bool = False, live: bool = False,
-                 profile_changes: bool = True) -> None:
-        """`live`: trigger latency (emission − event time) is observed for the metrics; the other
-        flags are ShardState's."""
+                 profile_changes: bool = True, recovery: bool = True) -> None:
+        """`live`: trigger latency (emission − event time) is observed for the metrics; `recovery`:
+        snapshots are kept (bytewax asks for one at every epoch's end even when it has no recovery
+        directory to write it to: then none is taken); the other flags are ShardState's."""
         self.state = (ShardState(plan, contact_states, profile_changes) if resume is None
                       else ShardState.restore(plan, unpack(resume), contact_states, profile_changes))
         self.live = live
+        self.recovery = recovery
         # Labelled children resolved once: `.labels()` costs more than the observation itself.
         self._batch_duration = metrics.BATCH_DURATION.labels("rules")
         self._batch_size = metrics.BATCH_SIZE.labels("rules")
@@ -330,11 +337,11 @@ class ShardLogic(StatefulBatchLogic[Any, Any, tuple]):
         state.advance_watermark(state.watermark, out)
         self._observe(out, time.perf_counter() - started, events, fired_before, suppressed_before)
         # Records leave as one item per kind: bytewax's cost is per item.
-        triggers = [v for v in out if isinstance(v, TriggerOut)]
+        triggers = [v for v in out if isinstance(v, TriggerRecords)]
         profiles = [v for v in out if isinstance(v, ProfileOut | ContactState)]
         grouped: list[Any] = [v for v in out if isinstance(v, ShardEnd)]
         if triggers:
-            grouped.insert(0, TriggerRecords(triggers))
+            grouped.insert(0, TriggerRecords.concat(triggers))
         if profiles:
             grouped.insert(0, ProfileRecords(profiles))
         return grouped, StatefulBatchLogic.RETAIN
@@ -354,8 +361,9 @@ class ShardLogic(StatefulBatchLogic[Any, Any, tuple]):
         if self.live and len(fired):
             now_ms = wall_ms()
             for v in out:
-                if isinstance(v, TriggerOut):
-                    self._latency[v.by_timer].observe(max(0.0, (now_ms - v.at_ms) / 1000))
+                if isinstance(v, TriggerRecords):
+                    for at_ms, by_timer in zip(v.at_ms.tolist(), v.by_timer.tolist(), strict=True):
+                        self._latency[by_timer].observe(max(0.0, (now_ms - at_ms) / 1000))
         if not np.array_equal(state.suppressed_counts, suppressed_before):
             for (rule, reason), n in state.take_suppressed_in_batch(suppressed_before):
                 metrics.TRIGGERS_SUPPRESSED.labels(rule, reason).inc(n)
@@ -375,7 +383,10 @@ class ShardLogic(StatefulBatchLogic[Any, Any, tuple]):
             children = self._fired_children[trigger] = [metrics.TRIGGERS_FIRED.labels(t.name, c) for c in t.channels]
         return children
 
-    def snapshot(self) -> tuple:
+    def snapshot(self) -> tuple | None:
+        if not self.recovery:
+            self.state.observe_size()
+            return None
         started = time.perf_counter()
         packed = pack(self.state.snapshot(copy=False))
         self._snapshot_duration.observe(time.perf_counter() - started)
@@ -392,7 +403,7 @@ class ShardLogic(StatefulBatchLogic[Any, Any, tuple]):
 #   events  (slots, times, watermarks, effect ids, summary data, summary offsets)
 
 
-@kernel
+@kernel(inline=True)
 def _fire(state, plan, out, slot, trigger, at_ms, by_timer, source, offset, length):  # type: ignore[no-untyped-def]
     unless_seen, last_fired, fired, suppressed = state[5], state[6], state[7], state[8]
     unless, unless_within, cooldown = plan[9], plan[10], plan[11]
@@ -418,7 +429,7 @@ def _fire(state, plan, out, slot, trigger, at_ms, by_timer, source, offset, leng
         o_scores[j, s] = scores.value_at(values, lasts, slot, s, at_ms, half_life[s], two)
 
 
-@kernel
+@kernel(inline=True)
 def _fire_timer(state, tm, plan, out, deadline, slot, k):  # type: ignore[no-untyped-def]
     at = np.int64(tm[3][slot, k]) * timers.ALIGN
     length = timers.record_length(tm[6], at)

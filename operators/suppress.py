@@ -22,7 +22,7 @@ class Suppression:
         columns.add("last_fired", np.int64, NEVER, max(n_triggers, 1))
 
 
-@kernel
+@kernel(inline=True)
 def reason(unless_seen, last_fired, slot, trigger, at_ms, unless, unless_within_ms, cooldown_ms):  # type: ignore[no-untyped-def]
     """Why a firing at `at_ms` is suppressed (UNLESS, SAME_TIME, COOLDOWN), or NOT_SUPPRESSED."""
     if unless >= 0:

@@ -205,7 +205,7 @@ def _write_record(dst, at, src, start, length):  # type: ignore[no-untyped-def]
     return _aligned(copy_bytes(dst, at + HEADER, src, start, length))
 
 
-@kernel
+@kernel(inline=True)
 def store_event(timers, data, start, length):  # type: ignore[no-untyped-def]
     """Append data[start:start + length] to the arena as a record; its reference (for `arm`)."""
     arena, meta = timers[6], timers[7]
@@ -295,7 +295,7 @@ def _sift_down(hd, hr, i, n):  # type: ignore[no-untyped-def]
         i = child
 
 
-@kernel
+@kernel(inline=True)
 def heap_push(timers, deadline, ref):  # type: ignore[no-untyped-def]
     hd, hr, meta = timers[4], timers[5], timers[7]
     i = meta[HEAP_SIZE]
@@ -351,7 +351,7 @@ def compact(timers, size):  # type: ignore[no-untyped-def]
 # -- timers ---------------------------------------------------------------------------------------------
 
 
-@kernel
+@kernel(inline=True)
 def _refresh_next(timers, slot, previous, current):  # type: ignore[no-untyped-def]
     """Keep next[slot] = the row's minimum after one deadline went previous -> current."""
     deadline, nxt = timers[0], timers[2]
@@ -366,7 +366,7 @@ def _refresh_next(timers, slot, previous, current):  # type: ignore[no-untyped-d
         nxt[slot] = m
 
 
-@kernel
+@kernel(inline=True)
 def arm(timers, slot, k, at_ms, event_ref, size):  # type: ignore[no-untyped-def]
     """Arm (or re-arm: one call restarts a pending timer) timer k of a contact, keeping the arena
     record `event_ref` (`store_event`) as its event."""
@@ -384,7 +384,7 @@ def arm(timers, slot, k, at_ms, event_ref, size):  # type: ignore[no-untyped-def
     _refresh_next(timers, slot, previous, at_ms)
 
 
-@kernel
+@kernel(inline=True)
 def cancel(timers, slot, k):  # type: ignore[no-untyped-def]
     deadline, meta = timers[0], timers[7]
     previous = deadline[slot, k]
@@ -394,7 +394,7 @@ def cancel(timers, slot, k):  # type: ignore[no-untyped-def]
         _refresh_next(timers, slot, previous, NONE)
 
 
-@kernel
+@kernel(inline=True)
 def next_due(timers, slot, before_ms):  # type: ignore[no-untyped-def]
     """The contact's timer with the earliest (deadline, k) below `before_ms`: (deadline, k), or (NONE, -1)."""
     deadline = timers[0]

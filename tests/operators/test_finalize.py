@@ -16,7 +16,7 @@ import pytest
 from bytewax.operators import StatefulBatchLogic
 
 from engine.decode import EventBatch
-from engine.records import EndOfInput, ReaderEnd, ShardEnd, TriggerOut
+from engine.records import EndOfInput, ReaderEnd, ShardEnd, TriggerOut, each_record
 from engine.testing import event_batch, plan_of, run_rules
 from engine.times import parse_time
 from operators.finalize import EndOfInputLogic, summarize
@@ -124,7 +124,7 @@ triggers:
 
 
 def _keys(out: list[Any]) -> list[tuple[str, str, int]]:
-    recs = [orjson.loads(o.line) for o in out if isinstance(o, TriggerOut)]
+    recs = [orjson.loads(o.line) for o in each_record(out) if isinstance(o, TriggerOut)]
     return [(r["rule"], r["contact"], parse_time(r["at"])) for r in recs]
 
 

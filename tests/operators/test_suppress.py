@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import orjson
 
+from engine.records import each_record
 from engine.testing import event_batch, plan_of, run_rules
 from operators import suppress
 from operators.contacts import Columns
@@ -169,8 +170,9 @@ def test_a_suppressed_firing_starts_no_cooldown_shard():
     marks = [NEVER, *np.maximum.accumulate(times)[:-1].tolist()]
     out: list = []
     state.process(event_batch(events, plan, watermarks=marks), out)
-    assert [o.rule for o in out] == ["ping", "ping"]
-    assert [orjson.loads(o.line)["at"] for o in out] == [
+    records = list(each_record(out))
+    assert [o.rule for o in records] == ["ping", "ping"]
+    assert [orjson.loads(o.line)["at"] for o in records] == [
         "2026-11-23T14:00:20.000Z", "2026-11-23T15:00:20.000Z"]
     assert state.suppressed() == {"ping:unless": 1, "ping:cooldown": 1}
     assert state.fired() == {"ping": 2}
