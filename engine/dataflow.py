@@ -59,7 +59,10 @@ def load_plan(rules_path: str) -> Plan:
 
 def build_flow(cfg: RunConfig, plan: Plan | None = None, source: FixedPartitionedSource | None = None,
                trigger_sink: Sink | None = None) -> Dataflow:
-    """The dataflow for `cfg`; `source` and `trigger_sink` replace the configured ones (the demo does)."""
+    """The dataflow for `cfg`; `source` and `trigger_sink` replace the configured ones (the demo does).
+
+    `cfg.recovery` must name the recovery directory the flow runs with (`recovery_config`): without
+    one, the shards take no snapshots (bytewax asks for them at every epoch's end all the same)."""
     plan = plan or load_plan(cfg.rules)
     metrics.declare([t.name for t in plan.triggers], {t.name: t.channels for t in plan.triggers})
     flow = Dataflow("halflife")
@@ -72,7 +75,7 @@ def build_flow(cfg: RunConfig, plan: Plan | None = None, source: FixedPartitione
     profiles = profile_sink(cfg)
     contact_states = is_redis(cfg.profiles)
     shard_out = op.stateful_batch("rules", to_shards, lambda resume: ShardLogic(
-        plan, resume, contact_states, cfg.live, profile_changes=profiles is not None))
+        plan, resume, contact_states, cfg.live, profile_changes=profiles is not None, recovery=cfg.recovery is not None))
     shard_values = op.key_rm("shard_values", shard_out)
 
     triggers = op.filter_map("trigger_records", shard_values,

@@ -32,8 +32,9 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 
 from engine import metrics
 from engine.config import RunConfig, is_redis
-from engine.dataflow import build_flow
+from engine.dataflow import build_flow, load_plan
 from engine.sources import STARTED_DIR_ENV
+from engine.warmup import load_kernels
 
 MAX_RESTARTS = 5  # consecutive quick failures before the supervisor gives up
 STABLE_AFTER_S = 60.0  # a cluster that ran this long resets the count
@@ -133,7 +134,9 @@ def prepare_outputs(cfg: RunConfig) -> None:
 
 
 def run_in_process(cfg: RunConfig, process_id: int | None = None, addresses: list[str] | None = None) -> None:
-    flow = build_flow(cfg)
+    plan = load_plan(cfg.rules)
+    flow = build_flow(cfg, plan)
+    load_kernels(plan)
     # What exists now (modules, numba's dispatchers, the compiled plan) lives as long as the process;
     # frozen out of the collector, it is no longer walked by every full collection, each of which
     # paused the worker for 60-120 ms at 90k events/s.

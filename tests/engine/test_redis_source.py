@@ -449,7 +449,7 @@ def live_run(url: str, tmp_path, source, recovery=None) -> None:
     rules = tmp_path / "rules.yaml"
     rules.write_text(RULES)
     cfg = RunConfig(rules=str(rules), input=url, output=url, dlq=str(tmp_path / "dlq.jsonl"), shards=4,
-                    batch_size=50)
+                    batch_size=50, recovery=None if recovery is None else str(recovery))
     flow = build_flow(cfg, compile_rules(load_rules(str(rules))), source=source, trigger_sink=RedisTriggerSink(url))
     run_main(flow, epoch_interval=timedelta(milliseconds=50),
              recovery_config=None if recovery is None else RecoveryConfig(str(recovery)))

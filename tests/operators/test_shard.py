@@ -22,6 +22,7 @@ import numpy as np
 import orjson
 import pytest
 
+from engine import metrics
 from engine.decode import EventBatch, decode_lines
 from engine.records import (
     EndOfInput,
@@ -941,3 +942,19 @@ def test_a_snapshot_of_an_earlier_format_is_refused_with_what_to_do(contract, re
     resumed = Run(plan, lines, batch_size=50, shards=SHARDS, broadcast=False,
                   snapshot=pickle.loads(pickle.dumps(first.snapshot())))
     assert resumed.carry(carried).run().result() == reference
+
+
+def test_without_a_recovery_directory_no_snapshot_is_taken_and_the_size_is_still_reported(contract):
+    plan, lines = contract
+    run = Run(plan, lines, batch_size=700, shards=1, broadcast=False).run(1)
+    state = run.logics[shard_key(0)].state
+    logic = ShardLogic(plan, None, recovery=False)
+    logic.state = state
+    assert logic.snapshot() is None
+    size = len(state.index)
+    columns = state.columns.snapshot(size, copy=False)
+    expected = (sum(a.nbytes for a in columns.values()) + sum(a.nbytes for a in state.index.snapshot().values())
+                + state.timers.event_bytes())
+    assert expected > 100 * size
+    assert metrics.REGISTRY.get_sample_value("halflife_state_bytes", {"shard": str(state.shard)}) == expected
+    assert ShardLogic(plan, None).snapshot() is not None  # with one (the default), every epoch's end takes one
