@@ -36,7 +36,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bench.common import EXAMPLE_RULES, Timer, generate_file, new_result, table, write_result
 from engine import metrics
 from engine.decode import split_lines
-from engine.records import each_record
+from engine.records import TriggerRecords, each_record
 from engine.sources import Block, DecodingPartition, ReaderState, block_of
 from rules.compiler import Plan
 
@@ -100,10 +100,16 @@ class _Blackhole(StatelessSinkPartition[Any]):
         self.sink = sink
 
     def write_batch(self, items: list[Any]) -> None:
-        records = list(each_record(v for _, v in items))
-        self.sink.items += len(records)
-        if self.sink.collect is not None:
-            self.sink.collect.extend(v.line for v in records)
+        for _, value in items:
+            if isinstance(value, TriggerRecords):  # the shards' records come as one item per batch
+                self.sink.items += len(value)
+                if self.sink.collect is not None:
+                    self.sink.collect.extend(value.line(i) for i in range(len(value)))
+            else:
+                records = list(each_record([value]))
+                self.sink.items += len(records)
+                if self.sink.collect is not None:
+                    self.sink.collect.extend(v.line for v in records)
 
 
 class BlackholeSink(DynamicSink[Any]):

@@ -541,8 +541,8 @@ class BatchDecoder:
         fast = np.flatnonzero(status == OK)
         batch = EventBatch(
             times[:accepted], bits[:accepted], hashes[:accepted], digests_[:accepted],
-            Blobs(contact_data[:contact_offsets[accepted]], contact_offsets[:accepted + 1]),
-            Blobs(summary_data[:summary_offsets[accepted]], summary_offsets[:accepted + 1]),
+            Blobs.packed(contact_data, contact_offsets[:accepted + 1]),
+            Blobs.packed(summary_data, summary_offsets[:accepted + 1]),
             positions[fast].astype(np.int64, copy=False))
         dead: list[DeadLetter] = []
         slow = np.flatnonzero(status == SLOW)
@@ -569,7 +569,7 @@ class BatchDecoder:
                 for w in range(words):
                     bits[i, w] = (b >> (64 * w)) & 0xFFFF_FFFF_FFFF_FFFF
         contacts = Blobs.of(c.encode("utf-8") for c in decoded.contacts)
-        hashes = digest_spans(contacts.data, contacts.offsets[:-1], contacts.offsets[1:], np.empty(len(decoded), np.int64))
+        hashes = digest_spans(contacts.data, contacts.starts, contacts.ends, np.empty(len(decoded), np.int64))
         summaries = Blobs.of(orjson.dumps(event_summary(e, name, int(t)))
                              for e, name, t in zip(decoded.events, decoded.names, decoded.times.tolist(), strict=True))
         return EventBatch(decoded.times, bits, hashes, digests(decoded.message_ids), contacts, summaries,

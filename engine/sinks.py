@@ -15,7 +15,23 @@ from typing import Any, BinaryIO
 from bytewax.outputs import DynamicSink, FixedPartitionedSink, StatefulSinkPartition, StatelessSinkPartition
 
 from engine import metrics
-from engine.records import each_record
+from engine.records import TriggerRecords, each_record
+
+
+def as_lines(values: Any) -> tuple[bytes, int]:
+    """The JSON lines of output items, each with its newline, and how many: trigger records as the
+    lines they already are, other records and dead letters one by one (`as_line`)."""
+    parts: list[bytes] = []
+    count = 0
+    for value in values:
+        if isinstance(value, TriggerRecords):
+            parts.append(value.data)
+            count += len(value)
+        else:
+            for record in each_record([value]):
+                parts.append(as_line(record) + b"\n")
+                count += 1
+    return b"".join(parts), count
 
 
 def as_line(value: Any) -> bytes:
@@ -40,9 +56,9 @@ class _FilePartition(StatefulSinkPartition[Any, int]):
         self.file.seek(offset)
 
     def write_batch(self, items: list[Any]) -> None:
-        lines = [as_line(v) + b"\n" for v in each_record(items)]
-        self.file.write(b"".join(lines))
-        metrics.SINK_WRITES.labels("file").inc(len(lines))
+        data, count = as_lines(items)
+        self.file.write(data)
+        metrics.SINK_WRITES.labels("file").inc(count)
         self.file.flush()  # readers (and `tail -f`) see triggers as they fire
 
     def snapshot(self) -> int:
@@ -75,7 +91,7 @@ class _StreamPartition(StatelessSinkPartition[Any]):
         self.stream = stream
 
     def write_batch(self, items: list[Any]) -> None:
-        self.stream.write(b"".join(as_line(v) + b"\n" for v in each_record(v for _, v in items)))
+        self.stream.write(as_lines(v for _, v in items)[0])
         self.stream.flush()
 
 

@@ -96,10 +96,10 @@ class ContactIndex:
     def slots(self, hashes: npt.NDArray[np.int64], contacts: Blobs) -> npt.NDArray[np.int32]:
         """The slot of each contact (`hashes` are their digests), numbering new ones in first-seen order."""
         n = len(hashes)
-        self._reserve(self.size + n, int(self.id_offsets[self.size]) + len(contacts.data))
+        self._reserve(self.size + n, int(self.id_offsets[self.size]) + contacts.total_bytes())
         out = np.empty(n, np.int32)
         self.size = _lookup_insert(self.table, self.hashes, self.id_offsets, self.id_data, self.size, hashes,
-                                   contacts.data, contacts.offsets, out)
+                                   contacts.data, contacts.starts, contacts.ends, out)
         return out
 
     def id(self, slot: int) -> str:
@@ -180,12 +180,12 @@ def _rehash(table, hashes, size):  # type: ignore[no-untyped-def]
 
 
 @kernel
-def _lookup_insert(table, hashes, id_offsets, id_data, size, keys, data, offsets, out):  # type: ignore[no-untyped-def]
+def _lookup_insert(table, hashes, id_offsets, id_data, size, keys, data, starts, ends, out):  # type: ignore[no-untyped-def]
     mask = len(table) - 1
     for i in range(len(keys)):
         key = keys[i]
-        a = offsets[i]
-        length = offsets[i + 1] - a
+        a = starts[i]
+        length = ends[i] - a
         h = key & mask
         while True:
             s = table[h]

@@ -142,8 +142,9 @@ class ShardState:
         slots = self.index.slots(batch.contact_hashes, batch.contacts)
         self.columns.ensure(len(self.index))
         effect_ids = self.effects.ids(batch.bits)
-        self.timers.reserve(n * max(1, self.timers.n_timers), n, len(batch.summaries.data), len(self.index))
-        events = (slots, batch.times, batch.watermarks, effect_ids, batch.summaries.data, batch.summaries.offsets)
+        summaries = batch.summaries
+        self.timers.reserve(n * max(1, self.timers.n_timers), n, summaries.total_bytes(), len(self.index))
+        events = (slots, batch.times, batch.watermarks, effect_ids, summaries.data, summaries.starts, summaries.ends)
         i = 0
         while i < n:
             i = _apply_events(self._state(), self.timers.arrays(), self.plan_arrays, self.effects.as_tuple(), events,
@@ -400,7 +401,7 @@ class ShardLogic(StatefulBatchLogic[Any, Any, tuple | None]):
 #   state   (clock, score_value, score_last, count_times, count_next, unless_seen, last_fired, fired, suppressed)
 #   plan    PlanArrays fields in order
 #   effects (unless, sequence, add, has, count, empty)
-#   events  (slots, times, watermarks, effect ids, summary data, summary offsets)
+#   events  (slots, times, watermarks, effect ids, summary data, summary starts, summary ends)
 
 
 @kernel(inline=True)
@@ -459,7 +460,7 @@ def _apply_events(state, tm, plan, effects, events, out, first, size, per_event)
     (half_life, lo, hi, st_start, st_trig, kind, threshold, timer_of, within, _unless, _unless_within, _cooldown,
      _count_slot, _timer_trigger, count_offset, count_size, count_trigger, sequence_triggers, two) = plan
     e_unless, e_sequence, e_add, e_has, e_count, e_empty = effects
-    slots, times, watermarks, effect_ids, data, offsets = events
+    slots, times, watermarks, effect_ids, data, starts, ends = events
     timer_next = tm[2]
     capacity = len(out[0])
     firing = out[9]
@@ -480,7 +481,8 @@ def _apply_events(state, tm, plan, effects, events, out, first, size, per_event)
         e = effect_ids[i]
         if e_empty[e]:
             continue
-        length = offsets[i + 1] - offsets[i]
+        start = starts[i]
+        length = ends[i] - start
         stored = -1  # the event's arena record, once a timer keeps it
         for u in range(e_unless.shape[1]):
             if e_unless[e, u]:
@@ -493,7 +495,7 @@ def _apply_events(state, tm, plan, effects, events, out, first, size, per_event)
             trig = sequence_triggers[q]
             if action == SEQ_START:  # (re)starts: also what cancelling and then starting would leave
                 if stored < 0:
-                    stored = timers.store_event(tm, data, offsets[i], length)
+                    stored = timers.store_event(tm, data, start, length)
                 timers.arm(tm, slot, timer_of[trig], now + within[trig], stored, size)
             else:
                 timers.cancel(tm, slot, timer_of[trig])
@@ -509,7 +511,7 @@ def _apply_events(state, tm, plan, effects, events, out, first, size, per_event)
                         fires += 1
                 elif after >= threshold[trig]:
                     if stored < 0:
-                        stored = timers.store_event(tm, data, offsets[i], length)
+                        stored = timers.store_event(tm, data, start, length)
                     timers.arm(tm, slot, timer_of[trig], scores.crossing_time(after, now, half_life[s], threshold[trig]),
                                stored, size)
                 elif tm[0][slot, timer_of[trig]] != NONE:
@@ -523,6 +525,6 @@ def _apply_events(state, tm, plan, effects, events, out, first, size, per_event)
                     firing[fires] = trig
                     fires += 1
         for j in range(fires):
-            _fire(state, plan, out, slot, firing[j], now, 0, FROM_BATCH, offsets[i], length)
+            _fire(state, plan, out, slot, firing[j], now, 0, FROM_BATCH, start, length)
     return len(slots)
 

@@ -67,9 +67,9 @@ def test_records_are_record_writers_bytes(firings: list[tuple], n_scores: int) -
     records = writer.write(
         np.array([f[0] for f in firings], np.int32), np.array([ids.index(f[1]) for f in firings], np.int32),
         np.array([f[2] for f in firings], np.int64), np.array([f[3] for f in firings], np.uint8), source,
-        np.array([b.offsets[i] for i, b in enumerate(blobs)], np.int64),
-        np.array([b.offsets[i + 1] - b.offsets[i] for i, b in enumerate(blobs)], np.int64),
-        values, batch.data, kept.data, index.data, index.offsets, EMITTED)
+        np.array([b.starts[i] for i, b in enumerate(blobs)], np.int64),
+        np.array([b.ends[i] - b.starts[i] for i, b in enumerate(blobs)], np.int64),
+        values, batch.data, kept.data, index.data, np.concatenate([[0], index.ends]), EMITTED)
 
     expected: list[TriggerOut] = []
     for i, (t, contact, at, by_timer, from_kept, _) in enumerate(firings):
