@@ -25,13 +25,13 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from engine import summaries
 from engine.blobs import Blobs
 from engine.compiled import kernel
 from engine.hashing import NO_DIGEST, digest, digest_spans, digests
 from engine.jsonscan import ABSENT, FLOAT, INT, NULL, OBJECT, OK, SLOW, STRING, PathTrie, scan_line
 from engine.rawmem import copy_bytes
-from engine.records import event_summary
-from engine.times import MAX_TIME_MS, format_iso_bytes, parse_int_bytes, parse_iso_bytes, parse_time
+from engine.times import MAX_TIME_MS, parse_int_bytes, parse_iso_bytes, parse_time
 from rules.columns import NO_NAME, OTHER_NAME, ColumnMatchers, event_bits
 
 if TYPE_CHECKING:
@@ -377,7 +377,7 @@ FIXED_FIELDS: Final = (
 
 # Call types, in the order of `_TYPE_NAMES`.
 TRACK, PAGE, SCREEN, IDENTIFY, GROUP, ALIAS = range(6)
-_TYPE_NAMES: Final = ("track", "page", "screen", "identify", "group", "alias")
+_TYPE_NAMES: Final = summaries.CALL_TYPES
 
 
 def _table(parts: Sequence[bytes]) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
@@ -386,16 +386,8 @@ def _table(parts: Sequence[bytes]) -> tuple[npt.NDArray[np.uint8], npt.NDArray[n
             np.cumsum([0] + [len(p) for p in parts]).astype(np.int64))
 
 
-# Part k < 6: call type k's name (to recognise `type`); 6 + k: its summary "type" value; 12 + k: its
-# summary "event" value (empty for track: the event's own name); then the summary's fixed text.
-_SUMMARY_PARTS: Final = [b'{"messageId":', b',"type":', b',"event":', b',"timestamp":"', b'","properties":',
-                         b',"traits":', b"null", b"{}", b"}"]
-_TEXT, _TEXT_OFFSETS = _table([n.encode() for n in _TYPE_NAMES]
-                              + [b'"%s"' % n.encode() for n in _TYPE_NAMES]
-                              + [b"", b'"Page Viewed"', b'"Screen Viewed"', b"null", b"null", b"null"]
-                              + _SUMMARY_PARTS)
-_TYPE_VALUE, _TYPE_EVENT, _PART = 6, 12, 18
-_SUMMARY_OVERHEAD: Final = sum(map(len, _SUMMARY_PARTS)) + 24 + 20
+# The call types' names, to recognise `type` (code k is _TYPE_NAMES[k]).
+_TEXT, _TEXT_OFFSETS = _table([n.encode() for n in _TYPE_NAMES])
 
 
 @dataclass(slots=True)
@@ -405,8 +397,8 @@ class EventBatch:
     `times` is event time (ms, after clock-skew correction); `bits` the matcher bit sets
     (`rules.columns`, one row of 64-bit words per event); `contact_hashes` digests of the contact
     ids (`engine.hashing`), `message_digests` of the message ids (0: none); `contacts` the contact
-    ids' UTF-8 and `summaries` each event's trigger-record ``event`` JSON (what a trigger it causes,
-    or a timer it arms, carries); `positions` the caller's positions.
+    ids' UTF-8 and `summaries` each event's trigger-record ``event``, packed (engine/summaries.py: what
+    a trigger it causes, or a timer it arms, carries); `positions` the caller's positions.
     """
 
     times: npt.NDArray[np.int64]
@@ -441,8 +433,8 @@ class EventBatch:
         return [self.contact(i) for i in range(len(self))]
 
     def summary(self, i: int) -> dict[str, Any]:
-        """Event i's summary, decoded (for inspection; the engine keeps it as JSON)."""
-        return orjson.loads(self.summaries[i])
+        """Event i's summary as the JSON a record carries, decoded (for inspection; the engine keeps it packed)."""
+        return orjson.loads(summaries.summary_json(self.summaries[i]))
 
     @staticmethod
     def concat(a: EventBatch, b: EventBatch) -> EventBatch:
@@ -529,7 +521,7 @@ class BatchDecoder:
         line_bytes = int((ends - starts).sum())
         contact_data = np.empty(line_bytes, np.uint8)
         contact_offsets = np.empty(n + 1, np.int64)
-        summary_data = np.empty(line_bytes + n * _SUMMARY_OVERHEAD, np.uint8)
+        summary_data = np.empty(line_bytes + n * summaries.HEADER + 8, np.uint8)
         summary_offsets = np.empty(n + 1, np.int64)
         counts = _decode_lines(
             buf, starts, ends, self.trie.arrays(), self.max_depth, MAX_LINE_BYTES, m.name_table, m.name_starts,
@@ -570,9 +562,9 @@ class BatchDecoder:
                     bits[i, w] = (b >> (64 * w)) & 0xFFFF_FFFF_FFFF_FFFF
         contacts = Blobs.of(c.encode("utf-8") for c in decoded.contacts)
         hashes = digest_spans(contacts.data, contacts.starts, contacts.ends, np.empty(len(decoded), np.int64))
-        summaries = Blobs.of(orjson.dumps(event_summary(e, name, int(t)))
-                             for e, name, t in zip(decoded.events, decoded.names, decoded.times.tolist(), strict=True))
-        return EventBatch(decoded.times, bits, hashes, digests(decoded.message_ids), contacts, summaries,
+        packed = Blobs.of(summaries.pack(e, name, int(t))
+                          for e, name, t in zip(decoded.events, decoded.names, decoded.times.tolist(), strict=True))
+        return EventBatch(decoded.times, bits, hashes, digests(decoded.message_ids), contacts, packed,
                           positions.astype(np.int64, copy=False))
 
 
@@ -580,16 +572,6 @@ class BatchDecoder:
 
 
 @kernel(inline=True)
-def _put(text, text_offsets, k, out, pos):  # type: ignore[no-untyped-def]
-    return copy_bytes(out, pos, text, text_offsets[k], text_offsets[k + 1] - text_offsets[k])
-
-
-@kernel(inline=True)
-def _copy(buf, s, e, out, pos):  # type: ignore[no-untyped-def]
-    return copy_bytes(out, pos, buf, s, e - s)
-
-
-@kernel
 def _is_empty_object(buf, s, e):  # type: ignore[no-untyped-def]
     for j in range(s + 1, e - 1):
         c = buf[j]
@@ -705,32 +687,20 @@ def _classify(buf, kind, start, end, escaped, text, text_offsets):  # type: igno
 
 
 @kernel(inline=True)
-def _summary(buf, kind, start, end, ms, t, text, text_offsets, out, pos):  # type: ignore[no-untyped-def]
-    """`event_summary` as JSON (messageId, type, event, timestamp, properties, non-empty traits), the
-    values copied from the line's own JSON text; returns the position after it."""
-    pos = _put(text, text_offsets, _PART, out, pos)
-    if kind[F_MESSAGE_ID] == STRING:
-        pos = _copy(buf, start[F_MESSAGE_ID], end[F_MESSAGE_ID], out, pos)
-    else:
-        pos = _put(text, text_offsets, _PART + 6, out, pos)
-    pos = _put(text, text_offsets, _PART + 1, out, pos)
-    pos = _put(text, text_offsets, _TYPE_VALUE + t, out, pos)
-    pos = _put(text, text_offsets, _PART + 2, out, pos)
-    if t == TRACK:
-        pos = _copy(buf, start[F_EVENT], end[F_EVENT], out, pos)
-    else:
-        pos = _put(text, text_offsets, _TYPE_EVENT + t, out, pos)
-    pos = _put(text, text_offsets, _PART + 3, out, pos)
-    pos = format_iso_bytes(ms, out, pos)
-    pos = _put(text, text_offsets, _PART + 4, out, pos)
-    if kind[F_PROPERTIES] == OBJECT:
-        pos = _copy(buf, start[F_PROPERTIES], end[F_PROPERTIES], out, pos)
-    else:
-        pos = _put(text, text_offsets, _PART + 7, out, pos)
+def _pack_summary(buf, kind, start, end, ms, t, out, pos):  # type: ignore[no-untyped-def]
+    """The event's summary, packed (engine/summaries.py), its parts copied from the line's own JSON text;
+    returns the position after it."""
+    message_id = end[F_MESSAGE_ID] - start[F_MESSAGE_ID] if kind[F_MESSAGE_ID] == STRING else 0
+    name = end[F_EVENT] - start[F_EVENT] if t == TRACK else 0
+    properties = end[F_PROPERTIES] - start[F_PROPERTIES] if kind[F_PROPERTIES] == OBJECT else 0
+    traits = 0
     if kind[F_TRAITS] == OBJECT and not _is_empty_object(buf, start[F_TRAITS], end[F_TRAITS]):
-        pos = _put(text, text_offsets, _PART + 5, out, pos)
-        pos = _copy(buf, start[F_TRAITS], end[F_TRAITS], out, pos)
-    return _put(text, text_offsets, _PART + 8, out, pos)
+        traits = end[F_TRAITS] - start[F_TRAITS]
+    pos = summaries.write_header(out, pos, t, message_id, name, properties, traits, ms)
+    pos = copy_bytes(out, pos, buf, start[F_MESSAGE_ID], message_id)
+    pos = copy_bytes(out, pos, buf, start[F_EVENT], name)
+    pos = copy_bytes(out, pos, buf, start[F_PROPERTIES], properties)
+    return copy_bytes(out, pos, buf, start[F_TRAITS], traits)
 
 
 @kernel
@@ -781,7 +751,7 @@ def _decode_lines(buf, starts, ends, trie, max_depth, max_line, names, name_star
             digests[j] = digest(buf, line_start[F_MESSAGE_ID] + 1, line_end[F_MESSAGE_ID] - 1)
         else:
             digests[j] = NO_DIGEST
-        summary_offsets[j + 1] = _summary(buf, line_kind, line_start, line_end, ms, t, text, text_offsets,
-                                          summary_data, summary_offsets[j])
+        summary_offsets[j + 1] = _pack_summary(buf, line_kind, line_start, line_end, ms, t, summary_data,
+                                               summary_offsets[j])
         j += 1
     return j, pending

@@ -3,7 +3,8 @@
 `RecordWriter` (engine/records.py) writes one firing's records in Python: the id's BLAKE2b, the
 contact and the scores as JSON, the parts joined as bytes. At the 5 % of events that fire something
 that was a third of the rule stage. `TriggerWriter` writes the same bytes for a whole `Firings`
-table in one kernel: the parts that depend only on the rules are encoded once, ids are hashed by
+table in one kernel: the parts that depend only on the rules are encoded once, events are written
+from their packed summaries (engine/summaries.py), ids are hashed by
 engine/blake2.py, contact ids are escaped as orjson escapes them (tests/engine/test_trigger_writer.py
 holds the two writers to the same bytes), and the score values, the one part a kernel cannot format
 the way orjson does (the shortest text that reads back as the same double), come from a single
@@ -25,6 +26,8 @@ from engine.blake2 import blake2b_128_hex
 from engine.compiled import kernel
 from engine.rawmem import copy_bytes
 from engine.records import TriggerRecords
+from engine.summaries import JSON_OVERHEAD
+from engine.summaries import write_json as summary_json
 from engine.times import format_iso_bytes
 
 __all__ = ["TriggerWriter"]
@@ -94,7 +97,7 @@ class TriggerWriter:
               kept: npt.NDArray[np.uint8], id_data: npt.NDArray[np.uint8], id_offsets: npt.NDArray[np.int64],
               emitted_at: bytes) -> TriggerRecords:
         """The records of firings i: trigger[i] fired for the contact in `slot[i]` at `at[i]`, with score
-        values scores[i]; its event's summary is at event_start[i] (event_length[i] bytes) in `events`
+        values scores[i]; its event's packed summary is at event_start[i] (event_length[i] bytes) in `events`
         (the batch's summaries) when source[i] is 0, in `kept` (the events timers keep) when it is 1.
         Contact ids are id_data[id_offsets[s]:id_offsets[s + 1]]; `emitted_at` is ISO-8601 (24 bytes)."""
         n = len(trigger)
@@ -102,7 +105,7 @@ class TriggerWriter:
         contact_bytes = id_offsets[slot + 1] - id_offsets[slot]
         longest_contact = int(contact_bytes.max()) if n else 0
         bound = int((records * (_FIXED_BYTES + self._longest_rule + self._longest_channel + 6 * contact_bytes
-                                + event_length + _SCORE_BYTES * self.n_scores)).sum())
+                                + event_length + JSON_OVERHEAD + _SCORE_BYTES * self.n_scores)).sum())
         bound += int(self._tables[7][1][-1]) * int(records.sum())  # the score names
         total = int(records.sum())
         out = np.empty(bound, np.uint8)
@@ -234,9 +237,9 @@ def _write_records(trigger, slot, at, by_timer, source, event_start, event_lengt
                 pos = _put(score_parts, score_part_offsets, n_scores, out, pos)
             pos = _put(parts, part_offsets, _EVENT, out, pos)
             if source[i] == 0:
-                pos = copy_bytes(out, pos, events, event_start[i], event_length[i])
+                pos = summary_json(events, event_start[i], out, pos)
             else:
-                pos = copy_bytes(out, pos, kept, event_start[i], event_length[i])
+                pos = summary_json(kept, event_start[i], out, pos)
             pos = _put(parts, part_offsets, _END, out, pos)
             ends[k] = pos
             out_at[k] = at[i]

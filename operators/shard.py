@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 from bytewax.operators import StatefulBatchLogic
 
-from engine import metrics
+from engine import metrics, summaries
 from engine.compiled import kernel
 from engine.decode import EventBatch
 from engine.records import (
@@ -64,7 +64,7 @@ from operators.timers import NONE, TimerTable
 from rules.compiler import RISES_ABOVE, SEQ_START, EffectTable, Plan, PlanArrays
 
 NEVER = np.iinfo(np.int64).min
-SNAPSHOT_VERSION = 4
+SNAPSHOT_VERSION = 5
 
 # Where a firing's causing event is: the batch (event index) or the timer arena (offset).
 FROM_BATCH, FROM_ARENA = 0, 1
@@ -275,9 +275,13 @@ class ShardState:
     @classmethod
     def restore(cls, plan: Plan, snap: dict[str, Any], contact_states: bool = False,
                 profile_changes: bool = True) -> ShardState:
-        if snap.get("version") == 3:  # timers kept int64 offsets and int32 lengths: re-laid out
+        version = snap.get("version")
+        if version in (3, 4):  # timers kept their events' summaries as JSON: packed (format 3: re-laid out first)
             snap = {**snap, "columns": dict(snap["columns"]), "version": SNAPSHOT_VERSION}
-            snap["timers"] = TimerTable.from_offsets(snap["columns"], snap["timers"]["arena"])
+            arena = snap["timers"]["arena"]
+            if version == 3:  # an int64 offset and an int32 length per timer
+                arena = TimerTable.from_offsets(snap["columns"], arena)["arena"]
+            snap["timers"] = TimerTable.convert_events(snap["columns"], arena, summaries.from_json)
         if snap.get("version") != SNAPSHOT_VERSION:
             raise RecoveryFormatError(
                 f"this recovery directory holds shard state of format {snap.get('version', 1)}, written by an "

@@ -9,7 +9,7 @@ do push; the heap is rebuilt from the deadlines whenever it doubles, so it stays
 pending timers. A heap entry is two int64s, (deadline, slot << 8 | k), ordered as (deadline, slot, k).
 
 Each pending timer keeps the summary of the event that armed it (the trigger record's `event`,
-engine/decode.py) in the shard's event arena, an append-only byte buffer of records (a uint32
+packed: engine/summaries.py) in the shard's event arena, an append-only byte buffer of records (a uint32
 length, the summary, padding to 8 bytes); `timer_event[slot, k]` is a uint32 reference to it in
 8-byte units, 4 bytes per timer instead of an int64 offset and an int32 length. One event arming
 several timers is stored once. Re-arms leave old records behind; `compact_events` copies the live
@@ -28,6 +28,7 @@ with a timer on every activation (see BYTEWAX-NOTES.md).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -137,6 +138,28 @@ class TimerTable:
         used = _records_from_offsets(deadline, offsets, lengths, arena, refs, new)
         columns["timer_event"] = refs
         return {"arena": new[:used].copy()}
+
+    @staticmethod
+    def convert_events(columns: dict[str, np.ndarray], arena: np.ndarray,
+                       convert: Callable[[bytes], bytes]) -> dict[str, Any]:
+        """A snapshot's arena with every pending timer's event converted by `convert` (a snapshot of an
+        earlier format); a record several timers share stays shared. The references in `columns` are
+        replaced; the new arena snapshot is returned."""
+        deadline = columns["timer_deadline"]
+        refs = columns["timer_event"] = columns["timer_event"].copy()
+        raw = arena.tobytes()
+        new = bytearray()
+        placed: dict[int, int] = {}
+        for s, k in zip(*np.nonzero(deadline != NONE), strict=True):
+            old = ALIGN * int(refs[s, k])
+            if old not in placed:
+                length = int.from_bytes(raw[old:old + HEADER], "little")
+                event = convert(raw[old + HEADER:old + HEADER + length])
+                placed[old] = len(new) // ALIGN
+                new += len(event).to_bytes(HEADER, "little") + event
+                new += bytes(-len(new) % ALIGN)
+            refs[s, k] = placed[old]
+        return {"arena": np.frombuffer(bytes(new), np.uint8).copy()}
 
     def event_bytes(self) -> int:
         return int(self.meta[ARENA_USED])

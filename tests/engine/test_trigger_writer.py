@@ -11,7 +11,6 @@ import hashlib
 import random
 
 import numpy as np
-import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -19,6 +18,7 @@ from hypothesis import strategies as st
 from engine.blake2 import blake2b_128_hex
 from engine.blobs import Blobs
 from engine.records import RecordWriter, TriggerOut, TriggerRecords, each_record
+from engine.summaries import pack, summary_json
 from engine.times import format_time
 from engine.trigger_writer import TriggerWriter
 
@@ -57,8 +57,9 @@ def test_records_are_record_writers_bytes(firings: list[tuple], n_scores: int) -
     writer = TriggerWriter(TRIGGERS, score_names)
     ids = sorted({c for _, c, *_ in firings})
     index = Blobs.of(c.encode("utf-8", "surrogatepass") for c in ids)
-    batch_events = [orjson.dumps({"messageId": f"m-{i}", "properties": {"i": i}}) for i in range(len(firings))]
-    kept_events = [orjson.dumps({"messageId": f"k-{i}", "traits": {"n": "\u00e9"}}) for i in range(len(firings))]
+    batch_events = [pack({"messageId": f"m-{i}", "type": "page", "properties": {"i": i}}, "Page Viewed", 1000 + i)
+                    for i in range(len(firings))]
+    kept_events = [pack({"event": "E\u00e9", "traits": {"n": "\u00e9"}}, "E\u00e9", 2000 + i) for i in range(len(firings))]
     batch, kept = Blobs.of(batch_events), Blobs.of(kept_events)
     n = len(firings)
     values = np.array([f[5] for f in firings], np.float64).reshape(n, 2)
@@ -74,7 +75,7 @@ def test_records_are_record_writers_bytes(firings: list[tuple], n_scores: int) -
     expected: list[TriggerOut] = []
     for i, (t, contact, at, by_timer, from_kept, _) in enumerate(firings):
         name, channels = TRIGGERS[t]
-        event = kept_events[i] if from_kept else batch_events[i]
+        event = summary_json(kept_events[i] if from_kept else batch_events[i])
         score_values = dict(zip(score_names, values[i].tolist()[:n_scores], strict=True))
         expected += RecordWriter(name, channels, ()).triggers(contact, at, format_time(at).encode(), score_values,
                                                               event, EMITTED, by_timer)

@@ -7,9 +7,9 @@ and raw bytes, the event's time, contact and message id; `event_summary` for the
 record carries; `Plan.match` (the matchers as Python closures, rules/matchers.py) for the matcher
 bit set. Here the expectations are computed from those reference functions alone, line by line.
 
-A summary is compared as JSON values (types kept apart: 1, 1.0 and true differ): the compiled path
-copies the sender's own text of `properties` and `traits` (`11.50`, `"\\u00e9"`), where the
-reference re-serialises them (`11.5`, `"\u00e9"`).
+A summary (packed, engine/summaries.py) is compared as the JSON a record carries, as JSON values
+(types kept apart: 1, 1.0 and true differ): the compiled path copies the sender's own text of
+`properties` and `traits` (`11.50`, `"\\u00e9"`), where the reference re-serialises them (`11.5`, `"\u00e9"`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import orjson
 from hostile import HOSTILE_NUMBERS, HOSTILE_STRINGS, fuzz, hostile_lines, hostile_value
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -122,7 +121,7 @@ def actual(decoder: BatchDecoder, lines: list[bytes], positions: list[int]) -> t
             "contact": batch.contact(i),
             "contact_hash": int(batch.contact_hashes[i]),
             "message_digest": int(batch.message_digests[i]),
-            "summary": strict(orjson.loads(batch.summaries[i])),
+            "summary": strict(batch.summary(i)),
             "bits": sum(int(batch.bits[i, w]) << (64 * w) for w in range(words)),
         })
     return rows, dead

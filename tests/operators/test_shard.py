@@ -39,12 +39,13 @@ from engine.routing import shard_key, split_by_shard
 from engine.shop import Shop, ShopConfig
 from engine.snapshots import unpack
 from engine.sources import DLQ_KEY, END_KEY, DecodingPartition, ReaderState, block_of
+from engine.summaries import summary_json
 from engine.testing import event_batch, plan_of, run_rules
 from engine.times import parse_time
 from operators.dedupe import Deduplicator
 from operators.finalize import summarize
 from operators.shard import NEVER, SNAPSHOT_VERSION, RecoveryFormatError, ShardLogic, ShardState
-from operators.timers import NONE
+from operators.timers import NONE, TimerTable
 from rules.compiler import Plan
 
 T0 = 1_795_442_400_000  # 2026-11-23T14:00:00Z
@@ -875,11 +876,38 @@ def test_shard_state_snapshot_round_trip_keeps_every_column(contract):
     for _, s, k in pending:
         kept = restored.timers.event(s, k)
         assert kept == state.timers.event(s, k)
-        assert orjson.loads(kept)["messageId"] is not None
+        assert orjson.loads(summary_json(kept))["messageId"] is not None
     assert restored.watermark == state.watermark > NEVER
     assert restored.fired() == state.fired() and restored.suppressed() == state.suppressed()
     assert sum(state.fired().values()) > 0
     assert restored.timers.pending() == state.timers.pending() > 0
+
+
+def _as_format_4(snap: dict) -> dict:
+    """A shard snapshot as format 4 wrote it: the events timers keep as their summaries' JSON."""
+    columns = dict(snap["columns"])
+    timers = TimerTable.convert_events(columns, snap["timers"]["arena"], summary_json)
+    return {**snap, "version": 4, "columns": columns, "timers": timers}
+
+
+def _same_events(state: ShardState, restored: ShardState) -> None:
+    """Every pending timer keeps an event with the same JSON (a conversion re-serialises it: 11.50 -> 11.5)."""
+    for s, k in zip(*np.nonzero(state.columns.arrays["timer_deadline"][:len(state.index)] != NONE), strict=True):
+        assert orjson.loads(summary_json(restored.timers.event(s, k))) == orjson.loads(summary_json(state.timers.event(s, k)))
+
+
+def test_a_format_4_snapshot_is_converted_and_resumes_exactly(contract, reference):
+    plan, lines = contract
+    first = Run(plan, lines, batch_size=50, shards=SHARDS, broadcast=False).run(10)
+    reader, shards = first.snapshot()
+    converted = {key: _as_format_4(unpack(pickle.loads(pickle.dumps(snap)))) for key, snap in shards.items()}
+    some = next(s for s in converted.values() if len(s["timers"]["arena"]))
+    assert some["timers"]["arena"][4:16].tobytes() == b'{"messageId"'  # JSON, as format 4 kept it
+    for key, snap in converted.items():
+        _same_events(first.logics[key].state, ShardState.restore(plan, snap))
+    carried = Run(plan, lines, 50, SHARDS, False).carry(first)
+    resumed = Run(plan, lines, 50, SHARDS, False, (pickle.loads(pickle.dumps(reader)), converted))
+    assert resumed.carry(carried).run().result() == reference
 
 
 def _as_format_3(snap: dict) -> dict:
@@ -908,12 +936,11 @@ def test_a_format_3_snapshot_is_converted_and_resumes_exactly(contract, referenc
     plan, lines = contract
     first = Run(plan, lines, batch_size=50, shards=SHARDS, broadcast=False).run(10)
     reader, shards = first.snapshot()
-    converted = {key: _as_format_3(unpack(pickle.loads(pickle.dumps(snap)))) for key, snap in shards.items()}
+    converted = {key: _as_format_3(_as_format_4(unpack(pickle.loads(pickle.dumps(snap)))))
+                 for key, snap in shards.items()}
     assert sum(int((snap["columns"]["timer_event_length"] > 0).sum()) for snap in converted.values()) > 0
     for key, snap in converted.items():  # the same timers, keeping the same events
-        state, restored = first.logics[key].state, ShardState.restore(plan, snap)
-        for s, k in zip(*np.nonzero(state.columns.arrays["timer_deadline"][:len(state.index)] != NONE), strict=True):
-            assert restored.timers.event(s, k) == state.timers.event(s, k)
+        _same_events(first.logics[key].state, ShardState.restore(plan, snap))
     carried = Run(plan, lines, 50, SHARDS, False).carry(first)
     resumed = Run(plan, lines, 50, SHARDS, False, (pickle.loads(pickle.dumps(reader)), converted))
     assert resumed.carry(carried).run().result() == reference
