@@ -75,9 +75,12 @@ def from_json(summary: bytes) -> bytes:
     message_id = s.get("messageId")
     properties = s.get("properties")
     traits = s.get("traits")
+    time_ms = parse_time(s["timestamp"])
+    if time_ms is None:
+        raise ValueError(f"a summary's timestamp must be ISO-8601, got {s['timestamp']!r}")
     return pack_parts(call, b"" if message_id is None else orjson.dumps(message_id),
                       orjson.dumps(s["event"]) if call == TRACK else b"", orjson.dumps(properties) if properties else b"",
-                      orjson.dumps(traits) if traits else b"", parse_time(s["timestamp"]))
+                      orjson.dumps(traits) if traits else b"", time_ms)
 
 
 def pack_parts(call: int, message_id: bytes, name: bytes, properties: bytes, traits: bytes, time_ms: int) -> bytes:
