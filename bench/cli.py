@@ -72,6 +72,9 @@ def _hotpath(p: argparse.ArgumentParser) -> None:
     _common_workload(p, 2_000_000)
     p.add_argument("--state-contacts", type=int, default=1_000_000,
                    help="contacts in the state whose bytes are counted; 0 skips it (default %(default)s)")
+    p.add_argument("--repeat", type=int, default=3,
+                   help="runs of the dataflow in this process; the one of median CPU time is reported, every run's "
+                        "figure listed: the machines are shared and noisy (default %(default)s)")
     p.add_argument("--profile", action="store_true",
                    help="run the dataflow under cProfile: top functions printed, stats saved next to the JSON")
 
