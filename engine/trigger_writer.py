@@ -89,6 +89,9 @@ class TriggerWriter:
         self._longest_rule = max((len(_utf8(n)) * 2 + 2 for n, _ in triggers), default=0)
         self._longest_channel = max((len(_utf8(c)) * 2 + 2 for c in channel_names), default=0)
         self._channels_of = np.diff(np.array(first, np.int64))
+        # The most a record takes beyond its contact id (escaped: 6 bytes per byte at most) and its event.
+        self._record_bytes = (_FIXED_BYTES + self._longest_rule + self._longest_channel + JSON_OVERHEAD
+                              + (_SCORE_BYTES + 2) * self.n_scores + len(self._tables[7][0]))
         self._hash_scratch = np.zeros(40, np.uint64)
 
     def write(self, trigger: npt.NDArray[np.int32], slot: npt.NDArray[np.int32], at: npt.NDArray[np.int64],
@@ -100,14 +103,8 @@ class TriggerWriter:
         values scores[i]; its event's packed summary is at event_start[i] (event_length[i] bytes) in `events`
         (the batch's summaries) when source[i] is 0, in `kept` (the events timers keep) when it is 1.
         Contact ids are id_data[id_offsets[s]:id_offsets[s + 1]]; `emitted_at` is ISO-8601 (24 bytes)."""
-        n = len(trigger)
-        records = self._channels_of[trigger]
-        contact_bytes = id_offsets[slot + 1] - id_offsets[slot]
-        longest_contact = int(contact_bytes.max()) if n else 0
-        bound = int((records * (_FIXED_BYTES + self._longest_rule + self._longest_channel + 6 * contact_bytes
-                                + event_length + JSON_OVERHEAD + _SCORE_BYTES * self.n_scores)).sum())
-        bound += int(self._tables[7][1][-1]) * int(records.sum())  # the score names
-        total = int(records.sum())
+        total, bound, longest_contact = _sizes(trigger, slot, event_length, id_offsets, self._channels_of,
+                                               self._record_bytes)
         out = np.empty(bound, np.uint8)
         ends = np.empty(total, np.int64)
         out_at = np.empty(total, np.int64)
@@ -133,6 +130,21 @@ _HEX = np.frombuffer(b"0123456789abcdef", np.uint8).copy()
 @kernel(inline=True)
 def _put(table, offsets, k, out, pos):  # type: ignore[no-untyped-def]
     return copy_bytes(out, pos, table, offsets[k], offsets[k + 1] - offsets[k])
+
+
+@kernel
+def _sizes(trigger, slot, event_length, id_offsets, channels_of, record_bytes):  # type: ignore[no-untyped-def]
+    """(records, a bound on their bytes, the longest contact id's bytes) of a batch of firings."""
+    records = 0
+    total = 0
+    longest = 0
+    for i in range(len(trigger)):
+        n = channels_of[trigger[i]]
+        contact = id_offsets[slot[i] + 1] - id_offsets[slot[i]]
+        longest = max(longest, contact)
+        records += n
+        total += n * (record_bytes + 6 * contact + event_length[i])
+    return records, total, longest
 
 
 @kernel(inline=True)

@@ -123,6 +123,7 @@ class ShardState:
         self._profile_writers = [RecordWriter(t.name, (), t.profile_actions) if t.profile_actions else None
                                  for t in plan.triggers]
         self._no_events = np.zeros(1, np.uint8)
+        self._firing_batch: EventBatch | None = None
         self.suppressed_in_batch: list[tuple[str, str]] = []  # for metrics, drained per batch
 
     # -- events -------------------------------------------------------------------
@@ -132,12 +133,14 @@ class ShardState:
         return (a["clock"], a["score_value"], a["score_last"], a["count_times"], a["count_next"], a["unless_seen"],
                 a["last_fired"], self.fired_counts, self.suppressed_counts)
 
-    def process(self, batch: EventBatch, out: list[Any]) -> None:
-        """Apply a batch of accepted events in order (`batch.watermarks` must be set)."""
+    def process(self, batch: EventBatch, out: list[Any], flush: bool = True) -> None:
+        """Apply a batch of accepted events in order (`batch.watermarks` must be set). `flush=False` leaves
+        the records of its firings to the next `flush` (one set of records for several steps)."""
         n = len(batch)
         if n == 0:
             return
         assert batch.watermarks is not None, "the source stamps watermarks on every batch"
+        self.flush(out)  # an earlier batch's firings: they refer to its events and to the arena as it is
         self.shard = batch.shard
         slots = self.index.slots(batch.contact_hashes, batch.contacts)
         self.columns.ensure(len(self.index))
@@ -145,20 +148,30 @@ class ShardState:
         summaries = batch.summaries
         self.timers.reserve(n * max(1, self.timers.n_timers), n, summaries.total_bytes(), len(self.index))
         events = (slots, batch.times, batch.watermarks, effect_ids, summaries.data, summaries.starts, summaries.ends)
+        self._firing_batch = batch
         i = 0
-        while i < n:
+        while True:
             i = _apply_events(self._state(), self.timers.arrays(), self.plan_arrays, self.effects.as_tuple(), events,
                               self.firings.arrays(), i, len(self.index), self._per_event)
-            self._drain(batch, out)
+            if i == n:
+                break
+            self._drain(out)  # the firings table filled up
         if batch.watermarks[-1] > self.watermark:
             self.watermark = int(batch.watermarks[-1])
-        self.timers.compact_events(len(self.index))
+        if flush:
+            self.flush(out)
         if self.contact_states:
             touched = np.unique(slots)
             clock = self.columns.arrays["clock"]
             for slot in touched.tolist():
                 now = int(clock[slot])
                 out.append(ContactState(self.index.id(slot), self.scores_at(slot, now), now))
+
+    def flush(self, out: list[Any]) -> None:
+        """The records of the firings not yet written; then the arena may be compacted (firings refer to it)."""
+        self._drain(out)
+        self._firing_batch = None
+        self.timers.compact_events(len(self.index))
 
     def scores_at(self, slot: int, at_ms: int) -> dict[str, float]:
         a = self.columns.arrays
@@ -167,25 +180,25 @@ class ShardState:
 
     # -- timers ---------------------------------------------------------------------
 
-    def advance_watermark(self, watermark: int, out: list[Any]) -> None:
-        """Path (b): fire every timer with deadline < watermark."""
+    def advance_watermark(self, watermark: int, out: list[Any], flush: bool = True) -> None:
+        """Path (b): fire every timer with deadline < watermark (`flush` as in `process`)."""
         if watermark > self.watermark:
             self.watermark = watermark
         self._pop_due(self.watermark, out)
+        if flush:
+            self.flush(out)
 
     def _pop_due(self, bound: int, out: list[Any]) -> None:
-        while True:
-            done = _fire_due(self._state(), self.timers.arrays(), self.plan_arrays, self.firings.arrays(), bound,
-                             len(self.index))
-            self._drain(None, out)
-            if done:
-                return
+        while not _fire_due(self._state(), self.timers.arrays(), self.plan_arrays, self.firings.arrays(), bound,
+                            len(self.index)):
+            self._drain(out)  # the firings table filled up
 
     def end_of_input(self, marker: EndOfInput, out: list[Any]) -> ShardEnd:
         """Fire every timer with deadline <= the largest event time of the input."""
-        self.advance_watermark(self.watermark, out)
+        self.advance_watermark(self.watermark, out, flush=False)
         if marker.max_time != NEVER:
             self._pop_due(marker.max_time + 1, out)
+        self.flush(out)
         return ShardEnd(pending=self.timers.pending(), contacts=len(self.index), fired=self.fired(),
                         suppressed=self.suppressed())
 
@@ -204,7 +217,7 @@ class ShardState:
                     out[f"{t.name}:{reason}"] = n
         return out
 
-    def _drain(self, batch: EventBatch | None, out: list[Any]) -> None:
+    def _drain(self, out: list[Any]) -> None:
         """Trigger records (one `TriggerRecords` for all the firings the loop wrote) and profile changes."""
         f = self.firings
         count = int(f.count[0])
@@ -213,6 +226,7 @@ class ShardState:
         f.count[0] = 0
         emitted = format_time(wall_ms()).encode()
         if self._trigger_writer.emits:
+            batch = self._firing_batch  # the batch whose events firings with source FROM_BATCH refer to
             events = batch.summaries.data if batch is not None else self._no_events
             records = self._trigger_writer.write(
                 f.trigger[:count], f.slot[:count], f.at[:count], f.by_timer[:count], f.source[:count], f.offset[:count],
@@ -331,12 +345,12 @@ class ShardLogic(StatefulBatchLogic[Any, Any, tuple | None]):
         fired_before = state.fired_counts.copy()
         suppressed_before = state.suppressed_counts.copy()
         events = 0
-        for value in values:
+        for value in values:  # the records of all their firings are written once, at the end
             if isinstance(value, EventBatch):
                 events += len(value)
-                state.process(value, out)
+                state.process(value, out, flush=False)
             elif isinstance(value, Watermark):
-                state.advance_watermark(value.value, out)
+                state.advance_watermark(value.value, out, flush=False)
             elif isinstance(value, EndOfInput):
                 out.append(state.end_of_input(value, out))
         state.advance_watermark(state.watermark, out)
