@@ -450,8 +450,8 @@ def _fire(state, plan, out, slot, trigger, at_ms, by_timer, source, offset, leng
 
 @kernel(inline=True)
 def _fire_timer(state, tm, plan, out, deadline, slot, k):  # type: ignore[no-untyped-def]
-    at = np.int64(tm[3][slot, k]) * timers.ALIGN
-    length = timers.record_length(tm[6], at)
+    at = np.int64(tm[2][slot, k]) * timers.ALIGN
+    length = timers.record_length(tm[5], at)
     offset = at + timers.HEADER
     timers.cancel(tm, slot, k)
     _fire(state, plan, out, slot, plan[13][k], deadline, 1, FROM_ARENA, offset, length)
@@ -479,7 +479,7 @@ def _apply_events(state, tm, plan, effects, events, out, first, size, per_event)
      _count_slot, _timer_trigger, count_offset, count_size, count_trigger, sequence_triggers, two) = plan
     e_unless, e_sequence, e_add, e_has, e_count, e_empty = effects
     slots, times, watermarks, effect_ids, data, starts, ends = events
-    timer_next = tm[2]
+    timer_next = tm[1]
     capacity = len(out[0])
     firing = out[9]
     for i in range(first, len(slots)):

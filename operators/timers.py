@@ -1,12 +1,15 @@
 """One timer structure per shard: a deadline per (contact, timer rule), a min-heap, and the events.
 
 `deadline[slot, k]` is the truth (NONE when the timer is not pending); the heap is an index for
-the watermark path and may hold stale entries, which are dropped when popped. To keep the heap
-from growing with every re-arm (an `inactive_for` rule re-arms on every event), at most one live
-heap entry is kept per (slot, k): a re-arm to a later deadline pushes nothing, and the earlier
-entry, once popped and found stale, re-pushes the current deadline. Re-arms to earlier deadlines
-do push; the heap is rebuilt from the deadlines whenever it doubles, so it stays within twice the
-pending timers. A heap entry is two int64s, (deadline, slot << 8 | k), ordered as (deadline, slot, k).
+the watermark path and may hold stale entries, which are dropped when popped. Its invariant: every
+pending timer has a heap entry at or before its deadline. So arming a timer that is not pending,
+or re-arming it earlier, pushes; re-arming it later (an `inactive_for` rule re-arms on every event)
+pushes nothing, and the earlier entry, once popped and found stale, re-pushes the current deadline.
+Entries of cancelled timers and superseded ones are dropped when popped; the heap is rebuilt from
+the deadlines whenever it doubles, so it stays within twice the pending timers. (A column of the
+deadline each timer's live entry has, which would spare some of those pushes, cost 8 bytes per
+contact and timer rule.) A heap entry is two int64s, (deadline, slot << 8 | k), ordered as
+(deadline, slot, k).
 
 Each pending timer keeps the summary of the event that armed it (the trigger record's `event`,
 packed: engine/summaries.py) in the shard's event arena, an append-only byte buffer of records (a uint32
@@ -18,7 +21,7 @@ ones into a new arena once the garbage is half the live bytes, so the arena stay
 and `restore` rebuilds them from the deadlines.
 
 The compiled functions take the table as one tuple, `TimerTable.arrays()`:
-(deadline, queued, next, event, heap_deadline, heap_ref, arena, meta), where
+(deadline, next, event, heap_deadline, heap_ref, arena, meta), where
 meta holds the heap size, the pending count, the arena's used bytes and the heap size that
 triggers a rebuild.
 
@@ -59,7 +62,6 @@ class TimerTable:
         self.n_timers = n_timers
         width = max(n_timers, 1)
         columns.add("timer_deadline", np.int64, NONE, width)
-        columns.add("timer_queued", np.int64, NONE, width, derived=True)  # deadline of the live heap entry
         columns.add("timer_next", np.int64, NONE, derived=True)  # min over the row: the contact's next deadline
         columns.add("timer_event", np.uint32, 0, width)  # the arming event's arena record, in ALIGN units
         self.heap_deadline = np.zeros(COMPACT_MIN, np.int64)
@@ -71,7 +73,7 @@ class TimerTable:
 
     def arrays(self) -> tuple[Any, ...]:
         a = self.columns.arrays
-        return (a["timer_deadline"], a["timer_queued"], a["timer_next"], a["timer_event"], self.heap_deadline,
+        return (a["timer_deadline"], a["timer_next"], a["timer_event"], self.heap_deadline,
                 self.heap_ref, self.arena, self.meta)
 
     def pending(self) -> int:
@@ -231,7 +233,7 @@ def _write_record(dst, at, src, start, length):  # type: ignore[no-untyped-def]
 @kernel(inline=True)
 def store_event(timers, data, start, length):  # type: ignore[no-untyped-def]
     """Append data[start:start + length] to the arena as a record; its reference (for `arm`)."""
-    arena, meta = timers[6], timers[7]
+    arena, meta = timers[5], timers[6]
     at = meta[ARENA_USED]
     meta[ARENA_USED] = _write_record(arena, at, data, start, length)
     return at // ALIGN
@@ -320,7 +322,7 @@ def _sift_down(hd, hr, i, n):  # type: ignore[no-untyped-def]
 
 @kernel(inline=True)
 def heap_push(timers, deadline, ref):  # type: ignore[no-untyped-def]
-    hd, hr, meta = timers[4], timers[5], timers[7]
+    hd, hr, meta = timers[3], timers[4], timers[6]
     i = meta[HEAP_SIZE]
     meta[HEAP_SIZE] = i + 1
     hd[i] = deadline
@@ -336,7 +338,7 @@ def heap_push(timers, deadline, ref):  # type: ignore[no-untyped-def]
 
 @kernel
 def heap_pop(timers):  # type: ignore[no-untyped-def]
-    hd, hr, meta = timers[4], timers[5], timers[7]
+    hd, hr, meta = timers[3], timers[4], timers[6]
     d = hd[0]
     r = hr[0]
     n = meta[HEAP_SIZE] - 1
@@ -355,12 +357,11 @@ def compact(timers, size):  # type: ignore[no-untyped-def]
     superseded entries behind; rebuilding when the heap has doubled keeps it within twice the
     pending timers at amortised O(1) per push.
     """
-    deadline, queued, hd, hr, meta = timers[0], timers[1], timers[4], timers[5], timers[7]
+    deadline, hd, hr, meta = timers[0], timers[3], timers[4], timers[6]
     n = 0
     for s in range(size):
         for k in range(deadline.shape[1]):
             d = deadline[s, k]
-            queued[s, k] = d
             if d != NONE:
                 hd[n] = d
                 hr[n] = (s << K_BITS) | k
@@ -377,7 +378,7 @@ def compact(timers, size):  # type: ignore[no-untyped-def]
 @kernel(inline=True)
 def _refresh_next(timers, slot, previous, current):  # type: ignore[no-untyped-def]
     """Keep next[slot] = the row's minimum after one deadline went previous -> current."""
-    deadline, nxt = timers[0], timers[2]
+    deadline, nxt = timers[0], timers[1]
     n = nxt[slot]
     if current <= n:
         nxt[slot] = current
@@ -393,14 +394,13 @@ def _refresh_next(timers, slot, previous, current):  # type: ignore[no-untyped-d
 def arm(timers, slot, k, at_ms, event_ref, size):  # type: ignore[no-untyped-def]
     """Arm (or re-arm: one call restarts a pending timer) timer k of a contact, keeping the arena
     record `event_ref` (`store_event`) as its event."""
-    deadline, queued, ev_ref, meta = timers[0], timers[1], timers[3], timers[7]
+    deadline, ev_ref, meta = timers[0], timers[2], timers[6]
     previous = deadline[slot, k]
     deadline[slot, k] = at_ms
     if previous == NONE:
         meta[PENDING] += 1
     ev_ref[slot, k] = event_ref
-    if at_ms < queued[slot, k]:
-        queued[slot, k] = at_ms
+    if at_ms < previous:  # not pending (NONE is the largest int64), or earlier: the heap needs an entry
         heap_push(timers, at_ms, (np.int64(slot) << K_BITS) | k)
         if meta[HEAP_SIZE] > meta[COMPACT_AT]:
             compact(timers, size)
@@ -409,7 +409,7 @@ def arm(timers, slot, k, at_ms, event_ref, size):  # type: ignore[no-untyped-def
 
 @kernel(inline=True)
 def cancel(timers, slot, k):  # type: ignore[no-untyped-def]
-    deadline, meta = timers[0], timers[7]
+    deadline, meta = timers[0], timers[6]
     previous = deadline[slot, k]
     if previous != NONE:
         meta[PENDING] -= 1
@@ -435,20 +435,17 @@ def next_due(timers, slot, before_ms):  # type: ignore[no-untyped-def]
 def pop_due(timers, bound):  # type: ignore[no-untyped-def]
     """The next pending timer with a deadline below `bound`, popped: (deadline, slot, k), or (NONE, -1, -1).
 
-    The caller fires and clears it. Stale entries on the way are dropped or re-queued.
+    The caller fires and clears it. Stale entries on the way are dropped, or re-pushed at the timer's
+    current deadline when it moved later (the entry kept the heap's invariant for it).
     """
-    deadline, queued, hd, meta = timers[0], timers[1], timers[4], timers[7]
+    deadline, hd, meta = timers[0], timers[3], timers[6]
     while meta[HEAP_SIZE] > 0 and hd[0] < bound:
         d, ref = heap_pop(timers)
         slot = ref >> K_BITS
         k = ref & K_MASK
-        if queued[slot, k] != d:
-            continue  # an extra entry superseded by an earlier re-arm
-        queued[slot, k] = NONE
         current = deadline[slot, k]
         if current == d:
             return d, slot, k
-        if current != NONE:
-            queued[slot, k] = current
+        if current != NONE and current > d:
             heap_push(timers, current, ref)
     return NONE, -1, -1

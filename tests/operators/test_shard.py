@@ -864,10 +864,9 @@ def test_shard_state_snapshot_round_trip_keeps_every_column(contract):
     assert restored.index.ids() == state.index.ids()
     assert len(set(state.index.ids())) == size
     assert set(restored.columns.arrays) == set(state.columns.arrays)
-    assert state.columns.derived == {"timer_queued", "timer_next"}
+    assert state.columns.derived == {"timer_next"}
     for name, arr in state.columns.arrays.items():
-        if name != "timer_queued":  # the one column a rebuilt heap changes: one entry per timer
-            assert np.array_equal(restored.columns.arrays[name][:size], arr[:size]), name
+        assert np.array_equal(restored.columns.arrays[name][:size], arr[:size]), name
     deadlines = state.columns.arrays["timer_deadline"]
     pending = sorted((int(deadlines[s, k]), int(s), int(k)) for s, k in zip(*np.nonzero(deadlines != NONE), strict=True))
     assert len(pending) > 0
