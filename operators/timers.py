@@ -52,6 +52,9 @@ HEADER = 4  # a record is its length (uint32, little-endian), then the summary's
 RECORD_OVERHEAD = HEADER + ALIGN - 1  # the most a record takes beyond its summary
 ARENA_MIN = 1 << 16
 COMPACT_ABOVE = 1 << 20  # arena bytes below which garbage is left alone
+# An arena that reached it fills up to COMPACT_ABOVE again after each compaction: it keeps this much
+# room (growing back to it cost a shard of the hot path's bench 9 copies after every compaction).
+ARENA_REFILL = COMPACT_ABOVE + COMPACT_ABOVE // 4
 
 
 class TimerTable:
@@ -85,14 +88,16 @@ class TimerTable:
         need = int(self.meta[HEAP_SIZE]) + pushes + 1
         if need > len(self.heap_deadline):
             cap = max(need, 2 * len(self.heap_deadline))
-            self.heap_deadline = _grown(self.heap_deadline, cap)
-            self.heap_ref = _grown(self.heap_ref, cap)
+            used = int(self.meta[HEAP_SIZE])
+            self.heap_deadline = _grown(self.heap_deadline, cap, used)
+            self.heap_ref = _grown(self.heap_ref, cap, used)
         extra = event_bytes + events * RECORD_OVERHEAD
         if int(self.meta[ARENA_USED]) + extra > len(self.arena):
             self.compact_events(size)
             need = int(self.meta[ARENA_USED]) + extra
             if need > len(self.arena):
-                self.arena = _grown(self.arena, max(need, len(self.arena) + len(self.arena) // 2))
+                step = len(self.arena) if len(self.arena) < COMPACT_ABOVE else len(self.arena) // 2
+                self.arena = _grown(self.arena, max(need, len(self.arena) + step), int(self.meta[ARENA_USED]))
         if int(self.meta[ARENA_USED]) + extra > ALIGN * (1 << 32):
             self.compact_events(size, force=True)
             if int(self.meta[ARENA_USED]) + extra > ALIGN * (1 << 32):
@@ -118,7 +123,7 @@ class TimerTable:
             return
         live = _live_bytes(self.columns.arrays["timer_deadline"], self.columns.arrays["timer_event"], self.arena,
                            self._row, size)
-        new = np.zeros(max(ARENA_MIN, live + live // 2), np.uint8)
+        new = np.zeros(max(ARENA_MIN, live + live // 2, min(len(self.arena), ARENA_REFILL)), np.uint8)
         moved = _move_records(self.columns.arrays["timer_deadline"], self.columns.arrays["timer_event"], self.arena,
                               new, self._row, size)
         assert moved == live
@@ -199,9 +204,11 @@ class TimerTable:
         compact(self.arrays(), size)
 
 
-def _grown(arr: np.ndarray, size: int) -> np.ndarray:
+def _grown(arr: np.ndarray, size: int, used: int | None = None) -> np.ndarray:
+    """`arr` in a new array of `size` (zeros after its first `used` elements, all of it by default)."""
+    used = len(arr) if used is None else used
     new = np.zeros(size, arr.dtype)
-    new[: len(arr)] = arr
+    new[:used] = arr[:used]
     return new
 
 
