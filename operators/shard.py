@@ -110,7 +110,7 @@ class ShardState:
         self.timers = TimerTable(self.columns, len(plan.timer_triggers))
         Suppression(self.columns, len(plan.unless_matchers), len(plan.triggers))
         self.plan_arrays = PlanArrays.of(plan).as_tuple()
-        self.effects = EffectTable(plan)
+        self.effects = EffectTable.for_thread(plan)
         self.watermark = NEVER  # the input's watermark as far as this shard knows
         self.shard = -1  # learnt from the first batch (bytewax does not tell a logic its key)
         n_triggers = max(len(plan.triggers), 1)

@@ -8,6 +8,7 @@ cached, so the per-event loop only looks up what it must do instead of re-testin
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -311,6 +312,9 @@ class PlanArrays:
         return tuple(getattr(self, f) for f in self.__dataclass_fields__)
 
 
+_THREAD_TABLES = threading.local()
+
+
 class EffectTable:
     """`Effects` as arrays indexed by an effect id: one id per distinct matcher bit set, assigned
     as bit sets first appear (a rule set has few: events of one name mostly share one).
@@ -329,6 +333,19 @@ class EffectTable:
         # no Python work per event or per distinct bit set; only new bit sets go through Python.
         self._keys = np.zeros((0, 1), np.uint64)
         self._table = np.full(64, -1, np.int32)
+
+    @classmethod
+    def for_thread(cls, plan: Plan) -> EffectTable:
+        """This thread's table for `plan`. A worker's shards meet the same few bit sets, so they share
+        one table and each set is learnt once (with a table per shard, learning was 1-2 % of the hot
+        path); per thread, because bytewax runs each worker in a thread of its own."""
+        tables: dict[int, EffectTable] = _THREAD_TABLES.__dict__.setdefault("by_plan", {})
+        table = tables.get(id(plan))
+        if table is None or table.plan is not plan:
+            if len(tables) >= 8:  # plans come and go in tests; a worker has one
+                tables.clear()
+            table = tables[id(plan)] = cls(plan)
+        return table
 
     def ids(self, bits: np.ndarray) -> np.ndarray:
         out = np.empty(len(bits), np.int32)
