@@ -115,13 +115,13 @@ class ContactIndex:
             cap = len(self.hashes)
             while cap < slots:
                 cap *= 2
-            self.hashes = _grown(self.hashes, cap)
-            self.id_offsets = _grown(self.id_offsets, cap + 1)
+            self.hashes = grown(self.hashes, cap)
+            self.id_offsets = grown(self.id_offsets, cap + 1)
         if id_bytes > len(self.id_data):
             cap = len(self.id_data)
             while cap < id_bytes:
                 cap *= 2
-            self.id_data = _grown(self.id_data, cap)
+            self.id_data = grown(self.id_data, cap)
         if 2 * slots > len(self.table):
             cap = len(self.table)
             while cap < 2 * slots:
@@ -162,9 +162,11 @@ class ContactIndex:
         return index
 
 
-def _grown(arr: np.ndarray, size: int) -> np.ndarray:
+def grown(arr: np.ndarray, size: int, used: int | None = None) -> np.ndarray:
+    """`arr` in a new array of `size` (zeros after its first `used` elements, all of it by default)."""
+    used = len(arr) if used is None else used
     new = np.zeros(size, arr.dtype)
-    new[: len(arr)] = arr
+    new[:used] = arr[:used]
     return new
 
 

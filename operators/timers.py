@@ -38,7 +38,7 @@ import numpy as np
 
 from engine.compiled import kernel
 from engine.rawmem import copy_bytes
-from operators.contacts import Columns
+from operators.contacts import Columns, grown
 from rules.model import MAX_TIMER_TRIGGERS
 
 NONE = np.iinfo(np.int64).max
@@ -85,19 +85,19 @@ class TimerTable:
     def reserve(self, pushes: int, events: int, event_bytes: int, size: int) -> None:
         """Room for `pushes` more heap entries and `events` more arena records of `event_bytes` in all
         (`size`: the contacts, for a compaction that makes the room)."""
-        need = int(self.meta[HEAP_SIZE]) + pushes + 1
+        used = int(self.meta[HEAP_SIZE])
+        need = used + pushes + 1
         if need > len(self.heap_deadline):
             cap = max(need, 2 * len(self.heap_deadline))
-            used = int(self.meta[HEAP_SIZE])
-            self.heap_deadline = _grown(self.heap_deadline, cap, used)
-            self.heap_ref = _grown(self.heap_ref, cap, used)
+            self.heap_deadline = grown(self.heap_deadline, cap, used)
+            self.heap_ref = grown(self.heap_ref, cap, used)
         extra = event_bytes + events * RECORD_OVERHEAD
         if int(self.meta[ARENA_USED]) + extra > len(self.arena):
             self.compact_events(size)
             need = int(self.meta[ARENA_USED]) + extra
             if need > len(self.arena):
                 step = len(self.arena) if len(self.arena) < COMPACT_ABOVE else len(self.arena) // 2
-                self.arena = _grown(self.arena, max(need, len(self.arena) + step), int(self.meta[ARENA_USED]))
+                self.arena = grown(self.arena, max(need, len(self.arena) + step), int(self.meta[ARENA_USED]))
         if int(self.meta[ARENA_USED]) + extra > ALIGN * (1 << 32):
             self.compact_events(size, force=True)
             if int(self.meta[ARENA_USED]) + extra > ALIGN * (1 << 32):
@@ -202,14 +202,6 @@ class TimerTable:
         a["timer_next"][:] = deadlines.min(axis=1)
         self.reserve(pending, 0, 0, size)
         compact(self.arrays(), size)
-
-
-def _grown(arr: np.ndarray, size: int, used: int | None = None) -> np.ndarray:
-    """`arr` in a new array of `size` (zeros after its first `used` elements, all of it by default)."""
-    used = len(arr) if used is None else used
-    new = np.zeros(size, arr.dtype)
-    new[:used] = arr[:used]
-    return new
 
 
 # -- the event arena ------------------------------------------------------------------------------------
