@@ -341,7 +341,7 @@ class EffectTable:
         path); per thread, because bytewax runs each worker in a thread of its own."""
         tables: dict[int, EffectTable] = _THREAD_TABLES.__dict__.setdefault("by_plan", {})
         table = tables.get(id(plan))
-        if table is None or table.plan is not plan:
+        if table is None:  # (a table holds its plan, so no other plan can have taken its id)
             if len(tables) >= 8:  # plans come and go in tests; a worker has one
                 tables.clear()
             table = tables[id(plan)] = cls(plan)
