@@ -9,7 +9,7 @@ $(BIN)/halflife: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
-	$(BIN)/python -m engine.warmup  # compiles the numba kernels once (about 50 s); later runs load the cache
+	$(BIN)/python -m engine.warmup  # compiles the numba kernels once (50-70 s); later runs load the cache
 	@touch $@
 
 venv: $(BIN)/halflife
