@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,6 +43,7 @@ import numpy as np
 import orjson
 
 from bench.common import ROOT, new_result, table, write_result
+from engine.testing import free_port_block
 
 E2E_RULES = Path(__file__).resolve().parent / "rules" / "e2e.yaml"
 BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000)
@@ -133,26 +133,6 @@ def step_latency(rows: list[tuple[float, str, str, int, int]], id_prefix: str, i
 # -- processes --------------------------------------------------------------------------------------------
 
 
-def _free_port_block(n: int) -> int:
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + n > 65535:
-            continue
-        ok = True
-        for p in range(base, base + n):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", p))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise RuntimeError("no block of free ports")
-
-
 def scrape(ports: list[int]) -> dict[str, float]:
     """Sums over processes of the metrics the bench reads; missing endpoints count as absent."""
     want = {"halflife_events_in_total": 0.0, "halflife_events_processed_total": 0.0,
@@ -181,7 +161,7 @@ class Engine:
 
     def __init__(self, url: str, processes: int, rules: str, tmp: str, args: argparse.Namespace) -> None:
         self.processes = processes
-        self.port = _free_port_block(processes)
+        self.port = free_port_block(processes)
         self.ports = [self.port + i for i in range(processes)]
         self.log_path = os.path.join(tmp, f"engine-{processes}.log")
         cmd = [sys.executable, "-m", "engine", "run", "--rules", rules, "--input", url, "--output", url, "--dlq", url,

@@ -12,6 +12,7 @@ fraction of two-process start-ups were seen to hang silently).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import glob
 import os
@@ -184,17 +185,19 @@ def prepare_member_recovery(cfg: RunConfig, process_id: int, members: int) -> No
             os.replace(os.path.join(staging, name), os.path.join(cfg.recovery, name))
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
+def _free_ports(n: int, avoid: frozenset[int] = frozenset()) -> list[int]:
+    """`n` distinct localhost ports free right now, none in `avoid` (ports this run will bind later,
+    such as the members' metrics ports: the OS hands out ports near each other, so a cluster
+    address could otherwise land on metrics port P + 1)."""
+    with contextlib.ExitStack() as held:
+        ports: list[int] = []
+        while len(ports) < n:
+            s = held.enter_context(socket.socket())
             s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+            port = s.getsockname()[1]
+            if port not in avoid:
+                ports.append(port)
+        return ports
 
 
 def _stop(procs: list[subprocess.Popen]) -> None:
@@ -212,7 +215,9 @@ def _stop(procs: list[subprocess.Popen]) -> None:
 
 def _run_cluster_once(cfg: RunConfig, argv: list[str], started_timeout_s: float,
                       extra_env: dict[str, str] | None = None) -> int:
-    addresses = ";".join(f"127.0.0.1:{p}" for p in _free_ports(cfg.processes))
+    metrics_ports = (frozenset() if cfg.metrics_port is None
+                     else frozenset(range(cfg.metrics_port, cfg.metrics_port + cfg.processes)))
+    addresses = ";".join(f"127.0.0.1:{p}" for p in _free_ports(cfg.processes, avoid=metrics_ports))
     with tempfile.TemporaryDirectory(prefix="halflife-cluster-") as started_dir:
         env = {**os.environ, **(extra_env or {}), STARTED_DIR_ENV: started_dir}
         procs = []

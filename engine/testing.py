@@ -107,6 +107,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_port_block(n: int) -> int:
+    """A localhost port P with P .. P + n - 1 all free right now, for `--processes n --metrics-port P`
+    (process i serves on P + i). Like free_port, another process may take one before use."""
+    for _ in range(100):
+        base = free_port()
+        if base + n > 65536:
+            continue
+        with contextlib.ExitStack() as held:
+            try:
+                for port in range(base + 1, base + n):
+                    held.enter_context(socket.socket()).bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return base
+    raise RuntimeError(f"no block of {n} free localhost ports")
+
+
 def wait_port(port: int, timeout_s: float = 30, proc: subprocess.Popen | None = None) -> None:
     """Wait until 127.0.0.1:`port` accepts connections; fail early if `proc` (meant to listen there) exited."""
     deadline = time.monotonic() + timeout_s

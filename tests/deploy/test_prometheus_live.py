@@ -30,7 +30,7 @@ import redis
 import yaml
 
 from engine.shop import Shop, ShopConfig
-from engine.testing import RedisServer, free_port, wait_port
+from engine.testing import RedisServer, free_port, free_port_block, wait_port
 from engine.times import format_time
 from tests.deploy.stack import (
     ALERTS_YML,
@@ -109,21 +109,6 @@ class _Receiver(BaseHTTPRequestHandler):
         pass
 
 
-def two_free_ports() -> int:
-    """A port P with P + 1 free too (process i of --processes N serves on --metrics-port + i)."""
-    import socket
-
-    for _ in range(50):
-        port = free_port()
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no two consecutive free ports")
-
-
 def events_between(n: int, start_ms: int, end_ms: int, seed: int) -> list[dict]:
     events = Shop(ShopConfig(seed=seed, contacts=40, sessions_per_minute=400.0)).take(n)
     for i, e in enumerate(events):
@@ -169,7 +154,7 @@ class Stack:
         rules = tmp / "rules.yaml"
         rules.write_text(RULES)
         self.collector_port = free_port()
-        self.metrics_port = two_free_ports()
+        self.metrics_port = free_port_block(PROCESSES)
         self.engine_ports = [self.metrics_port + i for i in range(PROCESSES)]
         self.collector = spawn(["collect", "--redis", url, "--port", str(self.collector_port), "--write-key", WRITE_KEY,
                                 "--shards", str(SHARDS)], tmp / "collector.log")

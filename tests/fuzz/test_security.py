@@ -25,7 +25,7 @@ import redis
 
 from engine import cli, collector, metrics, runner
 from engine.collector import COLLECTOR_KEY, CollectorConfig, build_app
-from engine.testing import RedisServer, free_port, stop_process
+from engine.testing import RedisServer, free_port, free_port_block, stop_process
 from engine.webhooks import parse_webhook_specs, sign, verify_signature
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -356,7 +356,7 @@ def test_collector_listens_on_loopback_only(redis_url: str) -> None:
 def test_engine_cluster_and_metrics_sockets_are_loopback(tmp_path: Path) -> None:
     # A real two-process cluster reading stdin (kept open while we look): its metrics endpoints and the
     # bytewax cluster connections between the processes all use 127.0.0.1.
-    metrics_port = free_port()
+    metrics_port = free_port_block(2)
     process = subprocess.Popen([sys.executable, "-m", "engine", "run", "--rules", str(RULES), "--input", "-",
                                 "--output", str(tmp_path / "out.jsonl"), "--dlq", str(tmp_path / "dlq.jsonl"),
                                 "--processes", "2", "--metrics-port", str(metrics_port)],
