@@ -4,9 +4,10 @@ Each shard is one bytewax stateful key. Its logic owns:
 
 * `ContactIndex`: contact id -> slot;
 * per-contact columns (`Columns`, numpy, slot-major): the contact clock, score values and update
-  times, count rings, timer deadlines and the summaries of the events that armed them, `unless`
-  last-seen times and last firing times;
-* one `TimerTable` heap for the whole shard.
+  times, count rings, timer deadlines and the summaries of the events that armed them;
+* one `TimerTable` heap for the whole shard;
+* `SuppressionTimes`: the `unless` last-seen and last firing times that were set (most contacts
+  have none), in one hash table.
 
 Events arrive as columnar `EventBatch`es, already de-duplicated by the source, each stamped with
 the input's watermark just before it and carrying its matcher bit set. Per batch, each distinct bit
@@ -22,9 +23,10 @@ Python then turns each firing into its trigger records and profile changes -- wo
 per event.
 
 Snapshot (for bytewax recovery): a dict with the contact index, copies of every column cut to the
-number of contacts (derived columns left out), the live part of the event arena, the counters and
-the last watermark. Size is about 8 bytes x (1 + 2 scores + sum of at_least + 2 x timer rules +
-unless matchers + triggers) per contact, plus the contact id and the summaries pending timers keep.
+number of contacts (derived columns left out), the live part of the event arena, the suppression
+times set, the counters and the last watermark. Size is about 8 bytes x (1 + 2 scores + sum of
+at_least + 1.5 x timer rules) per contact, plus the contact id, the summaries pending timers keep
+and 16 bytes per suppression time.
 `ShardLogic.snapshot` returns copies, so later processing never mutates a snapshot. Resuming builds
 the same state, so a resumed run fires the same triggers.
 """
@@ -55,16 +57,16 @@ from engine.records import (
 from engine.snapshots import pack, unpack
 from engine.times import format_time
 from engine.trigger_writer import TriggerWriter
-from operators import counts, scores, suppress, timers
+from operators import counts, scores, sparse, suppress, timers
 from operators.contacts import Columns, ContactIndex
 from operators.counts import CountWindows
 from operators.scores import ScoreColumns
-from operators.suppress import REASONS, Suppression
+from operators.suppress import REASONS, SuppressionTimes
 from operators.timers import NONE, TimerTable
 from rules.compiler import RISES_ABOVE, SEQ_START, EffectTable, Plan, PlanArrays
 
 NEVER = np.iinfo(np.int64).min
-SNAPSHOT_VERSION = 5
+SNAPSHOT_VERSION = 6
 
 # Where a firing's causing event is: the batch (event index) or the timer arena (offset).
 FROM_BATCH, FROM_ARENA = 0, 1
@@ -108,7 +110,7 @@ class ShardState:
         ScoreColumns(self.columns, len(plan.scores))
         CountWindows(self.columns, [plan.triggers[t].at_least for t in plan.count_triggers])
         self.timers = TimerTable(self.columns, len(plan.timer_triggers))
-        Suppression(self.columns, len(plan.unless_matchers), len(plan.triggers))
+        self.suppression = SuppressionTimes(len(plan.unless_matchers), len(plan.triggers))
         self.plan_arrays = PlanArrays.of(plan).as_tuple()
         self.effects = EffectTable.for_thread(plan)
         self.watermark = NEVER  # the input's watermark as far as this shard knows
@@ -118,6 +120,7 @@ class ShardState:
         self.suppressed_counts = np.zeros((n_triggers, len(REASONS) + 1), np.int64)
         # Most firings one event can cause: its own triggers, and its contact's due timers first.
         self._per_event = len(plan.triggers) + len(plan.timer_triggers)
+        self._puts_per_event = len(plan.unless_matchers) + self._per_event  # suppression times an event may set
         self.firings = Firings(max(4096, 4 * self._per_event), len(plan.scores), max(1, len(plan.triggers)))
         self._trigger_writer = TriggerWriter([(t.name, t.channels) for t in plan.triggers], [sp.name for sp in plan.scores])
         self._profile_writers = [RecordWriter(t.name, (), t.profile_actions) if t.profile_actions else None
@@ -130,8 +133,8 @@ class ShardState:
 
     def _state(self) -> tuple[Any, ...]:
         a = self.columns.arrays
-        return (a["clock"], a["score_value"], a["score_last"], a["count_times"], a["count_next"], a["unless_seen"],
-                a["last_fired"], self.fired_counts, self.suppressed_counts)
+        return (a["clock"], a["score_value"], a["score_last"], a["count_times"], a["count_next"],
+                self.suppression.arrays(), self.fired_counts, self.suppressed_counts)
 
     def process(self, batch: EventBatch, out: list[Any], flush: bool = True) -> None:
         """Apply a batch of accepted events in order (`batch.watermarks` must be set). `flush=False` leaves
@@ -149,13 +152,14 @@ class ShardState:
         self.timers.reserve(n * max(1, self.timers.n_timers), n, summaries.total_bytes(), len(self.index))
         events = (slots, batch.times, batch.watermarks, effect_ids, summaries.data, summaries.starts, summaries.ends)
         self._firing_batch = batch
+        self.suppression.make_room(self._puts_per_event)
         i = 0
         while True:
             i = _apply_events(self._state(), self.timers.arrays(), self.plan_arrays, self.effects.as_tuple(), events,
-                              self.firings.arrays(), i, len(self.index), self._per_event)
+                              self.firings.arrays(), i, len(self.index), self._per_event, self._puts_per_event)
             if i == n:
                 break
-            self._drain(out)  # the firings table filled up
+            self._make_room(out)
         if batch.watermarks[-1] > self.watermark:
             self.watermark = int(batch.watermarks[-1])
         if flush:
@@ -191,7 +195,14 @@ class ShardState:
     def _pop_due(self, bound: int, out: list[Any]) -> None:
         while not _fire_due(self._state(), self.timers.arrays(), self.plan_arrays, self.firings.arrays(), bound,
                             len(self.index)):
-            self._drain(out)  # the firings table filled up
+            self._make_room(out)
+
+    def _make_room(self, out: list[Any]) -> None:
+        """What a compiled loop stopped for: a full firings table (its records are written) or a full
+        suppression table (it doubles)."""
+        if int(self.firings.count[0]) + self._per_event > self.firings.capacity:
+            self._drain(out)
+        self.suppression.make_room(self._puts_per_event)
 
     def end_of_input(self, marker: EndOfInput, out: list[Any]) -> ShardEnd:
         """Fire every timer with deadline <= the largest event time of the input."""
@@ -253,7 +264,7 @@ class ShardState:
 
     def nbytes(self) -> int:
         """Bytes of state this shard holds (allocated), the rule plan excluded."""
-        return self.index.nbytes() + self.columns.nbytes() + self.timers.nbytes()
+        return self.index.nbytes() + self.columns.nbytes() + self.timers.nbytes() + self.suppression.nbytes()
 
     def snapshot(self, copy: bool = True) -> dict[str, Any]:
         """The shard's state; `copy=False` gives views into the live arrays, valid until the next batch
@@ -266,6 +277,7 @@ class ShardState:
             "index": self.index.snapshot(copy),
             "columns": columns,
             "timers": timers,
+            "suppression": self.suppression.snapshot(),
             "watermark": self.watermark,
             "shard": self.shard,
             "fired": self.fired_counts.copy(),
@@ -280,7 +292,7 @@ class ShardState:
         size = len(self.index)
         columns = self.columns.snapshot(size, copy=False)
         return (sum(a.nbytes for a in columns.values()) + sum(a.nbytes for a in self.index.snapshot(False).values())
-                + self.timers.event_bytes())
+                + self.timers.event_bytes() + self.suppression.snapshot_bytes())
 
     def observe_size(self) -> None:
         if self.shard >= 0:
@@ -296,6 +308,12 @@ class ShardState:
             if version == 3:  # an int64 offset and an int32 length per timer
                 arena = TimerTable.from_offsets(snap["columns"], arena)["arena"]
             snap["timers"] = TimerTable.convert_events(snap["columns"], arena, summaries.from_json)
+            version = 5
+        if version == 5:  # dense columns of unless and last-fired times
+            snap = {**snap, "columns": dict(snap["columns"]), "version": SNAPSHOT_VERSION}
+            snap["suppression"] = SuppressionTimes.from_columns(
+                snap["columns"].pop("unless_seen"), snap["columns"].pop("last_fired"), len(plan.unless_matchers),
+                len(plan.triggers))
         if snap.get("version") != SNAPSHOT_VERSION:
             raise RecoveryFormatError(
                 f"this recovery directory holds shard state of format {snap.get('version', 1)}, written by an "
@@ -307,6 +325,7 @@ class ShardState:
         size = len(state.index)
         state.columns.restore(snap["columns"], size)
         state.timers.restore(size, snap["timers"])
+        state.suppression.restore(snap["suppression"])
         state.watermark = snap["watermark"]
         state.shard = snap.get("shard", -1)
         state.fired_counts[:] = snap["fired"]
@@ -416,7 +435,7 @@ class ShardLogic(StatefulBatchLogic[Any, Any, tuple | None]):
 #
 # Tuples, unpacked by position (see ShardState._state, TimerTable.arrays, PlanArrays, EffectTable,
 # Firings.arrays):
-#   state   (clock, score_value, score_last, count_times, count_next, unless_seen, last_fired, fired, suppressed)
+#   state   (clock, score_value, score_last, count_times, count_next, suppression times, fired, suppressed)
 #   plan    PlanArrays fields in order
 #   effects (unless, sequence, add, has, count, empty)
 #   events  (slots, times, watermarks, effect ids, summary data, summary starts, summary ends)
@@ -424,14 +443,13 @@ class ShardLogic(StatefulBatchLogic[Any, Any, tuple | None]):
 
 @kernel(inline=True)
 def _fire(state, plan, out, slot, trigger, at_ms, by_timer, source, offset, length):  # type: ignore[no-untyped-def]
-    unless_seen, last_fired, fired, suppressed = state[5], state[6], state[7], state[8]
+    times, fired, suppressed = state[5], state[6], state[7]
     unless, unless_within, cooldown = plan[9], plan[10], plan[11]
-    why = suppress.reason(unless_seen, last_fired, slot, trigger, at_ms, unless[trigger], unless_within[trigger],
-                          cooldown[trigger])
+    why = suppress.reason(times, slot, trigger, at_ms, unless[trigger], unless_within[trigger], cooldown[trigger])
     if why != suppress.NOT_SUPPRESSED:
         suppressed[trigger, why] += 1
         return
-    last_fired[slot, trigger] = at_ms
+    suppress.fired(times, slot, trigger, at_ms)
     fired[trigger] += 1
     o_trigger, o_slot, o_at, o_timer, o_source, o_offset, o_length, o_scores, o_count, _ = out
     j = o_count[0]
@@ -459,10 +477,11 @@ def _fire_timer(state, tm, plan, out, deadline, slot, k):  # type: ignore[no-unt
 
 @kernel
 def _fire_due(state, tm, plan, out, bound, size):  # type: ignore[no-untyped-def]
-    """Fire pending timers with a deadline below `bound`, in order; False when `out` filled up first."""
+    """Fire pending timers with a deadline below `bound`, in order; False when `out` or the suppression
+    times filled up first."""
     capacity = len(out[0])
     while True:
-        if out[8][0] >= capacity:
+        if out[8][0] >= capacity or not sparse.room(state[5], 1):
             return False
         d, slot, k = timers.pop_due(tm, bound)
         if k < 0:
@@ -471,10 +490,11 @@ def _fire_due(state, tm, plan, out, bound, size):  # type: ignore[no-untyped-def
 
 
 @kernel
-def _apply_events(state, tm, plan, effects, events, out, first, size, per_event):  # type: ignore[no-untyped-def]
+def _apply_events(state, tm, plan, effects, events, out, first, size, per_event, puts_per_event):  # type: ignore[no-untyped-def]
     """Apply events first.. in order; returns the index of the first event not applied (all: len),
-    stopping early when `out` might not hold another event's firings."""
-    clock, values, lasts, count_times, count_next, unless_seen = state[0], state[1], state[2], state[3], state[4], state[5]
+    stopping early when `out` might not hold another event's firings or the suppression times
+    another event's times."""
+    clock, values, lasts, count_times, count_next, times_set = state[0], state[1], state[2], state[3], state[4], state[5]
     (half_life, lo, hi, st_start, st_trig, kind, threshold, timer_of, within, _unless, _unless_within, _cooldown,
      _count_slot, _timer_trigger, count_offset, count_size, count_trigger, sequence_triggers, two) = plan
     e_unless, e_sequence, e_add, e_has, e_count, e_empty = effects
@@ -483,7 +503,7 @@ def _apply_events(state, tm, plan, effects, events, out, first, size, per_event)
     capacity = len(out[0])
     firing = out[9]
     for i in range(first, len(slots)):
-        if out[8][0] + per_event > capacity:
+        if out[8][0] + per_event > capacity or not sparse.room(times_set, puts_per_event):
             return i
         slot = slots[i]
         now = clock[slot]
@@ -504,7 +524,7 @@ def _apply_events(state, tm, plan, effects, events, out, first, size, per_event)
         stored = -1  # the event's arena record, once a timer keeps it
         for u in range(e_unless.shape[1]):
             if e_unless[e, u]:
-                unless_seen[slot, u] = now
+                suppress.saw(times_set, slot, u, now)
         fires = 0
         for q in range(len(sequence_triggers)):
             action = e_sequence[e, q]

@@ -882,8 +882,36 @@ def test_shard_state_snapshot_round_trip_keeps_every_column(contract):
     assert restored.timers.pending() == state.timers.pending() > 0
 
 
+def _as_format_5(snap: dict) -> dict:
+    """A shard snapshot as format 5 wrote it: the unless and last-fired times as dense columns, NEVER
+    where unset (the unless column kept even for rules without unless matchers)."""
+    times = snap["suppression"]
+    size = len(snap["index"]["hashes"])
+    n_unless, width = times["unless"], times["width"]
+    dense = np.full((size, width), NEVER, np.int64)
+    dense[times["keys"] // width, times["keys"] % width] = times["values"]
+    unless_seen = dense[:, :n_unless] if n_unless else np.full((size, 1), NEVER, np.int64)
+    columns = {**snap["columns"], "unless_seen": unless_seen, "last_fired": dense[:, n_unless:]}
+    return {key: value for key, value in snap.items() if key != "suppression"} | {"version": 5, "columns": columns}
+
+
+def test_a_format_5_snapshot_is_converted_and_resumes_exactly(contract, reference):
+    plan, lines = contract
+    first = Run(plan, lines, batch_size=50, shards=SHARDS, broadcast=False).run(10)
+    reader, shards = first.snapshot()
+    converted = {key: _as_format_5(unpack(pickle.loads(pickle.dumps(snap)))) for key, snap in shards.items()}
+    assert sum(int((snap["columns"]["last_fired"] != NEVER).sum()) for snap in converted.values()) > 0
+    for key, snap in converted.items():  # the same times
+        state, restored = first.logics[key].state, ShardState.restore(plan, snap)
+        assert restored.suppression.snapshot()["keys"].tolist() == state.suppression.snapshot()["keys"].tolist()
+        assert restored.suppression.snapshot()["values"].tolist() == state.suppression.snapshot()["values"].tolist()
+    carried = Run(plan, lines, 50, SHARDS, False).carry(first)
+    resumed = Run(plan, lines, 50, SHARDS, False, (pickle.loads(pickle.dumps(reader)), converted))
+    assert resumed.carry(carried).run().result() == reference
+
+
 def _as_format_4(snap: dict) -> dict:
-    """A shard snapshot as format 4 wrote it: the events timers keep as their summaries' JSON."""
+    """A format-5 shard snapshot as format 4 wrote it: the events timers keep as their summaries' JSON."""
     columns = dict(snap["columns"])
     timers = TimerTable.convert_events(columns, snap["timers"]["arena"], summary_json)
     return {**snap, "version": 4, "columns": columns, "timers": timers}
@@ -899,7 +927,8 @@ def test_a_format_4_snapshot_is_converted_and_resumes_exactly(contract, referenc
     plan, lines = contract
     first = Run(plan, lines, batch_size=50, shards=SHARDS, broadcast=False).run(10)
     reader, shards = first.snapshot()
-    converted = {key: _as_format_4(unpack(pickle.loads(pickle.dumps(snap)))) for key, snap in shards.items()}
+    converted = {key: _as_format_4(_as_format_5(unpack(pickle.loads(pickle.dumps(snap)))))
+                 for key, snap in shards.items()}
     some = next(s for s in converted.values() if len(s["timers"]["arena"]))
     assert some["timers"]["arena"][4:16].tobytes() == b'{"messageId"'  # JSON, as format 4 kept it
     for key, snap in converted.items():
@@ -935,7 +964,7 @@ def test_a_format_3_snapshot_is_converted_and_resumes_exactly(contract, referenc
     plan, lines = contract
     first = Run(plan, lines, batch_size=50, shards=SHARDS, broadcast=False).run(10)
     reader, shards = first.snapshot()
-    converted = {key: _as_format_3(_as_format_4(unpack(pickle.loads(pickle.dumps(snap)))))
+    converted = {key: _as_format_3(_as_format_4(_as_format_5(unpack(pickle.loads(pickle.dumps(snap))))))
                  for key, snap in shards.items()}
     assert sum(int((snap["columns"]["timer_event_length"] > 0).sum()) for snap in converted.values()) > 0
     for key, snap in converted.items():  # the same timers, keeping the same events
@@ -980,7 +1009,7 @@ def test_without_a_recovery_directory_no_snapshot_is_taken_and_the_size_is_still
     size = len(state.index)
     columns = state.columns.snapshot(size, copy=False)
     expected = (sum(a.nbytes for a in columns.values()) + sum(a.nbytes for a in state.index.snapshot().values())
-                + state.timers.event_bytes())
-    assert expected > 100 * size
+                + state.timers.event_bytes() + 16 * len(state.suppression))
+    assert len(state.suppression) > 0 and expected > 100 * size
     assert metrics.REGISTRY.get_sample_value("halflife_state_bytes", {"shard": str(state.shard)}) == expected
     assert ShardLogic(plan, None).snapshot() is not None  # with one (the default), every epoch's end takes one

@@ -4,35 +4,35 @@ from __future__ import annotations
 
 import numpy as np
 import orjson
+import pytest
 
 from engine.records import each_record
 from engine.testing import event_batch, plan_of, run_rules
 from operators import suppress
-from operators.contacts import Columns
 from operators.shard import NEVER, ShardState
-from operators.suppress import COOLDOWN, NOT_SUPPRESSED, REASONS, SAME_TIME, UNLESS, Suppression
+from operators.sparse import MIN_CAPACITY
+from operators.suppress import COOLDOWN, NOT_SUPPRESSED, REASONS, SAME_TIME, UNLESS, SuppressionTimes
 
 T0 = 1_795_442_400_000
 HOUR = 3_600_000
 
 
 class _Supp:
-    """The suppression columns and the compiled `reason`; `saw`/`fired` record as the shard kernel does."""
+    """The suppression times and the compiled `reason`; `saw`/`fired` record as the shard kernel does."""
 
     def __init__(self, n_unless: int = 1, n_triggers: int = 2) -> None:
-        self.columns = Columns(4)
-        Suppression(self.columns, n_unless, n_triggers)
+        self.times = SuppressionTimes(n_unless, n_triggers)
 
     def saw(self, slot: int, unless: int, now_ms: int) -> None:
-        self.columns.arrays["unless_seen"][slot, unless] = now_ms
+        self.times.make_room(1)
+        suppress.saw(self.times.arrays(), slot, unless, now_ms)
 
     def fired(self, slot: int, trigger: int, at_ms: int) -> None:
-        self.columns.arrays["last_fired"][slot, trigger] = at_ms
+        self.times.make_room(1)
+        suppress.fired(self.times.arrays(), slot, trigger, at_ms)
 
     def reason(self, slot: int, trigger: int, at_ms: int, unless: int, unless_within_ms: int, cooldown_ms: int) -> int:
-        a = self.columns.arrays
-        return suppress.reason(a["unless_seen"], a["last_fired"], slot, trigger, at_ms, unless, unless_within_ms,
-                               cooldown_ms)
+        return suppress.reason(self.times.arrays(), slot, trigger, at_ms, unless, unless_within_ms, cooldown_ms)
 
 
 def _supp(n_unless: int = 1, n_triggers: int = 2) -> _Supp:
@@ -44,16 +44,54 @@ def test_reason_codes_and_names():
     assert [REASONS[c - 1] for c in (UNLESS, COOLDOWN, SAME_TIME)] == ["unless", "cooldown", "same_time"]
 
 
-def test_columns_start_as_never_seen_and_never_fired():
-    cols = Columns(4)
-    Suppression(cols, 3, 2)
-    seen, last = cols.arrays["unless_seen"], cols.arrays["last_fired"]
-    assert (seen.shape, seen.dtype, last.shape, last.dtype) == ((4, 3), np.int64, (4, 2), np.int64)
-    assert (seen == NEVER).all() and (last == NEVER).all()
-    # No `unless` matchers: one unused column, so the kernel's array stays 2-d.
-    cols = Columns(4)
-    Suppression(cols, 0, 1)
-    assert cols.arrays["unless_seen"].shape == (4, 1)
+def test_times_start_as_never_seen_and_never_fired():
+    times = SuppressionTimes(3, 2)
+    assert len(times) == 0 and len(times.table.keys) == MIN_CAPACITY
+    assert [times.unless_seen(s, u) for s in (0, 7) for u in range(3)] == [NEVER] * 6
+    assert [times.last_fired(s, t) for s in (0, 7) for t in range(2)] == [NEVER] * 4
+
+
+def test_times_are_keyed_by_contact_and_column_and_survive_growth():
+    # 2 unless matchers and 3 triggers: slot s's columns are keys 5s .. 5s + 4 (unless first).
+    s = _supp(n_unless=2, n_triggers=3)
+    for slot in range(1000):
+        s.saw(slot, slot % 2, T0 + slot)
+        s.fired(slot, slot % 3, T0 + 10 * slot)
+    s.saw(3, 1, T0 + 5)  # set again: replaced, not added
+    assert len(s.times) == 2000
+    assert len(s.times.table.keys) == 4096  # doubled from 64 while staying at most 3/4 full
+    for slot in (0, 1, 2, 3, 500, 999):
+        assert s.times.unless_seen(slot, slot % 2) == (T0 + 5 if slot == 3 else T0 + slot)
+        assert s.times.unless_seen(slot, 1 - slot % 2) == NEVER
+        assert [s.times.last_fired(slot, t) for t in range(3)] == [
+            T0 + 10 * slot if t == slot % 3 else NEVER for t in range(3)]
+    snap = s.times.snapshot()
+    assert snap["keys"].tolist() == sorted({5 * slot + slot % 2 for slot in range(1000)}
+                                           | {5 * slot + 2 + slot % 3 for slot in range(1000)})
+    restored = SuppressionTimes(2, 3)
+    restored.restore(snap)
+    assert len(restored) == 2000
+    assert [restored.last_fired(slot, slot % 3) for slot in range(1000)] == [T0 + 10 * slot for slot in range(1000)]
+    assert restored.unless_seen(3, 1) == T0 + 5
+
+
+def test_times_are_converted_from_the_dense_columns_of_format_5():
+    # Format 5 kept a column per unless matcher (one even with none) and per trigger, NEVER where unset.
+    seen = np.full((3, 1), NEVER, np.int64)
+    last = np.full((3, 2), NEVER, np.int64)
+    seen[2, 0] = T0
+    last[0, 1], last[2, 0] = T0 + 1, T0 + 2
+    snap = SuppressionTimes.from_columns(seen, last, 1, 2)
+    assert (snap["keys"].tolist(), snap["values"].tolist()) == ([2, 6, 7], [T0 + 1, T0, T0 + 2])
+    times = SuppressionTimes(1, 2)
+    times.restore(snap)
+    assert (times.last_fired(0, 1), times.unless_seen(2, 0), times.last_fired(2, 0), times.last_fired(1, 0)) == (
+        T0 + 1, T0, T0 + 2, NEVER)
+    # Without unless matchers the dummy column is dropped.
+    snap = SuppressionTimes.from_columns(seen, last, 0, 2)
+    assert (snap["keys"].tolist(), snap["width"]) == ([1, 4], 2)
+    with pytest.raises(ValueError, match="0 unless matchers and width 2, the rules have 1 and 3"):
+        SuppressionTimes(1, 2).restore(snap)
 
 
 def test_nothing_seen_nothing_fired_is_not_suppressed():
@@ -136,8 +174,7 @@ def test_reason_records_nothing():
     # firing starts a cooldown.
     assert s.reason(0, 0, T0, 0, 1000, HOUR) == NOT_SUPPRESSED
     assert s.reason(0, 0, T0 + 1, 0, 1000, HOUR) == NOT_SUPPRESSED
-    assert (s.columns.arrays["last_fired"] == NEVER).all()
-    assert (s.columns.arrays["unless_seen"] == NEVER).all()
+    assert len(s.times) == 0
 
 
 # -- through a shard and through the dataflow ---------------------------------------------
@@ -177,8 +214,9 @@ def test_a_suppressed_firing_starts_no_cooldown_shard():
     assert state.suppressed() == {"ping:unless": 1, "ping:cooldown": 1}
     assert state.fired() == {"ping": 2}
     # What the kernel recorded: the Block's time as seen, the last (not suppressed) firing's time.
-    assert int(state.columns.arrays["unless_seen"][0, 0]) == T0
-    assert int(state.columns.arrays["last_fired"][0, 0]) == T0 + 20_000 + HOUR
+    assert state.suppression.unless_seen(0, 0) == T0
+    assert state.suppression.last_fired(0, 0) == T0 + 20_000 + HOUR
+    assert len(state.suppression) == 2
 
 
 def test_a_suppressed_firing_starts_no_cooldown_dataflow():

@@ -1,0 +1,61 @@
+"""operators/sparse.py: the int64 -> int64 hash table behind sparse per-contact state."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from operators import sparse
+from operators.sparse import EMPTY, MIN_CAPACITY, SparseTable
+
+
+def _put(table: SparseTable, key: int, value: int) -> None:
+    table.make_room(1)
+    sparse.put(table.arrays(), key, value)
+
+
+def test_a_new_table_is_empty():
+    table = SparseTable()
+    assert len(table) == 0 and len(table.keys) == MIN_CAPACITY
+    assert (table.keys == EMPTY).all()
+    assert table.get(0, -7) == -7 and table.get(12345, -7) == -7
+
+
+def test_puts_replace_and_get_finds_every_key_after_growth():
+    table = SparseTable()
+    keys = [k * 13 + 5 for k in range(5000)] + [2**40 + 1, 2**61]
+    for k in keys:
+        _put(table, k, 2 * k)
+    for k in keys[:100]:
+        _put(table, k, -k)  # replaced: no new entry
+    assert len(table) == len(keys)
+    # 5002 entries at most 3/4 full: 8192 slots.
+    assert len(table.keys) == 8192 and table.meta[sparse.LIMIT] == 6144
+    assert [table.get(k, 0) for k in keys[:3]] == [-5, -18, -31]
+    assert all(table.get(k, 0) == 2 * k for k in keys[100:])
+    assert table.get(6, 0) == 0 and table.get(2**61 - 1, -1) == -1  # absent keys
+    stored, values = table.items()
+    assert stored.tolist() == sorted(keys)
+
+
+def test_room_says_when_a_kernel_must_stop_for_growth():
+    table = SparseTable()
+    assert table.meta[sparse.LIMIT] == 48
+    for k in range(47):
+        _put(table, k, k)
+    assert sparse.room(table.arrays(), 1) and not sparse.room(table.arrays(), 2)
+    table.make_room(2)
+    assert len(table.keys) == 128 and sparse.room(table.arrays(), 2)
+    assert [table.get(k, -1) for k in range(47)] == list(range(47))
+
+
+def test_snapshot_and_restore_keep_every_entry():
+    table = SparseTable()
+    rng = np.random.default_rng(3)
+    keys = np.unique(rng.integers(0, 2**40, 3000))
+    for k in keys.tolist():
+        _put(table, k, k % 1000)
+    snap = table.snapshot()
+    assert snap["keys"].tolist() == keys.tolist()
+    restored = SparseTable.restore(snap)
+    assert len(restored) == len(keys)
+    assert all(restored.get(k, -1) == k % 1000 for k in keys.tolist())
