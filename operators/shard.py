@@ -4,10 +4,10 @@ Each shard is one bytewax stateful key. Its logic owns:
 
 * `ContactIndex`: contact id -> slot;
 * per-contact columns (`Columns`, numpy, slot-major): the contact clock, score values and update
-  times, count rings, timer deadlines and the summaries of the events that armed them;
+  times, timer deadlines and the summaries of the events that armed them;
 * one `TimerTable` heap for the whole shard;
-* `SuppressionTimes`: the `unless` last-seen and last firing times that were set (most contacts
-  have none), in one hash table.
+* state most contacts never have, in hash tables (operators/sparse.py): `CountRings`, the recent
+  times of count rules, and `SuppressionTimes`, the `unless` last-seen and last firing times.
 
 Events arrive as columnar `EventBatch`es, already de-duplicated by the source, each stamped with
 the input's watermark just before it and carrying its matcher bit set. Per batch, each distinct bit
@@ -23,10 +23,10 @@ Python then turns each firing into its trigger records and profile changes -- wo
 per event.
 
 Snapshot (for bytewax recovery): a dict with the contact index, copies of every column cut to the
-number of contacts (derived columns left out), the live part of the event arena, the suppression
-times set, the counters and the last watermark. Size is about 8 bytes x (1 + 2 scores + sum of
-at_least + 1.5 x timer rules) per contact, plus the contact id, the summaries pending timers keep
-and 16 bytes per suppression time.
+number of contacts (derived columns left out), the live part of the event arena, the count rings
+and suppression times, the counters and the last watermark. Size is about 8 bytes x (1 + 2 scores
++ 1.5 x timer rules) per contact, plus the contact id, the summaries pending timers keep, 16 bytes
+per suppression time and 8 x (K + 3) bytes per count ring.
 `ShardLogic.snapshot` returns copies, so later processing never mutates a snapshot. Resuming builds
 the same state, so a resumed run fires the same triggers.
 """
@@ -59,7 +59,7 @@ from engine.times import format_time
 from engine.trigger_writer import TriggerWriter
 from operators import counts, scores, sparse, suppress, timers
 from operators.contacts import Columns, ContactIndex
-from operators.counts import CountWindows
+from operators.counts import CountRings
 from operators.scores import ScoreColumns
 from operators.suppress import REASONS, SuppressionTimes
 from operators.timers import NONE, TimerTable
@@ -108,7 +108,7 @@ class ShardState:
         self.columns = Columns()
         self.columns.add("clock", np.int64, NEVER)
         ScoreColumns(self.columns, len(plan.scores))
-        CountWindows(self.columns, [plan.triggers[t].at_least for t in plan.count_triggers])
+        self.counts = CountRings([plan.triggers[t].at_least for t in plan.count_triggers])
         self.timers = TimerTable(self.columns, len(plan.timer_triggers))
         self.suppression = SuppressionTimes(len(plan.unless_matchers), len(plan.triggers))
         self.plan_arrays = PlanArrays.of(plan).as_tuple()
@@ -133,8 +133,8 @@ class ShardState:
 
     def _state(self) -> tuple[Any, ...]:
         a = self.columns.arrays
-        return (a["clock"], a["score_value"], a["score_last"], a["count_times"], a["count_next"],
-                self.suppression.arrays(), self.fired_counts, self.suppressed_counts)
+        return (a["clock"], a["score_value"], a["score_last"], self.counts.arrays(), self.suppression.arrays(),
+                self.fired_counts, self.suppressed_counts)
 
     def process(self, batch: EventBatch, out: list[Any], flush: bool = True) -> None:
         """Apply a batch of accepted events in order (`batch.watermarks` must be set). `flush=False` leaves
@@ -153,6 +153,7 @@ class ShardState:
         events = (slots, batch.times, batch.watermarks, effect_ids, summaries.data, summaries.starts, summaries.ends)
         self._firing_batch = batch
         self.suppression.make_room(self._puts_per_event)
+        self.counts.make_room()
         i = 0
         while True:
             i = _apply_events(self._state(), self.timers.arrays(), self.plan_arrays, self.effects.as_tuple(), events,
@@ -198,11 +199,12 @@ class ShardState:
             self._make_room(out)
 
     def _make_room(self, out: list[Any]) -> None:
-        """What a compiled loop stopped for: a full firings table (its records are written) or a full
-        suppression table (it doubles)."""
+        """What a compiled loop stopped for: a full firings table (its records are written), a full
+        suppression table or count pool (they double)."""
         if int(self.firings.count[0]) + self._per_event > self.firings.capacity:
             self._drain(out)
         self.suppression.make_room(self._puts_per_event)
+        self.counts.make_room()
 
     def end_of_input(self, marker: EndOfInput, out: list[Any]) -> ShardEnd:
         """Fire every timer with deadline <= the largest event time of the input."""
@@ -264,7 +266,8 @@ class ShardState:
 
     def nbytes(self) -> int:
         """Bytes of state this shard holds (allocated), the rule plan excluded."""
-        return self.index.nbytes() + self.columns.nbytes() + self.timers.nbytes() + self.suppression.nbytes()
+        return (self.index.nbytes() + self.columns.nbytes() + self.timers.nbytes() + self.counts.nbytes()
+                + self.suppression.nbytes())
 
     def snapshot(self, copy: bool = True) -> dict[str, Any]:
         """The shard's state; `copy=False` gives views into the live arrays, valid until the next batch
@@ -277,6 +280,7 @@ class ShardState:
             "index": self.index.snapshot(copy),
             "columns": columns,
             "timers": timers,
+            "counts": self.counts.snapshot(copy),
             "suppression": self.suppression.snapshot(),
             "watermark": self.watermark,
             "shard": self.shard,
@@ -292,7 +296,7 @@ class ShardState:
         size = len(self.index)
         columns = self.columns.snapshot(size, copy=False)
         return (sum(a.nbytes for a in columns.values()) + sum(a.nbytes for a in self.index.snapshot(False).values())
-                + self.timers.event_bytes() + self.suppression.snapshot_bytes())
+                + self.timers.event_bytes() + self.counts.snapshot_bytes() + self.suppression.snapshot_bytes())
 
     def observe_size(self) -> None:
         if self.shard >= 0:
@@ -309,11 +313,13 @@ class ShardState:
                 arena = TimerTable.from_offsets(snap["columns"], arena)["arena"]
             snap["timers"] = TimerTable.convert_events(snap["columns"], arena, summaries.from_json)
             version = 5
-        if version == 5:  # dense columns of unless and last-fired times
+        if version == 5:  # dense columns of count rings, unless and last-fired times
             snap = {**snap, "columns": dict(snap["columns"]), "version": SNAPSHOT_VERSION}
-            snap["suppression"] = SuppressionTimes.from_columns(
-                snap["columns"].pop("unless_seen"), snap["columns"].pop("last_fired"), len(plan.unless_matchers),
-                len(plan.triggers))
+            columns = snap["columns"]
+            snap["counts"] = CountRings.from_columns(columns.pop("count_times"), columns.pop("count_next"),
+                                                     [plan.triggers[t].at_least for t in plan.count_triggers])
+            snap["suppression"] = SuppressionTimes.from_columns(columns.pop("unless_seen"), columns.pop("last_fired"),
+                                                                len(plan.unless_matchers), len(plan.triggers))
         if snap.get("version") != SNAPSHOT_VERSION:
             raise RecoveryFormatError(
                 f"this recovery directory holds shard state of format {snap.get('version', 1)}, written by an "
@@ -325,6 +331,7 @@ class ShardState:
         size = len(state.index)
         state.columns.restore(snap["columns"], size)
         state.timers.restore(size, snap["timers"])
+        state.counts.restore(snap["counts"])
         state.suppression.restore(snap["suppression"])
         state.watermark = snap["watermark"]
         state.shard = snap.get("shard", -1)
@@ -435,7 +442,7 @@ class ShardLogic(StatefulBatchLogic[Any, Any, tuple | None]):
 #
 # Tuples, unpacked by position (see ShardState._state, TimerTable.arrays, PlanArrays, EffectTable,
 # Firings.arrays):
-#   state   (clock, score_value, score_last, count_times, count_next, suppression times, fired, suppressed)
+#   state   (clock, score_value, score_last, count rings, suppression times, fired, suppressed)
 #   plan    PlanArrays fields in order
 #   effects (unless, sequence, add, has, count, empty)
 #   events  (slots, times, watermarks, effect ids, summary data, summary starts, summary ends)
@@ -443,7 +450,7 @@ class ShardLogic(StatefulBatchLogic[Any, Any, tuple | None]):
 
 @kernel(inline=True)
 def _fire(state, plan, out, slot, trigger, at_ms, by_timer, source, offset, length):  # type: ignore[no-untyped-def]
-    times, fired, suppressed = state[5], state[6], state[7]
+    times, fired, suppressed = state[4], state[5], state[6]
     unless, unless_within, cooldown = plan[9], plan[10], plan[11]
     why = suppress.reason(times, slot, trigger, at_ms, unless[trigger], unless_within[trigger], cooldown[trigger])
     if why != suppress.NOT_SUPPRESSED:
@@ -461,7 +468,7 @@ def _fire(state, plan, out, slot, trigger, at_ms, by_timer, source, offset, leng
     o_source[j] = source
     o_offset[j] = offset
     o_length[j] = length
-    values, lasts, half_life, two = state[1], state[2], plan[0], plan[18]
+    values, lasts, half_life, two = state[1], state[2], plan[0], plan[17]
     for s in range(len(half_life)):
         o_scores[j, s] = scores.value_at(values, lasts, slot, s, at_ms, half_life[s], two)
 
@@ -481,7 +488,7 @@ def _fire_due(state, tm, plan, out, bound, size):  # type: ignore[no-untyped-def
     times filled up first."""
     capacity = len(out[0])
     while True:
-        if out[8][0] >= capacity or not sparse.room(state[5], 1):
+        if out[8][0] >= capacity or not sparse.room(state[4], 1):
             return False
         d, slot, k = timers.pop_due(tm, bound)
         if k < 0:
@@ -492,18 +499,18 @@ def _fire_due(state, tm, plan, out, bound, size):  # type: ignore[no-untyped-def
 @kernel
 def _apply_events(state, tm, plan, effects, events, out, first, size, per_event, puts_per_event):  # type: ignore[no-untyped-def]
     """Apply events first.. in order; returns the index of the first event not applied (all: len),
-    stopping early when `out` might not hold another event's firings or the suppression times
-    another event's times."""
-    clock, values, lasts, count_times, count_next, times_set = state[0], state[1], state[2], state[3], state[4], state[5]
+    stopping early when `out` might not hold another event's firings, or the suppression times or
+    count rings what another event may add."""
+    clock, values, lasts, rings, times_set = state[0], state[1], state[2], state[3], state[4]
     (half_life, lo, hi, st_start, st_trig, kind, threshold, timer_of, within, _unless, _unless_within, _cooldown,
-     _count_slot, _timer_trigger, count_offset, count_size, count_trigger, sequence_triggers, two) = plan
+     _count_slot, _timer_trigger, count_size, count_trigger, sequence_triggers, two) = plan
     e_unless, e_sequence, e_add, e_has, e_count, e_empty = effects
     slots, times, watermarks, effect_ids, data, starts, ends = events
     timer_next = tm[1]
     capacity = len(out[0])
     firing = out[9]
     for i in range(first, len(slots)):
-        if out[8][0] + per_event > capacity or not sparse.room(times_set, puts_per_event):
+        if out[8][0] + per_event > capacity or not sparse.room(times_set, puts_per_event) or not counts.room(rings):
             return i
         slot = slots[i]
         now = clock[slot]
@@ -559,7 +566,7 @@ def _apply_events(state, tm, plan, effects, events, out, first, size, per_event,
         for c in range(len(count_trigger)):
             if e_count[e, c]:
                 trig = count_trigger[c]
-                if counts.add(count_times, count_next, slot, c, count_offset[c], count_size[c], now, within[trig]):
+                if counts.add(rings, slot, c, count_size[c], now, within[trig]):
                     firing[fires] = trig
                     fires += 1
         for j in range(fires):

@@ -269,7 +269,6 @@ class PlanArrays:
     cooldown_ms: np.ndarray
     count_slot: np.ndarray
     timer_trigger: np.ndarray  # per timer column
-    count_offset: np.ndarray  # per count column: its ring in the count_times row
     count_size: np.ndarray
     count_trigger: np.ndarray
     sequence_triggers: np.ndarray  # SEQUENCE triggers in trigger order (Effects.sequences order)
@@ -301,7 +300,6 @@ class PlanArrays:
             cooldown_ms=np.array([x.cooldown_ms for x in t], i64),
             count_slot=np.array([x.count_slot for x in t], i32),
             timer_trigger=np.array(plan.timer_triggers, i32),
-            count_offset=np.array([sum(sizes[:c]) for c in range(len(sizes))], i32),
             count_size=np.array(sizes, i32),
             count_trigger=np.array(plan.count_triggers, i32),
             sequence_triggers=np.array([x.index for x in t if x.kind == SEQUENCE], i32),

@@ -7,44 +7,76 @@ import random
 import numpy as np
 
 from operators import counts
-from operators.contacts import Columns
-from operators.counts import EMPTY, CountWindows
+from operators.counts import EMPTY, CountRings
 
 T0 = 1_795_442_400_000
 
 
 class _Windows:
-    """The count columns of some rules (their `at_least` sizes) and the compiled `add` over them."""
+    """The count rings of some rules (their `at_least` sizes) and the compiled `add` over them, making
+    room before each event as the shard does."""
 
-    def __init__(self, *sizes: int, capacity: int = 4) -> None:
-        self.columns = Columns(capacity)
-        CountWindows(self.columns, list(sizes))
+    def __init__(self, *sizes: int) -> None:
+        self.rings = CountRings(list(sizes))
         self.sizes = list(sizes)
 
     def add(self, slot: int, rule: int, now_ms: int, within_ms: int) -> bool:
-        a = self.columns.arrays
-        return counts.add(a["count_times"], a["count_next"], slot, rule, sum(self.sizes[:rule]), self.sizes[rule],
-                          now_ms, within_ms)
+        self.rings.make_room()
+        assert counts.room(self.rings.arrays())
+        return bool(counts.add(self.rings.arrays(), slot, rule, self.sizes[rule], now_ms, within_ms))
 
 
-def _windows(*sizes: int, capacity: int = 4) -> _Windows:
-    return _Windows(*sizes, capacity=capacity)
+def _windows(*sizes: int) -> _Windows:
+    return _Windows(*sizes)
 
 
 def _run(cw: _Windows, times: list[int], within: int, slot: int = 0, rule: int = 0) -> list[bool]:
     return [cw.add(slot, rule, t, within) for t in times]
 
 
-def test_columns_one_ring_per_rule_side_by_side():
-    cols = Columns(4)
-    CountWindows(cols, [2, 3, 1])
-    times, following = cols.arrays["count_times"], cols.arrays["count_next"]
-    assert (times.shape, times.dtype, following.shape, following.dtype) == ((4, 6), np.int64, (4, 3), np.uint16)
-    assert (times == EMPTY).all() and (following == 0).all()
-    # Without count rules the columns still have one (unused) column each.
-    cols = Columns(4)
-    CountWindows(cols, [])
-    assert cols.arrays["count_times"].shape == (4, 1) and cols.arrays["count_next"].shape == (4, 1)
+def test_a_contact_gets_a_ring_at_its_first_matching_event_only():
+    cw = _windows(2, 3, 1)
+    assert len(cw.rings) == 0 and cw.rings.ring(0, 0) == []
+    cw.add(5, 1, T0, 1000)
+    # One ring, of K + 1 = 4 int64s: the next position, then the times (EMPTY until filled).
+    assert len(cw.rings) == 1 and int(cw.rings.pool_used[0]) == 4
+    assert cw.rings.pool[:4].tolist() == [1, T0, EMPTY, EMPTY]
+    assert cw.rings.ring(5, 1) == [T0] and cw.rings.ring(5, 0) == [] and cw.rings.ring(4, 1) == []
+    cw.add(5, 1, T0 + 1, 1000)
+    cw.add(2, 2, T0 + 2, 1000)
+    assert len(cw.rings) == 2 and int(cw.rings.pool_used[0]) == 6
+    assert cw.rings.ring(5, 1) == [T0, T0 + 1] and cw.rings.ring(2, 2) == [T0 + 2]
+
+
+def test_rings_grow_their_pool_and_table_and_round_trip_a_snapshot():
+    cw = _windows(3, 1)
+    for slot in range(3000):
+        cw.add(slot, slot % 2, T0 + slot, 1000)
+    assert len(cw.rings) == 3000 and int(cw.rings.pool_used[0]) == 1500 * 4 + 1500 * 2
+    assert cw.rings.ring(2998, 0) == [T0 + 2998] and cw.rings.ring(2999, 1) == [T0 + 2999]
+    snap = cw.rings.snapshot()
+    restored = CountRings([3, 1])
+    restored.restore(snap)
+    assert [restored.ring(s, s % 2) for s in range(3000)] == [[T0 + s] for s in range(3000)]
+    # A restored ring goes on counting: K = 3 reached at slot 0's third event.
+    again = _Windows(3, 1)
+    again.rings = restored
+    assert [again.add(0, 0, T0 + d, 1000) for d in (1, 2)] == [False, True]
+
+
+def test_rings_are_converted_from_the_dense_columns_of_format_5():
+    # Format 5: rule 0 (K=2) in columns 0-1, rule 1 (K=1) in column 2; the next positions per rule.
+    times = np.full((3, 3), EMPTY, np.int64)
+    following = np.zeros((3, 2), np.uint16)
+    times[0, :2] = [T0 + 10, T0 + 5]  # a full ring whose oldest is column 1
+    following[0, 0] = 1
+    times[2, 2] = T0
+    snap = CountRings.from_columns(times, following, [2, 1])
+    assert (snap["keys"].tolist(), snap["values"].tolist()) == ([0, 5], [0, 3])
+    assert snap["pool"].tolist() == [1, T0 + 10, T0 + 5, 0, T0]
+    rings = CountRings([2, 1])
+    rings.restore(snap)
+    assert rings.ring(0, 0) == [T0 + 5, T0 + 10] and rings.ring(2, 1) == [T0] and rings.ring(1, 0) == []
 
 
 def test_an_event_exactly_w_earlier_is_outside_the_window():
@@ -101,11 +133,9 @@ def test_rules_and_contacts_do_not_share_rings():
     assert cw.add(0, 0, T0 + 1, 1000) is True   # rule 0: n = 2
     assert cw.add(0, 1, T0 + 2, 1000) is True   # rule 1: n = 3
     assert cw.add(1, 0, T0 + 2, 1000) is True   # slot 1 rule 0: n = 2
-    # Each rule writes only its own columns: rule 0 owns columns 0-1, rule 1 columns 2-4.
-    times = cw.columns.arrays["count_times"]
-    assert times[0].tolist() == [T0, T0 + 1, T0, T0 + 1, T0 + 2]
-    assert times[1].tolist() == [T0, T0 + 2, EMPTY, EMPTY, EMPTY]
-    assert cw.columns.arrays["count_next"][:2].tolist() == [[0, 0], [0, 0]]
+    # Each (contact, rule) has its own ring, oldest first.
+    assert [cw.rings.ring(0, 0), cw.rings.ring(0, 1)] == [[T0, T0 + 1], [T0, T0 + 1, T0 + 2]]
+    assert [cw.rings.ring(1, 0), cw.rings.ring(1, 1)] == [[T0, T0 + 2], []]
 
 
 def test_ring_wraparound_with_a_steady_rate():
@@ -129,7 +159,7 @@ def test_ring_wraparound_with_a_rate_that_lets_the_count_dip():
 
 
 def test_the_largest_k_wraps_its_ring():
-    # at_least is at most 1000 (rules.loader.MAX_AT_LEAST): the ring position (uint16) holds it.
+    # at_least is at most 1000 (rules.loader.MAX_AT_LEAST).
     cw = _windows(1000, 2)
     # 2500 events 1 ms apart, W = 1001 ms: n reaches 1000 at the 1000th event and then 1001, where
     # it stays (1000 others inside before every later event, K - 1 = 999 never again): one edge. Then a gap of W:
@@ -138,9 +168,9 @@ def test_the_largest_k_wraps_its_ring():
     times += [T0 + 2499 + 1001 + i for i in range(1000)]
     fired = _run(cw, times, 1001)
     assert [i for i, f in enumerate(fired) if f] == [999, 3499]
-    assert int(cw.columns.arrays["count_next"][0, 0]) == 3500 % 1000
-    # The second rule's two columns, right after the first rule's thousand, are untouched.
-    assert cw.columns.arrays["count_times"][0, 1000:].tolist() == [EMPTY, EMPTY]
+    assert int(cw.rings.pool[0]) == 3500 % 1000  # the next position
+    assert cw.rings.ring(0, 0) == times[-1000:]
+    assert cw.rings.ring(0, 1) == []  # the second rule has no ring yet
     assert _run(cw, [T0, T0], 1001, rule=1) == [False, True]
 
 

@@ -42,6 +42,7 @@ from engine.sources import DLQ_KEY, END_KEY, DecodingPartition, ReaderState, blo
 from engine.summaries import summary_json
 from engine.testing import event_batch, plan_of, run_rules
 from engine.times import parse_time
+from operators import counts
 from operators.dedupe import Deduplicator
 from operators.finalize import summarize
 from operators.shard import NEVER, SNAPSHOT_VERSION, RecoveryFormatError, ShardLogic, ShardState
@@ -883,16 +884,27 @@ def test_shard_state_snapshot_round_trip_keeps_every_column(contract):
 
 
 def _as_format_5(snap: dict) -> dict:
-    """A shard snapshot as format 5 wrote it: the unless and last-fired times as dense columns, NEVER
-    where unset (the unless column kept even for rules without unless matchers)."""
-    times = snap["suppression"]
+    """A shard snapshot as format 5 wrote it: count rings, unless and last-fired times as dense columns,
+    EMPTY or NEVER where unset (the unless column kept even for rules without unless matchers)."""
     size = len(snap["index"]["hashes"])
+    rings = snap["counts"]
+    sizes = rings["sizes"]
+    count_times = np.full((size, max(sum(sizes), 1)), counts.EMPTY, np.int64)
+    count_next = np.zeros((size, max(len(sizes), 1)), np.uint16)
+    for key, at in zip(rings["keys"].tolist(), rings["values"].tolist(), strict=True):
+        slot, rule = divmod(key, len(sizes))
+        first = sum(sizes[:rule])
+        count_next[slot, rule] = rings["pool"][at]
+        count_times[slot, first:first + sizes[rule]] = rings["pool"][at + 1:at + 1 + sizes[rule]]
+    times = snap["suppression"]
     n_unless, width = times["unless"], times["width"]
     dense = np.full((size, width), NEVER, np.int64)
     dense[times["keys"] // width, times["keys"] % width] = times["values"]
     unless_seen = dense[:, :n_unless] if n_unless else np.full((size, 1), NEVER, np.int64)
-    columns = {**snap["columns"], "unless_seen": unless_seen, "last_fired": dense[:, n_unless:]}
-    return {key: value for key, value in snap.items() if key != "suppression"} | {"version": 5, "columns": columns}
+    columns = {**snap["columns"], "unless_seen": unless_seen, "last_fired": dense[:, n_unless:],
+               "count_times": count_times, "count_next": count_next}
+    return ({key: value for key, value in snap.items() if key not in ("suppression", "counts")}
+            | {"version": 5, "columns": columns})
 
 
 def test_a_format_5_snapshot_is_converted_and_resumes_exactly(contract, reference):
@@ -901,8 +913,13 @@ def test_a_format_5_snapshot_is_converted_and_resumes_exactly(contract, referenc
     reader, shards = first.snapshot()
     converted = {key: _as_format_5(unpack(pickle.loads(pickle.dumps(snap)))) for key, snap in shards.items()}
     assert sum(int((snap["columns"]["last_fired"] != NEVER).sum()) for snap in converted.values()) > 0
+    assert sum(int((snap["columns"]["count_times"] != counts.EMPTY).sum()) for snap in converted.values()) > 0
     for key, snap in converted.items():  # the same times
         state, restored = first.logics[key].state, ShardState.restore(plan, snap)
+        n_rules = len(state.counts.sizes)
+        assert ({(k, tuple(state.counts.ring(*divmod(k, n_rules)))) for k in state.counts.snapshot()["keys"].tolist()}
+                == {(k, tuple(restored.counts.ring(*divmod(k, n_rules))))
+                    for k in restored.counts.snapshot()["keys"].tolist()})
         assert restored.suppression.snapshot()["keys"].tolist() == state.suppression.snapshot()["keys"].tolist()
         assert restored.suppression.snapshot()["values"].tolist() == state.suppression.snapshot()["values"].tolist()
     carried = Run(plan, lines, 50, SHARDS, False).carry(first)
@@ -1009,7 +1026,8 @@ def test_without_a_recovery_directory_no_snapshot_is_taken_and_the_size_is_still
     size = len(state.index)
     columns = state.columns.snapshot(size, copy=False)
     expected = (sum(a.nbytes for a in columns.values()) + sum(a.nbytes for a in state.index.snapshot().values())
-                + state.timers.event_bytes() + 16 * len(state.suppression))
-    assert len(state.suppression) > 0 and expected > 100 * size
+                + state.timers.event_bytes() + 16 * len(state.suppression) + 16 * len(state.counts)
+                + 8 * int(state.counts.pool_used[0]))
+    assert len(state.suppression) > 0 and len(state.counts) > 0 and expected > 100 * size
     assert metrics.REGISTRY.get_sample_value("halflife_state_bytes", {"shard": str(state.shard)}) == expected
     assert ShardLogic(plan, None).snapshot() is not None  # with one (the default), every epoch's end takes one
