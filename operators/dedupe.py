@@ -30,8 +30,11 @@ position, as allocated) to 69.5 B/contact allocated (52.8 used). Inline widths 2
 61.7, 53.9, 52.8, 55.4, 71.5 B/contact: 4 is the smallest. At 1M contacts (the same build) they
 went from 135.3 (2^20 slots of 129 B) to 55.6 B/contact allocated (53.0 used).
 
-A snapshot holds the columns of the contacts and the used pool rows. `restore` also takes the
-layout before this one (every contact a ring of 16: `dedupe_ids` and `dedupe_next`).
+Contacts are found by their digest alone (`DigestIndex`): the rings never need the id back.
+
+A snapshot holds the contacts' digests, their columns and the used pool rows. `restore` also takes
+an index with the ids (before `DigestIndex`) and the layout before the adaptive ring (every contact
+a ring of 16: `dedupe_ids` and `dedupe_next`).
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ import numpy.typing as npt
 from engine.compiled import kernel
 from engine.decode import EventBatch
 from engine.hashing import NO_DIGEST
-from operators.contacts import Columns, ContactIndex
+from operators.contacts import Columns, DigestIndex
 
 __all__ = ["INLINE", "RING", "Deduplicator"]
 
@@ -55,10 +58,10 @@ _POOL_START = 64  # the pool's first allocation, in rings
 
 
 class Deduplicator:
-    """The rings of every contact a source partition reads, with their own contact index."""
+    """The rings of every contact a source partition reads, with their own index of contact digests."""
 
     def __init__(self) -> None:
-        self.index = ContactIndex()
+        self.index = DigestIndex()
         self.columns = Columns()
         self.columns.add("dedupe_inline", np.int64, NO_DIGEST, INLINE)
         self.columns.add("dedupe_fill", np.uint8, 0)
@@ -68,7 +71,7 @@ class Deduplicator:
 
     def accepted(self, batch: EventBatch) -> npt.NDArray[np.bool_]:
         """Which events of the batch are not duplicates, accepting them in order."""
-        slots = self.index.slots(batch.contact_hashes, batch.contacts)
+        slots = self.index.slots(batch.contact_hashes)
         self.columns.ensure(len(self.index))
         keep = np.empty(len(slots), np.bool_)
         arrays = self.columns.arrays
@@ -98,7 +101,7 @@ class Deduplicator:
     @classmethod
     def restore(cls, snap: dict[str, Any]) -> Deduplicator:
         dedupe = cls()
-        dedupe.index = ContactIndex.restore(snap["index"])
+        dedupe.index = DigestIndex.restore(snap["index"])
         n = len(dedupe.index)
         columns = snap["columns"]
         if "dedupe_ids" in columns:  # the layout before the adaptive ring: a ring of 16 for every contact

@@ -8,7 +8,7 @@ import numpy as np
 
 from engine.blobs import Blobs
 from engine.hashing import digest_of, digests
-from operators.contacts import Columns, ContactIndex
+from operators.contacts import Columns, ContactIndex, DigestIndex
 
 # -- ContactIndex -------------------------------------------------------------------------
 
@@ -111,6 +111,32 @@ def test_index_nbytes_counts_its_arrays():
     assert index.nbytes() == 16 * 4 + 8 * 8 + 9 * 8 + 128
     _slots(index, [f"c-{i}" for i in range(9)])  # one more than the capacity: everything doubles
     assert index.nbytes() == 32 * 4 + 16 * 8 + 17 * 8 + 128
+
+
+# -- DigestIndex --------------------------------------------------------------------------
+
+
+def test_digest_index_numbers_digests_in_first_seen_order_and_keeps_no_ids():
+    index = DigestIndex(capacity=4)
+    assert index.slots(digests(["b", "a", "b"])).tolist() == [0, 1, 0]
+    # Enough new digests to grow the table and the digests several times over.
+    many = digests([f"c-{i}" for i in range(3000)])
+    assert index.slots(many).tolist() == list(range(2, 3002))
+    assert index.slots(many[::-1]).tolist() == list(range(3001, 1, -1))
+    assert index.slots(digests(["a"])).tolist() == [1]
+    assert len(index) == 3002
+    # Two ids with one digest are one slot here (the id is not compared): the known trade-off.
+    assert index.slots(np.array([12345, 12345], np.int64)).tolist() == [3002, 3002]
+    # The digests doubled only when full (4 -> 4096 for 3003), not for every digest of a call.
+    assert index.nbytes() == index.table.nbytes + index.hashes.nbytes == 8192 * 4 + 4096 * 8
+
+
+def test_digest_index_restores_from_its_snapshot_and_from_a_contact_index_snapshot():
+    contacts = ContactIndex.of([f"c-{i}" for i in range(1500)])
+    for snap in (contacts.snapshot(), DigestIndex.restore(contacts.snapshot()).snapshot()):
+        restored = DigestIndex.restore(pickle.loads(pickle.dumps(snap)))
+        assert set(snap) <= {"hashes", "id_offsets", "id_data"} and len(restored) == 1500
+        assert restored.slots(digests(["c-1499", "c-0", "new", "c-1024"])).tolist() == [1499, 0, 1500, 1024]
 
 
 # -- Columns ------------------------------------------------------------------------------
