@@ -11,10 +11,15 @@ packed against 191 as JSON.
 
 Layout, little-endian (`HEADER` bytes, then the parts in this order):
 
-    type u8 (engine.decode's call types: track, page, screen, identify, group, alias), 0 u8,
+    type u8 (engine.decode's call types: track, page, screen, identify, group, alias), flags u8,
     message id u16, name u16, 0 u16, properties u32, traits u32: the JSON text bytes of each
     part (0 = absent: messageId null, no name of its own, properties {}, no traits);
     time i64: the event time in epoch milliseconds (the JSON's `timestamp`).
+
+Flag SHARED_PROPERTIES: the properties part is a u32 reference (in 8-byte units) to a record of a
+separate buffer (`shared`: a uint32 length, then the bytes) instead of the bytes themselves; the
+header still gives their length. Timers keep their events' summaries this way (operators/timers.py):
+a shop's pages and products repeat, so most kept events share their properties with others.
 
 Properties and traits get 32 bits: the exact decoder re-serialises them, and a number can come out
 longer than it went in (`1e9` as `1000000000.0`).
@@ -32,10 +37,14 @@ from engine.compiled import kernel
 from engine.rawmem import copy_bytes, load_u64, store_u64
 from engine.times import format_iso_bytes, parse_time
 
-__all__ = ["HEADER", "JSON_OVERHEAD", "from_json", "pack", "pack_parts", "summary_json", "write_header",
-           "write_json"]
+__all__ = ["HEADER", "JSON_OVERHEAD", "NO_SHARED", "SHARED_PROPERTIES", "SHARED_REF", "from_json", "pack",
+           "pack_parts", "packed_length", "properties_span", "summary_json", "write_header", "write_json"]
 
 HEADER: Final = 24
+SHARED_PROPERTIES: Final = 1
+SHARED_REF: Final = 4  # the bytes of a shared properties reference
+SHARED_ALIGN: Final = 8  # a reference counts in units of this
+NO_SHARED: Final = np.zeros(8, np.uint8)  # the `shared` buffer of summaries that share nothing
 CALL_TYPES: Final = ("track", "page", "screen", "identify", "group", "alias")
 _CALL_EVENTS: Final = (None, "Page Viewed", "Screen Viewed", None, None, None)
 TRACK: Final = 0
@@ -93,7 +102,7 @@ def pack_parts(call: int, message_id: bytes, name: bytes, properties: bytes, tra
 def summary_json(packed: bytes) -> bytes:
     """The JSON of a packed summary (`event_summary`'s), in Python (for inspection and tests)."""
     out = np.empty(len(packed) + JSON_OVERHEAD, np.uint8)
-    end = write_json(np.frombuffer(packed, np.uint8), 0, out, 0)
+    end = write_json(np.frombuffer(packed, np.uint8), 0, NO_SHARED, out, 0)
     return out[:end].tobytes()
 
 
@@ -120,9 +129,32 @@ def write_header(out, pos, call, message_id, name, properties, traits, time_ms):
 
 
 @kernel(inline=True)
-def write_json(src, start, out, pos):  # type: ignore[no-untyped-def]
-    """The JSON of the packed summary at src[start:], written at out[pos:] (at most its packed length plus
-    JSON_OVERHEAD bytes); returns the position after it."""
+def properties_span(src, start):  # type: ignore[no-untyped-def]
+    """(where the properties part of the summary at src[start:] starts, its length)."""
+    first = load_u64(src, start)
+    at = start + HEADER + np.int64((first >> _S16) & _MASK16) + np.int64((first >> _S32) & _MASK16)
+    return at, np.int64(load_u64(src, start + 8) & _MASK32)
+
+
+@kernel(inline=True)
+def packed_length(src, start):  # type: ignore[no-untyped-def]
+    """The length of the summary at src[start:] with its properties in place (shared or not)."""
+    first = load_u64(src, start)
+    sizes = load_u64(src, start + 8)
+    return (HEADER + np.int64((first >> _S16) & _MASK16) + np.int64((first >> _S32) & _MASK16)
+            + np.int64(sizes & _MASK32) + np.int64(sizes >> _S32))
+
+
+@kernel(inline=True)
+def _u32(src, at):  # type: ignore[no-untyped-def]
+    return (np.int64(src[at]) | (np.int64(src[at + 1]) << 8) | (np.int64(src[at + 2]) << 16)
+            | (np.int64(src[at + 3]) << 24))
+
+
+@kernel(inline=True)
+def write_json(src, start, shared, out, pos):  # type: ignore[no-untyped-def]
+    """The JSON of the packed summary at src[start:] (its shared properties in `shared`), written at
+    out[pos:] (at most its packed length plus JSON_OVERHEAD bytes); returns the position after it."""
     first = load_u64(src, start)
     sizes = load_u64(src, start + 8)
     time_ms = np.int64(load_u64(src, start + 16))
@@ -149,11 +181,14 @@ def write_json(src, start, out, pos):  # type: ignore[no-untyped-def]
     pos = _put(_PART + 3, out, pos)
     pos = format_iso_bytes(time_ms, out, pos)
     pos = _put(_PART + 4, out, pos)
-    if properties:
+    if (first >> np.uint64(8)) & np.uint64(SHARED_PROPERTIES):
+        pos = copy_bytes(out, pos, shared, _u32(src, at) * SHARED_ALIGN + 4, properties)
+        at += SHARED_REF
+    elif properties:
         pos = copy_bytes(out, pos, src, at, properties)
+        at += properties
     else:
         pos = _put(_PART + 7, out, pos)
-    at += properties
     if traits:
         pos = _put(_PART + 5, out, pos)
         pos = copy_bytes(out, pos, src, at, traits)

@@ -97,11 +97,12 @@ class TriggerWriter:
     def write(self, trigger: npt.NDArray[np.int32], slot: npt.NDArray[np.int32], at: npt.NDArray[np.int64],
               by_timer: npt.NDArray[np.uint8], source: npt.NDArray[np.uint8], event_start: npt.NDArray[np.int64],
               event_length: npt.NDArray[np.int64], scores: npt.NDArray[np.float64], events: npt.NDArray[np.uint8],
-              kept: npt.NDArray[np.uint8], id_data: npt.NDArray[np.uint8], id_offsets: npt.NDArray[np.int64],
-              emitted_at: bytes) -> TriggerRecords:
+              kept: npt.NDArray[np.uint8], shared: npt.NDArray[np.uint8], id_data: npt.NDArray[np.uint8],
+              id_offsets: npt.NDArray[np.int64], emitted_at: bytes) -> TriggerRecords:
         """The records of firings i: trigger[i] fired for the contact in `slot[i]` at `at[i]`, with score
         values scores[i]; its event's packed summary is at event_start[i] (event_length[i] bytes) in `events`
-        (the batch's summaries) when source[i] is 0, in `kept` (the events timers keep) when it is 1.
+        (the batch's summaries) when source[i] is 0, in `kept` (the events timers keep, their shared
+        properties in `shared`) when it is 1; event_length[i] is the summary's length with its properties.
         Contact ids are id_data[id_offsets[s]:id_offsets[s + 1]]; `emitted_at` is ISO-8601 (24 bytes)."""
         total, bound, longest_contact = _sizes(trigger, slot, event_length, id_offsets, self._channels_of,
                                                self._record_bytes)
@@ -114,7 +115,7 @@ class TriggerWriter:
         values = np.frombuffer(orjson.dumps(scores[:, :self.n_scores].ravel().tolist()), np.uint8)
         key = np.empty(self._longest_rule + self._longest_channel + longest_contact + 24, np.uint8)
         written = _write_records(trigger, slot, at, by_timer, source, event_start, event_length, values, self.n_scores,
-                                 events, kept, id_data, id_offsets, np.frombuffer(emitted_at, np.uint8), self._tables,
+                                 events, kept, shared, id_data, id_offsets, np.frombuffer(emitted_at, np.uint8), self._tables,
                                  key, self._hash_scratch, out, ends, out_at, out_timer, out_rule, out_channel)
         assert written == total
         used = int(ends[-1]) if total else 0
@@ -194,7 +195,7 @@ def _decimal(v, out, pos):  # type: ignore[no-untyped-def]
 
 @kernel
 def _write_records(trigger, slot, at, by_timer, source, event_start, event_length, values, n_scores,  # type: ignore[no-untyped-def]
-                   events, kept, id_data, id_offsets, emitted, tables, key, hash_scratch, out, ends, out_at, out_timer,
+                   events, kept, shared, id_data, id_offsets, emitted, tables, key, hash_scratch, out, ends, out_at, out_timer,
                    out_rule, out_channel):
     """One record per (firing, channel of its trigger), in order; returns how many."""
     ((parts, part_offsets), (rule_keys, rule_key_offsets), (rule_jsons, rule_json_offsets), chan_first, chan_ids,
@@ -249,9 +250,9 @@ def _write_records(trigger, slot, at, by_timer, source, event_start, event_lengt
                 pos = _put(score_parts, score_part_offsets, n_scores, out, pos)
             pos = _put(parts, part_offsets, _EVENT, out, pos)
             if source[i] == 0:
-                pos = summary_json(events, event_start[i], out, pos)
+                pos = summary_json(events, event_start[i], shared, out, pos)
             else:
-                pos = summary_json(kept, event_start[i], out, pos)
+                pos = summary_json(kept, event_start[i], shared, out, pos)
             pos = _put(parts, part_offsets, _END, out, pos)
             ends[k] = pos
             out_at[k] = at[i]

@@ -243,7 +243,8 @@ class ShardState:
             events = batch.summaries.data if batch is not None else self._no_events
             records = self._trigger_writer.write(
                 f.trigger[:count], f.slot[:count], f.at[:count], f.by_timer[:count], f.source[:count], f.offset[:count],
-                f.length[:count], f.scores[:count], events, self.timers.arena, self.index.id_data, self.index.id_offsets,
+                f.length[:count], f.scores[:count], events, self.timers.arena, self.timers.shared, self.index.id_data,
+                self.index.id_offsets,
                 emitted)
             if len(records):
                 out.append(records)
@@ -475,9 +476,8 @@ def _fire(state, plan, out, slot, trigger, at_ms, by_timer, source, offset, leng
 
 @kernel(inline=True)
 def _fire_timer(state, tm, plan, out, deadline, slot, k):  # type: ignore[no-untyped-def]
-    at = np.int64(tm[2][slot, k]) * timers.ALIGN
-    length = timers.record_length(tm[5], at)
-    offset = at + timers.HEADER
+    offset = np.int64(tm[2][slot, k]) * timers.ALIGN + timers.HEADER
+    length = summaries.packed_length(tm[5], offset)
     timers.cancel(tm, slot, k)
     _fire(state, plan, out, slot, plan[13][k], deadline, 1, FROM_ARENA, offset, length)
 

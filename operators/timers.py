@@ -20,10 +20,20 @@ ones into a new arena once the garbage is half the live bytes, so the arena stay
 1.5x what pending timers keep. The heap and `timer_next` are derived: snapshots leave them out
 and `restore` rebuilds them from the deadlines.
 
+Properties are shared: a shop's pages and products repeat, and an `inactive_for` rule keeps nearly
+every contact's last event, so most kept summaries carry properties that other kept summaries carry
+too. Properties of at least SHARE_FROM bytes go, once, into a second buffer of records (`shared`),
+found through an open-addressing table of int64s (`shared_index`: 31 bits of their hash above their
+record's reference, one load per probe) and compared byte for byte; the kept summary holds a
+4-byte reference instead (flag SHARED_PROPERTIES, engine/summaries.py). A page view's record went
+from 120 to 48 bytes. New properties that find the shared buffer or its index full (both grow
+between batches) stay in their record. `compact_events` compacts both buffers together, when
+either holds garbage.
+
 The compiled functions take the table as one tuple, `TimerTable.arrays()`:
-(deadline, next, event, heap_deadline, heap_ref, arena, meta), where
-meta holds the heap size, the pending count, the arena's used bytes and the heap size that
-triggers a rebuild.
+(deadline, next, event, heap_deadline, heap_ref, arena, meta, shared, shared_index), where
+meta holds the heap size, the pending count, the arena's used bytes, the heap size that
+triggers a rebuild, the shared buffer's used bytes and its records.
 
 Bytewax's own per-key timers are not used: with one key per contact the runtime scans every key
 with a timer on every activation (see BYTEWAX-NOTES.md).
@@ -36,8 +46,9 @@ from typing import Any
 
 import numpy as np
 
+from engine import summaries
 from engine.compiled import kernel
-from engine.rawmem import copy_bytes
+from engine.rawmem import copy_bytes, load_prefix, load_u64
 from operators.contacts import Columns, grown
 from rules.model import MAX_TIMER_TRIGGERS
 
@@ -46,7 +57,7 @@ K_BITS = 8
 assert (1 << K_BITS) >= MAX_TIMER_TRIGGERS  # the loader refuses rule sets with more timer rules
 K_MASK = (1 << K_BITS) - 1
 COMPACT_MIN = 1024
-HEAP_SIZE, PENDING, ARENA_USED, COMPACT_AT = range(4)
+HEAP_SIZE, PENDING, ARENA_USED, COMPACT_AT, SHARED_USED, SHARED_RECORDS = range(6)
 ALIGN = 8  # arena records start at multiples of 8: a uint32 reference then addresses 32 GiB
 HEADER = 4  # a record is its length (uint32, little-endian), then the summary's bytes
 RECORD_OVERHEAD = HEADER + ALIGN - 1  # the most a record takes beyond its summary
@@ -55,6 +66,13 @@ COMPACT_ABOVE = 1 << 20  # arena bytes below which garbage is left alone
 # An arena that reached it fills up to COMPACT_ABOVE again after each compaction: it keeps this much
 # room (growing back to it cost a shard of the hot path's bench 9 copies after every compaction).
 ARENA_REFILL = COMPACT_ABOVE + COMPACT_ABOVE // 4
+# Properties shorter than this stay in their summary: sharing them saves at most 12 bytes a record
+# and costs a shared record and an index entry (about 21 bytes).
+SHARE_FROM = 16
+SHARED_MIN = ARENA_MIN
+INDEX_MIN = 1 << 10
+NO_ENTRY = -1
+assert ALIGN == summaries.SHARED_ALIGN and HEADER == summaries.SHARED_REF
 
 
 class TimerTable:
@@ -70,14 +88,17 @@ class TimerTable:
         self.heap_deadline = np.zeros(COMPACT_MIN, np.int64)
         self.heap_ref = np.zeros(COMPACT_MIN, np.int64)
         self.arena = np.zeros(ARENA_MIN, np.uint8)
-        self.meta = np.array([0, 0, 0, COMPACT_MIN], np.int64)
+        self.meta = np.array([0, 0, 0, COMPACT_MIN, 0, 0], np.int64)
+        self.shared = np.zeros(SHARED_MIN, np.uint8)
+        self.shared_index = np.full(INDEX_MIN, NO_ENTRY, np.int64)
         self._live_after_compaction = 0
+        self._shared_after_compaction = 0
         self._row = np.zeros(width, np.uint32)  # the compaction kernel's scratch
 
     def arrays(self) -> tuple[Any, ...]:
         a = self.columns.arrays
         return (a["timer_deadline"], a["timer_next"], a["timer_event"], self.heap_deadline,
-                self.heap_ref, self.arena, self.meta)
+                self.heap_ref, self.arena, self.meta, self.shared, self.shared_index)
 
     def pending(self) -> int:
         return int(self.meta[PENDING])
@@ -102,34 +123,55 @@ class TimerTable:
             self.compact_events(size, force=True)
             if int(self.meta[ARENA_USED]) + extra > ALIGN * (1 << 32):
                 raise MemoryError("a shard's pending timers keep more than 32 GiB of events: use more --shards")
+        # Shared properties that find no room stay in their records (`store_event`): the shared buffer
+        # grows by half once it is 3/4 full (doubling left it 46 instead of 34 B/contact in the state
+        # bench), and its index doubles once it is 9/16 full, instead of making room for every event's.
+        used = int(self.meta[SHARED_USED])
+        if 4 * used > 3 * len(self.shared) and len(self.shared) * 3 // 2 <= ALIGN * (1 << 32):
+            self.shared = grown(self.shared, len(self.shared) * 3 // 2, used)
+        if 16 * int(self.meta[SHARED_RECORDS]) > 9 * len(self.shared_index):
+            self._index_shared(2 * len(self.shared_index))
+
+    def _index_shared(self, capacity: int) -> None:
+        """A new index of the shared buffer's records, of `capacity` entries (a power of two)."""
+        self.shared_index = np.full(capacity, NO_ENTRY, np.int64)
+        self.meta[SHARED_RECORDS] = _index_records(self.shared, int(self.meta[SHARED_USED]), self.shared_index)
 
     def event(self, slot: int, k: int) -> bytes:
-        at = ALIGN * int(self.columns.arrays["timer_event"][slot, k])
-        length = int(self.arena[at:at + HEADER].view("<u4")[0])
-        return self.arena[at + HEADER:at + HEADER + length].tobytes()
+        """The summary timer k of the contact keeps, its properties in place."""
+        at = ALIGN * int(self.columns.arrays["timer_event"][slot, k]) + HEADER
+        out = np.zeros(summaries.packed_length(self.arena, at) + 8, np.uint8)
+        end = _expand(self.arena, at, self.shared, out)
+        return out[:end].tobytes()
 
     def deadline(self, slot: int, k: int) -> int:
         return int(self.columns.arrays["timer_deadline"][slot, k])
 
     def compact_events(self, size: int, force: bool = False) -> None:
-        """Copy the records pending timers keep into a new arena, once garbage is half the live bytes
-        (every stored byte is then copied about twice; `force`: now).
+        """Copy the records pending timers keep, and the properties they share, into new buffers once
+        either's garbage is half its live bytes (every stored byte is then copied about twice;
+        `force`: now).
 
         The new arena holds the live records and half as much again, so the arena stays within
-        about 1.5x its live bytes (it was 2-3x with doubling)."""
+        about 1.5x its live bytes (it was 2-3x with doubling); the shared buffer likewise."""
         used = int(self.meta[ARENA_USED])
-        live_before = self._live_after_compaction
-        if not force and (used < COMPACT_ABOVE or 2 * used < 3 * live_before):
+        shared_used = int(self.meta[SHARED_USED])
+        if not force and ((used < COMPACT_ABOVE or 2 * used < 3 * self._live_after_compaction)
+                          and (shared_used < COMPACT_ABOVE or 2 * shared_used < 3 * self._shared_after_compaction)):
             return
-        live = _live_bytes(self.columns.arrays["timer_deadline"], self.columns.arrays["timer_event"], self.arena,
-                           self._row, size)
+        deadline, refs = self.columns.arrays["timer_deadline"], self.columns.arrays["timer_event"]
+        live = _live_bytes(deadline, refs, self.arena, self._row, size)
         new = np.zeros(max(ARENA_MIN, live + live // 2, min(len(self.arena), ARENA_REFILL)), np.uint8)
-        moved = _move_records(self.columns.arrays["timer_deadline"], self.columns.arrays["timer_event"], self.arena,
-                              new, self._row, size)
-        assert moved == live
+        shared = np.zeros(max(SHARED_MIN, shared_used), np.uint8)
+        copied, shared_live = _move_records(deadline, refs, self.arena, new, self._row, size, self.shared, shared)
+        assert copied == live
         self._live_after_compaction = live
         self.arena = new
         self.meta[ARENA_USED] = live
+        self._shared_after_compaction = shared_live
+        self.shared = grown(shared, max(SHARED_MIN, shared_live + shared_live // 2), shared_live)
+        self.meta[SHARED_USED] = shared_live
+        self._index_shared(len(self.shared_index))
 
     @staticmethod
     def from_offsets(columns: dict[str, np.ndarray], arena: np.ndarray) -> dict[str, Any]:
@@ -148,10 +190,11 @@ class TimerTable:
 
     @staticmethod
     def convert_events(columns: dict[str, np.ndarray], arena: np.ndarray,
-                       convert: Callable[[bytes], bytes]) -> dict[str, Any]:
+                       convert: Callable[[bytes], bytes], shared: np.ndarray | None = None) -> dict[str, Any]:
         """A snapshot's arena with every pending timer's event converted by `convert` (a snapshot of an
-        earlier format); a record several timers share stays shared. The references in `columns` are
-        replaced; the new arena snapshot is returned."""
+        earlier format), given as stored or, with the snapshot's `shared` properties, as a packed
+        summary with its properties in place; a record several timers share stays shared. The references in
+        `columns` are replaced; the new arena snapshot (sharing nothing) is returned."""
         deadline = columns["timer_deadline"]
         refs = columns["timer_event"] = columns["timer_event"].copy()
         raw = arena.tobytes()
@@ -161,7 +204,11 @@ class TimerTable:
             old = ALIGN * int(refs[s, k])
             if old not in placed:
                 length = int.from_bytes(raw[old:old + HEADER], "little")
-                event = convert(raw[old + HEADER:old + HEADER + length])
+                if shared is None:  # (the records of formats 3 and 4 are JSON)
+                    event = convert(raw[old + HEADER:old + HEADER + length])
+                else:
+                    expanded = np.zeros(summaries.packed_length(arena, old + HEADER) + 8, np.uint8)
+                    event = convert(expanded[:_expand(arena, old + HEADER, shared, expanded)].tobytes())
                 placed[old] = len(new) // ALIGN
                 new += len(event).to_bytes(HEADER, "little") + event
                 new += bytes(-len(new) % ALIGN)
@@ -169,11 +216,13 @@ class TimerTable:
         return {"arena": np.frombuffer(bytes(new), np.uint8).copy()}
 
     def event_bytes(self) -> int:
-        return int(self.meta[ARENA_USED])
+        return int(self.meta[ARENA_USED] + self.meta[SHARED_USED])
 
     def nbytes(self) -> int:
-        """The heap and the arena (the columns are counted with the shard's other columns)."""
-        return int(self.heap_deadline.nbytes + self.heap_ref.nbytes + self.arena.nbytes)
+        """The heap, the arena and the shared properties (the columns are counted with the shard's
+        other columns)."""
+        return int(self.heap_deadline.nbytes + self.heap_ref.nbytes + self.arena.nbytes + self.shared.nbytes
+                   + self.shared_index.nbytes)
 
     def entries(self) -> list[tuple[int, int, int]]:
         """The heap's entries as (deadline, slot, k), in order (for inspection)."""
@@ -186,7 +235,8 @@ class TimerTable:
         view, valid until the arena next changes."""
         self.compact_events(size, force=True)
         arena = self.arena[: self.meta[ARENA_USED]]
-        return {"arena": arena.copy() if copy else arena}
+        shared = self.shared[: self.meta[SHARED_USED]]
+        return {"arena": arena.copy() if copy else arena, "shared": shared.copy() if copy else shared}
 
     def restore(self, size: int, snap: dict[str, Any]) -> None:
         """Rebuild the derived state (pending count, heap, next deadlines) after the columns were restored."""
@@ -195,6 +245,15 @@ class TimerTable:
         self.arena[: len(arena)] = arena
         self.meta[ARENA_USED] = len(arena)
         self._live_after_compaction = len(arena)
+        shared = snap.get("shared", self.shared[:0])  # (snapshots before format 6 share nothing)
+        self.shared = np.zeros(max(SHARED_MIN, len(shared) + len(shared) // 2), np.uint8)
+        self.shared[: len(shared)] = shared
+        self.meta[SHARED_USED] = len(shared)
+        self._shared_after_compaction = len(shared)
+        capacity = INDEX_MIN
+        while 9 * capacity < 16 * _count_records(self.shared, len(shared)):
+            capacity *= 2
+        self._index_shared(capacity)
         a = self.columns.arrays
         deadlines = a["timer_deadline"]
         pending = int(np.count_nonzero(deadlines[:size] != NONE)) if self.n_timers else 0
@@ -220,22 +279,130 @@ def _aligned(n):  # type: ignore[no-untyped-def]
 
 
 @kernel(inline=True)
+def _put_u32(dst, at, value):  # type: ignore[no-untyped-def]
+    dst[at] = value & 0xFF
+    dst[at + 1] = (value >> 8) & 0xFF
+    dst[at + 2] = (value >> 16) & 0xFF
+    dst[at + 3] = (value >> 24) & 0xFF
+
+
+@kernel(inline=True)
 def _write_record(dst, at, src, start, length):  # type: ignore[no-untyped-def]
     """Write src[start:start + length] as a record at byte `at` of dst; where the next record goes."""
-    dst[at] = length & 0xFF
-    dst[at + 1] = (length >> 8) & 0xFF
-    dst[at + 2] = (length >> 16) & 0xFF
-    dst[at + 3] = (length >> 24) & 0xFF
+    _put_u32(dst, at, length)
     return _aligned(copy_bytes(dst, at + HEADER, src, start, length))
+
+
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+_S29 = np.uint64(29)
+_S32 = np.uint64(32)
+
+
+@kernel(inline=True)
+def _properties_hash(data, start, length):  # type: ignore[no-untyped-def]
+    """A hash of data[start:start + length] for the shared index. A multiply and a shift per 8 bytes
+    (engine.hashing's digest, made for ids that go into snapshots, mixes three times as much): the
+    index compares the bytes of every match anyway."""
+    h = np.uint64(length) * _MIX
+    i = start
+    end = start + length
+    while i + 8 <= end:
+        h = (h ^ load_u64(data, i)) * _MIX
+        h ^= h >> _S29
+        i += 8
+    if i < end:
+        h = (h ^ load_prefix(data, i, end - i)) * _MIX
+    return h ^ (h >> _S32)
+
+
+@kernel(inline=True)
+def _same_bytes(a, a_start, b, b_start, length):  # type: ignore[no-untyped-def]
+    j = 0
+    while j + 8 <= length:
+        if load_u64(a, a_start + j) != load_u64(b, b_start + j):
+            return False
+        j += 8
+    while j < length:
+        if a[a_start + j] != b[b_start + j]:
+            return False
+        j += 1
+    return True
+
+
+_REF_MASK = np.int64(0xFFFFFFFF)
+_MOVED = 0xFFFFFFFF  # the length of a shared record a compaction has copied
+
+
+@kernel(inline=True)
+def _index_slot(index, shared, data, start, length, h):  # type: ignore[no-untyped-def]
+    """(the index entry holding the shared record of data[start:start + length], or the empty one
+    where it would go; its record's reference, or -1). Hashed by the top bits of `h`; an entry is
+    h's low 31 bits above the record's reference."""
+    mask = len(index) - 1
+    tag = np.int64(h & np.uint64(0x7FFFFFFF))
+    i = np.int64((h >> np.uint64(32)) & np.uint64(mask))
+    while index[i] != NO_ENTRY:
+        entry = index[i]
+        if entry >> 32 == tag:
+            at = (entry & _REF_MASK) * ALIGN
+            if record_length(shared, at) == length and _same_bytes(shared, at + HEADER, data, start, length):
+                return i, entry & _REF_MASK
+        i = (i + 1) & mask
+    return i, np.int64(-1)
+
+
+@kernel(inline=True)
+def _shared_ref(timers, data, start, length):  # type: ignore[no-untyped-def]
+    """The shared record of the properties data[start:start + length] (added if new), or -1 when they
+    are new and find no room."""
+    meta, shared, index = timers[6], timers[7], timers[8]
+    h = _properties_hash(data, start, length)
+    i, ref = _index_slot(index, shared, data, start, length, h)
+    if ref >= 0:
+        return ref
+    at = meta[SHARED_USED]
+    if at + HEADER + length + ALIGN > len(shared) or 4 * (meta[SHARED_RECORDS] + 1) > 3 * len(index):
+        return -1
+    meta[SHARED_USED] = _write_record(shared, at, data, start, length)
+    meta[SHARED_RECORDS] += 1
+    index[i] = (np.int64(h & np.uint64(0x7FFFFFFF)) << 32) | (at // ALIGN)
+    return at // ALIGN
 
 
 @kernel(inline=True)
 def store_event(timers, data, start, length):  # type: ignore[no-untyped-def]
-    """Append data[start:start + length] to the arena as a record; its reference (for `arm`)."""
+    """Append the summary data[start:start + length] to the arena as a record, sharing its properties
+    when they are long enough; its reference (for `arm`)."""
     arena, meta = timers[5], timers[6]
     at = meta[ARENA_USED]
-    meta[ARENA_USED] = _write_record(arena, at, data, start, length)
+    properties, n = summaries.properties_span(data, start)
+    ref = _shared_ref(timers, data, properties, n) if n >= SHARE_FROM else -1
+    if ref < 0:
+        meta[ARENA_USED] = _write_record(arena, at, data, start, length)
+        return at // ALIGN
+    _put_u32(arena, at, length - n + summaries.SHARED_REF)
+    end = copy_bytes(arena, at + HEADER, data, start, properties - start)
+    arena[at + HEADER + 1] |= summaries.SHARED_PROPERTIES
+    _put_u32(arena, end, ref)
+    end = copy_bytes(arena, end + summaries.SHARED_REF, data, properties + n, start + length - properties - n)
+    meta[ARENA_USED] = _aligned(end)
     return at // ALIGN
+
+
+@kernel
+def _expand(arena, start, shared, out):  # type: ignore[no-untyped-def]
+    """The kept summary at arena[start:] with its properties in place, at out[0:]; returns its end."""
+    properties, n = summaries.properties_span(arena, start)
+    shares = arena[start + 1] & summaries.SHARED_PROPERTIES
+    stored = summaries.SHARED_REF if shares else n
+    rest = start + record_length(arena, start - HEADER) - properties - stored
+    end = copy_bytes(out, 0, arena, start, properties - start)
+    out[1] &= ~np.uint8(summaries.SHARED_PROPERTIES)
+    if shares:
+        end = copy_bytes(out, end, shared, record_length(arena, properties) * ALIGN + HEADER, n)
+    else:
+        end = copy_bytes(out, end, arena, properties, n)
+    return copy_bytes(out, end, arena, properties + stored, rest)
 
 
 @kernel(inline=True)
@@ -261,9 +428,13 @@ def _live_bytes(deadline, refs, arena, row, size):  # type: ignore[no-untyped-de
 
 
 @kernel
-def _move_records(deadline, refs, arena, new, row, size):  # type: ignore[no-untyped-def]
-    """Copy the records of pending timers into `new` (no sort: a record is shared only within a row)."""
+def _move_records(deadline, refs, arena, new, row, size, shared, new_shared):  # type: ignore[no-untyped-def]
+    """Copy the records of pending timers into `new` (no sort: a record is shared only within a row),
+    and the shared properties they refer to into `new_shared`, leaving in `shared` a forwarding
+    reference for each (its length MOVED, its new reference in its first 4 bytes: shared
+    properties have at least SHARE_FROM bytes). Returns the bytes used in `new` and in `new_shared`."""
     at = 0
+    shared_at = 0
     for s in range(size):
         for k in range(deadline.shape[1]):
             row[k] = refs[s, k]
@@ -276,8 +447,46 @@ def _move_records(deadline, refs, arena, new, row, size):  # type: ignore[no-unt
                 continue
             old = np.int64(row[k]) * ALIGN
             refs[s, k] = at // ALIGN
-            at = _aligned(copy_bytes(new, at, arena, old, HEADER + record_length(arena, old)))
-    return at
+            end = _aligned(copy_bytes(new, at, arena, old, HEADER + record_length(arena, old)))
+            if new[at + HEADER + 1] & summaries.SHARED_PROPERTIES:
+                properties, n = summaries.properties_span(new, at + HEADER)
+                source = record_length(new, properties) * ALIGN
+                if record_length(shared, source) != _MOVED:  # the first live record that refers to it
+                    moved_to = shared_at // ALIGN
+                    shared_at = _write_record(new_shared, shared_at, shared, source + HEADER, n)
+                    _put_u32(shared, source + HEADER, moved_to)
+                    _put_u32(shared, source, _MOVED)
+                _put_u32(new, properties, record_length(shared, source + HEADER))
+            at = end
+    return at, shared_at
+
+
+@kernel
+def _count_records(buf, used):  # type: ignore[no-untyped-def]
+    n = 0
+    at = 0
+    while at < used:
+        at = _aligned(at + HEADER + record_length(buf, at))
+        n += 1
+    return n
+
+
+@kernel
+def _index_records(shared, used, index):  # type: ignore[no-untyped-def]
+    """Enter every record of a shared buffer (distinct properties) into an empty index; returns how many."""
+    mask = len(index) - 1
+    count = 0
+    at = 0
+    while at < used:
+        n = record_length(shared, at)
+        h = _properties_hash(shared, at + HEADER, n)
+        i = np.int64((h >> np.uint64(32)) & np.uint64(mask))
+        while index[i] != NO_ENTRY:
+            i = (i + 1) & mask
+        index[i] = (np.int64(h & np.uint64(0x7FFFFFFF)) << 32) | (at // ALIGN)
+        count += 1
+        at = _aligned(at + HEADER + n)
+    return count
 
 
 @kernel

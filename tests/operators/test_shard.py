@@ -885,7 +885,8 @@ def test_shard_state_snapshot_round_trip_keeps_every_column(contract):
 
 def _as_format_5(snap: dict) -> dict:
     """A shard snapshot as format 5 wrote it: count rings, unless and last-fired times as dense columns,
-    EMPTY or NEVER where unset (the unless column kept even for rules without unless matchers)."""
+    EMPTY or NEVER where unset (the unless column kept even for rules without unless matchers), and
+    the events timers keep with their properties in place."""
     size = len(snap["index"]["hashes"])
     rings = snap["counts"]
     sizes = rings["sizes"]
@@ -903,8 +904,9 @@ def _as_format_5(snap: dict) -> dict:
     unless_seen = dense[:, :n_unless] if n_unless else np.full((size, 1), NEVER, np.int64)
     columns = {**snap["columns"], "unless_seen": unless_seen, "last_fired": dense[:, n_unless:],
                "count_times": count_times, "count_next": count_next}
+    kept = TimerTable.convert_events(columns, snap["timers"]["arena"], lambda summary: summary, snap["timers"]["shared"])
     return ({key: value for key, value in snap.items() if key not in ("suppression", "counts")}
-            | {"version": 5, "columns": columns})
+            | {"version": 5, "columns": columns, "timers": kept})
 
 
 def test_a_format_5_snapshot_is_converted_and_resumes_exactly(contract, reference):
@@ -914,6 +916,8 @@ def test_a_format_5_snapshot_is_converted_and_resumes_exactly(contract, referenc
     converted = {key: _as_format_5(unpack(pickle.loads(pickle.dumps(snap)))) for key, snap in shards.items()}
     assert sum(int((snap["columns"]["last_fired"] != NEVER).sum()) for snap in converted.values()) > 0
     assert sum(int((snap["columns"]["count_times"] != counts.EMPTY).sum()) for snap in converted.values()) > 0
+    assert all("shared" not in snap["timers"] for snap in converted.values())
+    assert sum(len(unpack(snap)["timers"]["shared"]) for snap in shards.values()) > 0  # format 6 shares some
     for key, snap in converted.items():  # the same times
         state, restored = first.logics[key].state, ShardState.restore(plan, snap)
         n_rules = len(state.counts.sizes)

@@ -8,12 +8,30 @@ import random
 import numpy as np
 import pytest
 
+from engine.summaries import HEADER as SUMMARY_HEADER
+from engine.summaries import SHARED_PROPERTIES, pack_parts
 from operators import timers
 from operators.contacts import Columns
-from operators.timers import COMPACT_MIN, HEAP_SIZE, NONE, TimerTable
+from operators.timers import COMPACT_MIN, HEAP_SIZE, NONE, SHARE_FROM, TimerTable
 from rules.model import MAX_TIMER_TRIGGERS
 
 T0 = 1_795_442_400_000
+
+
+def _summary(payload: bytes, properties: bytes = b"") -> bytes:
+    """A packed summary carrying `payload` as its traits (never shared) and `properties`."""
+    return pack_parts(0, b"", b"", properties, payload, 0)
+
+
+def _payload(summary: bytes) -> bytes:
+    assert summary[1] == 0  # given back with its properties in place
+    return summary[SUMMARY_HEADER + int.from_bytes(summary[8:12], "little"):]
+
+
+def _record(summary: bytes) -> bytes:
+    """An arena record: its length, the summary, padding to 8 bytes."""
+    record = len(summary).to_bytes(4, "little") + summary
+    return record + bytes(-len(record) % 8)
 
 
 class _Table:
@@ -25,21 +43,27 @@ class _Table:
         self.t = TimerTable(self.columns, n_timers)
         self.size = 0
 
-    def store(self, event: bytes) -> int:
-        """Append an event to the arena; its record's reference."""
-        self.t.reserve(0, 1, len(event), self.size)
-        return int(timers.store_event(self.t.arrays(), np.frombuffer(event, np.uint8), 0, len(event)))
+    def store(self, event: bytes, properties: bytes = b"") -> int:
+        """Append an event (the summary of `_summary(event, properties)`) to the arena; its record's reference."""
+        summary = _summary(event, properties)
+        self.t.reserve(0, 1, len(summary), self.size)
+        return int(timers.store_event(self.t.arrays(), np.frombuffer(summary, np.uint8), 0, len(summary)))
 
-    def arm(self, slot: int, k: int, deadline: int, event: bytes, stored: int | None = None) -> None:
+    def arm(self, slot: int, k: int, deadline: int, event: bytes, stored: int | None = None,
+            properties: bytes = b"") -> None:
         """Arm timer k of `slot`, keeping `event` (or the event already stored at `stored`)."""
         self.size = max(self.size, slot + 1)
         self.columns.ensure(self.size)
-        offset = self.store(event) if stored is None else stored
+        offset = self.store(event, properties) if stored is None else stored
         self.t.reserve(1, 0, 0, self.size)
         timers.arm(self.t.arrays(), slot, k, deadline, offset, self.size)
 
     def cancel(self, slot: int, k: int) -> None:
         timers.cancel(self.t.arrays(), slot, k)
+
+    def event(self, slot: int, k: int) -> bytes:
+        """The payload of the event timer k of `slot` keeps."""
+        return _payload(self.t.event(slot, k))
 
     def next_for(self, slot: int) -> int:
         return int(self.columns.arrays["timer_next"][slot])
@@ -110,16 +134,16 @@ def test_arm_cancel_and_rearm():
     assert tt.t.pending() == 0
     assert tt.next_for(0) == NONE
     tt.arm(0, 1, T0 + 100, b"e1")
-    assert (tt.t.deadline(0, 1), tt.t.event(0, 1), tt.next_for(0), tt.t.pending()) == (T0 + 100, b"e1", T0 + 100, 1)
+    assert (tt.t.deadline(0, 1), tt.event(0, 1), tt.next_for(0), tt.t.pending()) == (T0 + 100, b"e1", T0 + 100, 1)
     # Re-arming replaces both the deadline and the event that armed it.
     tt.arm(0, 1, T0 + 200, b"e2")
-    assert (tt.t.deadline(0, 1), tt.t.event(0, 1), tt.next_for(0), tt.t.pending()) == (T0 + 200, b"e2", T0 + 200, 1)
+    assert (tt.t.deadline(0, 1), tt.event(0, 1), tt.next_for(0), tt.t.pending()) == (T0 + 200, b"e2", T0 + 200, 1)
     tt.cancel(0, 1)
     assert (tt.t.deadline(0, 1), tt.next_for(0), tt.t.pending()) == (NONE, NONE, 0)
     tt.cancel(0, 1)  # cancelling a timer that is not pending changes nothing
     assert tt.t.pending() == 0
     tt.arm(0, 1, T0 + 50, b"e3")
-    assert (tt.t.deadline(0, 1), tt.t.event(0, 1), tt.t.pending()) == (T0 + 50, b"e3", 1)
+    assert (tt.t.deadline(0, 1), tt.event(0, 1), tt.t.pending()) == (T0 + 50, b"e3", 1)
 
 
 def test_next_for_is_the_earliest_deadline_of_the_contact():
@@ -250,7 +274,7 @@ def test_rearm_to_the_same_deadline_fires_it_once():
     assert tt.heap_size() == 2
     assert tt.fire_due(T0 + 200, inclusive=False) == [(T0 + 100, 0, 0)]
     assert tt.heap_size() == 0
-    assert tt.t.event(0, 0) == b"b"
+    assert tt.event(0, 0) == b"b"
 
 
 def test_a_timer_popped_and_cancelled_then_armed_again_is_queued_again():
@@ -317,7 +341,8 @@ def test_restore_rebuilds_the_heap_from_the_deadlines():
     arena = tt.t.snapshot(3)
     cols = tt.columns.snapshot(3)
     # Only what pending timers keep, as records (length, bytes, padding to 8), in contact order.
-    assert arena["arena"].tobytes() == b"\x02\0\0\0a2\0\0" b"\x01\0\0\0b\0\0\0"
+    assert arena["arena"].tobytes() == _record(_summary(b"a2")) + _record(_summary(b"b"))
+    assert arena["shared"].tobytes() == b""
     # Later changes to the live table do not reach the snapshot.
     tt.arm(2, 0, T0 + 10, b"c")
     tt.cancel(1, 1)
@@ -328,7 +353,7 @@ def test_restore_rebuilds_the_heap_from_the_deadlines():
     other.restore(3, snap["timers"])
     assert other.entries() == [(T0 + 50, 1, 1), (T0 + 400, 0, 0)]  # one entry per pending timer
     assert other.pending() == 2
-    assert (other.event(1, 1), other.event(0, 0)) == (b"b", b"a2")
+    assert (_payload(other.event(1, 1)), _payload(other.event(0, 0))) == (b"b", b"a2")
     assert restored_columns.arrays["timer_next"][:4].tolist() == [T0 + 400, T0 + 50, NONE, NONE]
     got = []
     while True:
@@ -358,7 +383,7 @@ def test_a_restored_table_continues_like_the_live_one():
     fired = []
     for tt in (live, restored):
         due = tt.fire_due(T0 + 15_000, inclusive=False)
-        fired.append([(d, s, k, tt.t.event(s, k)) for d, s, k in due])
+        fired.append([(d, s, k, tt.event(s, k)) for d, s, k in due])
     assert fired[0] == fired[1] and len(fired[0]) > 20
     assert live.t.pending() == restored.t.pending()
 
@@ -391,7 +416,7 @@ def test_the_largest_rule_number_and_a_large_slot_survive_the_heap_entry():
     assert tt.t.entries() == [(T0 + 1, 69_999, 255), (T0 + 2, 70_000, 254), (T0 + 2, 70_000, 255)]
     assert tt.pop_due(T0 + 2, inclusive=True) == [(T0 + 1, 69_999, 255), (T0 + 2, 70_000, 254),
                                                   (T0 + 2, 70_000, 255)]
-    assert tt.t.event(70_000, 255) == b"a"
+    assert tt.event(70_000, 255) == b"a"
 
 
 def test_a_table_without_timer_rules():
@@ -464,7 +489,7 @@ def test_random_operations_match_a_brute_force_model():
                 if kk < 0:
                     break
                 got.append((int(d), int(s), int(kk)))
-                assert tt.t.event(int(s), int(kk)) == model[(int(s), int(kk))][1]
+                assert tt.event(int(s), int(kk)) == model[(int(s), int(kk))][1]
                 tt.cancel(int(s), int(kk))
                 del model[(int(s), int(kk))]
             assert got == expected
@@ -483,7 +508,7 @@ def test_random_operations_match_a_brute_force_model():
             tt.check_next()
             # Compacting the arena keeps every pending timer's event.
             tt.t.compact_events(tt.size, force=True)
-            assert all(tt.t.event(s, kk) == e for (s, kk), (_, e) in model.items())
+            assert all(tt.event(s, kk) == e for (s, kk), (_, e) in model.items())
     tt.check_next()
     assert fired_by_watermark > 500
 
@@ -500,20 +525,21 @@ def test_compact_events_keeps_only_what_pending_timers_hold():
     tt.arm(1, 2, T0 + 4, b"one event, two timers", stored=shared)
     tt.arm(2, 1, T0 + 5, b"cancelled")
     tt.cancel(2, 1)
-    # A record is 4 bytes of length, the event, padding to a multiple of 8: 13 -> 24, 6 -> 16, 21 -> 32, 9 -> 16.
-    assert tt.t.event_bytes() == 24 + 16 + 32 + 16
+    # A record is 4 bytes of length, the summary (24 bytes of header and the payload), padding to a
+    # multiple of 8: payloads of 13 -> 48, 6 -> 40, 21 -> 56, 9 -> 40.
+    assert tt.t.event_bytes() == 48 + 40 + 56 + 40
     tt.t.compact_events(tt.size)  # far below the threshold: nothing moves
-    assert tt.t.event_bytes() == 88
+    assert tt.t.event_bytes() == 184
     tt.t.compact_events(tt.size, force=True)
     # The shared event is stored once; the old version and the cancelled timer's event are gone.
-    assert tt.t.event_bytes() == 16 + 32
-    assert [tt.t.event(0, 0), tt.t.event(1, 0), tt.t.event(1, 2)] == [
+    assert tt.t.event_bytes() == 40 + 56
+    assert [tt.event(0, 0), tt.event(1, 0), tt.event(1, 2)] == [
         b"second", b"one event, two timers", b"one event, two timers"]
     refs = tt.columns.arrays["timer_event"]
-    assert (refs[0, 0], refs[1, 0], refs[1, 2]) == (0, 2, 2)  # in 8-byte units
+    assert (refs[0, 0], refs[1, 0], refs[1, 2]) == (0, 5, 5)  # in 8-byte units
     # Arming after the compaction appends after the live bytes.
     tt.arm(3, 0, T0 + 6, b"later")
-    assert tt.t.event(3, 0) == b"later" and tt.t.event_bytes() == 48 + 16
+    assert tt.event(3, 0) == b"later" and tt.t.event_bytes() == 96 + 40
 
 
 def test_reserve_grows_the_arena_and_the_heap_keeping_their_contents():
@@ -521,10 +547,95 @@ def test_reserve_grows_the_arena_and_the_heap_keeping_their_contents():
     big = bytes(range(256)) * 400  # 100 KiB: more than the initial 64 KiB arena
     tt.arm(0, 0, T0, b"small")
     tt.arm(1, 0, T0 + 1, big)
-    assert tt.t.event(0, 0) == b"small" and tt.t.event(1, 0) == big
+    assert tt.event(0, 0) == b"small" and tt.event(1, 0) == big
     assert len(tt.t.arena) >= 5 + len(big)
     for slot in range(2, 2000):  # more heap entries than the initial 1024
         tt.arm(slot, 0, T0 - slot, b"e")
     assert tt.t.pending() == 2000
     assert tt.pop_due(T0 - 1995, inclusive=True)[:3] == [(T0 - 1999, 1999, 0), (T0 - 1998, 1998, 0),
                                                          (T0 - 1997, 1997, 0)]
+
+
+# -- shared properties ------------------------------------------------------------------------------
+
+PRICING = b'{"path":"/pricing","url":"https://shop.example/pricing","title":"Pricing"}'
+PRODUCT = b'{"path":"/products/p-90","url":"https://shop.example/products/p-90","title":"Product"}'
+
+
+def test_long_properties_are_stored_once_and_given_back_in_place():
+    tt = _table(n_timers=1)
+    assert len(b'{"i":1}') < SHARE_FROM <= len(PRICING)
+    tt.arm(0, 0, T0, b"a", properties=PRICING)
+    tt.arm(1, 0, T0, b"bb", properties=PRICING)
+    tt.arm(2, 0, T0, b"c", properties=b'{"i":1}')
+    assert [tt.t.event(s, 0) for s in range(3)] == [_summary(b"a", PRICING), _summary(b"bb", PRICING),
+                                                    _summary(b"c", b'{"i":1}')]
+    # Records: the header (its flag set), a 4-byte reference in place of the properties, the payload:
+    # 24 + 4 + 1 -> 40 and 24 + 4 + 2 -> 40; the short properties stay: 24 + 7 + 1 -> 40.
+    arena = tt.t.arena
+    assert (arena[5], arena[45], arena[85]) == (SHARED_PROPERTIES, SHARED_PROPERTIES, 0)
+    assert arena[28:32].tobytes() == arena[68:72].tobytes() == b"\0\0\0\0"  # both refer to record 0
+    assert tt.t.shared[:tt.t.meta[timers.SHARED_USED]].tobytes() == _record(PRICING)
+    assert int(tt.t.meta[timers.SHARED_RECORDS]) == 1 and int((tt.t.shared_index != timers.NO_ENTRY).sum()) == 1
+    assert tt.t.event_bytes() == 120 + len(_record(PRICING))
+
+
+def test_compaction_keeps_the_shared_properties_pending_timers_refer_to():
+    tt = _table(n_timers=1)
+    tt.arm(0, 0, T0, b"a", properties=PRICING)
+    tt.arm(1, 0, T0, b"b", properties=PRODUCT)
+    tt.arm(2, 0, T0, b"c", properties=PRODUCT)
+    tt.arm(0, 0, T0 + 1, b"a2", properties=PRODUCT)  # PRICING is garbage now
+    tt.cancel(1, 0)
+    assert tt.t.shared[:tt.t.meta[timers.SHARED_USED]].tobytes() == _record(PRICING) + _record(PRODUCT)
+    tt.t.compact_events(tt.size, force=True)
+    assert tt.t.shared[:tt.t.meta[timers.SHARED_USED]].tobytes() == _record(PRODUCT)
+    assert int(tt.t.meta[timers.SHARED_RECORDS]) == 1 and int((tt.t.shared_index != timers.NO_ENTRY).sum()) == 1
+    assert (tt.t.event(0, 0), tt.t.event(2, 0)) == (_summary(b"a2", PRODUCT), _summary(b"c", PRODUCT))
+    # Found again after the compaction (the index was rebuilt), and a new one appended.
+    tt.arm(3, 0, T0, b"d", properties=PRODUCT)
+    tt.arm(4, 0, T0, b"e", properties=PRICING)
+    assert tt.t.shared[:tt.t.meta[timers.SHARED_USED]].tobytes() == _record(PRODUCT) + _record(PRICING)
+    assert [tt.t.event(s, 0) for s in (3, 4)] == [_summary(b"d", PRODUCT), _summary(b"e", PRICING)]
+
+
+def test_a_snapshot_keeps_the_shared_properties_and_a_restored_table_finds_them():
+    live = _table(n_timers=2)
+    for slot in range(50):
+        live.arm(slot, slot % 2, T0 + slot, b"x%d" % slot, properties=(PRICING, PRODUCT, b"{}")[slot % 3])
+    arena = pickle.loads(pickle.dumps(live.t.snapshot(live.size)))
+    assert arena["shared"].tobytes() == _record(PRICING) + _record(PRODUCT)
+    restored = _Table(n_timers=2)
+    restored.size = live.size
+    restored.columns.restore(live.columns.snapshot(live.size), live.size)
+    restored.t.restore(live.size, arena)
+    assert [restored.t.event(s, s % 2) for s in range(50)] == [live.t.event(s, s % 2) for s in range(50)]
+    restored.arm(60, 0, T0, b"y", properties=PRODUCT)
+    assert restored.t.meta[timers.SHARED_USED] == len(arena["shared"])  # shared with the restored record
+    assert restored.t.event(60, 0) == _summary(b"y", PRODUCT)
+
+
+def test_an_index_entry_whose_hash_matches_is_used_only_for_the_same_bytes():
+    tt = _table(n_timers=1)
+    tt.arm(0, 0, T0, b"a", properties=PRICING)
+    # Give PRICING's entry PRODUCT's hash, as a collision would: a PRODUCT lookup finds it, compares
+    # the bytes, and goes on to an entry of its own.
+    h = timers._properties_hash(np.frombuffer(PRODUCT, np.uint8), 0, len(PRODUCT))
+    index = tt.t.shared_index
+    index[:] = timers.NO_ENTRY
+    index[(h >> 32) & (len(index) - 1)] = ((h & 0x7FFFFFFF) << 32) | 0
+    tt.arm(1, 0, T0, b"b", properties=PRODUCT)
+    assert tt.t.shared[:tt.t.meta[timers.SHARED_USED]].tobytes() == _record(PRICING) + _record(PRODUCT)
+    assert tt.t.event(1, 0) == _summary(b"b", PRODUCT) and tt.t.event(0, 0) == _summary(b"a", PRICING)
+    assert int(tt.t.meta[timers.SHARED_RECORDS]) == 2
+
+
+def test_new_properties_stay_in_their_record_when_the_shared_buffer_is_full():
+    tt = _table(n_timers=1)
+    # As if the shared buffer were full (its bytes are never read), and no `reserve` to double it
+    # before this event (the kernel stores a batch's events between two reserves).
+    tt.t.meta[timers.SHARED_USED] = len(tt.t.shared) - 16
+    summary = _summary(b"a", PRICING)
+    ref = int(timers.store_event(tt.t.arrays(), np.frombuffer(summary, np.uint8), 0, len(summary)))
+    assert tt.t.arena[8 * ref:8 * ref + 4 + len(summary)].tobytes() == _record(summary)[:4 + len(summary)]
+    assert int(tt.t.meta[timers.SHARED_RECORDS]) == 0
