@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv demo test lint conformance bench clean
+.PHONY: venv demo test test-tools lint conformance bench clean
 
 $(BIN)/halflife: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,12 @@ venv: $(BIN)/halflife
 demo: venv
 	$(BIN)/halflife demo
 
+# The system binaries the tests start (redis-server, prometheus, promtool), installed with apt when missing.
+test-tools:
+	bash .ci/install-test-tools
+
 # Two workers, a test file each: most of the suite waits on subprocesses, Redis and timers.
-test: venv
+test: venv test-tools
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 conformance: venv

@@ -51,7 +51,7 @@ def tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
         pytest.fail(f"{name} is not installed: tests/deploy need Debian's `prometheus` package "
-                    f"(run .ci/install-prometheus, or apt-get install prometheus)", pytrace=False)
+                    f"(run .ci/install-test-tools, or apt-get install prometheus)", pytrace=False)
     return path
 
 

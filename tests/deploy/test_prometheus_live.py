@@ -11,7 +11,7 @@ The workload makes every panel have data, faults included:
   collector's back is not JSON (engine: dead-lettered), a batch is posted twice (engine: deduplicated)
   and a few events are older than the lateness (engine: late).
 
-Needs Debian's `prometheus` package (.ci/install-prometheus); without it these tests fail.
+Needs Debian's `prometheus` package (`make test` installs it: .ci/install-test-tools); without it these tests fail.
 """
 
 from __future__ import annotations

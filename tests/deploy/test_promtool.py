@@ -1,6 +1,6 @@
 """promtool on deploy/prometheus: the configurations, the alert rules and their unit tests.
 
-Needs Debian's `prometheus` package (.ci/install-prometheus); without it these tests fail.
+Needs Debian's `prometheus` package (`make test` installs it: .ci/install-test-tools); without it these tests fail.
 """
 
 from __future__ import annotations
