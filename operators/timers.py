@@ -33,7 +33,7 @@ either holds garbage.
 The compiled functions take the table as one tuple, `TimerTable.arrays()`:
 (deadline, next, event, heap_deadline, heap_ref, arena, meta, shared, shared_index), where
 meta holds the heap size, the pending count, the arena's used bytes, the heap size that
-triggers a rebuild, the shared buffer's used bytes and its records.
+triggers a rebuild, the shared buffer's used bytes and its records, and the index's hash seed.
 
 Bytewax's own per-key timers are not used: with one key per contact the runtime scans every key
 with a timer on every activation (see BYTEWAX-NOTES.md).
@@ -41,6 +41,7 @@ with a timer on every activation (see BYTEWAX-NOTES.md).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -57,7 +58,7 @@ K_BITS = 8
 assert (1 << K_BITS) >= MAX_TIMER_TRIGGERS  # the loader refuses rule sets with more timer rules
 K_MASK = (1 << K_BITS) - 1
 COMPACT_MIN = 1024
-HEAP_SIZE, PENDING, ARENA_USED, COMPACT_AT, SHARED_USED, SHARED_RECORDS = range(6)
+HEAP_SIZE, PENDING, ARENA_USED, COMPACT_AT, SHARED_USED, SHARED_RECORDS, HASH_SEED = range(7)
 ALIGN = 8  # arena records start at multiples of 8: a uint32 reference then addresses 32 GiB
 HEADER = 4  # a record is its length (uint32, little-endian), then the summary's bytes
 RECORD_OVERHEAD = HEADER + ALIGN - 1  # the most a record takes beyond its summary
@@ -88,7 +89,10 @@ class TimerTable:
         self.heap_deadline = np.zeros(COMPACT_MIN, np.int64)
         self.heap_ref = np.zeros(COMPACT_MIN, np.int64)
         self.arena = np.zeros(ARENA_MIN, np.uint8)
-        self.meta = np.array([0, 0, 0, COMPACT_MIN, 0, 0], np.int64)
+        # The shared index's hash is seeded per table (the index is rebuilt on restore, never saved):
+        # properties crafted to collide in one process do not collide in another.
+        seed = int.from_bytes(os.urandom(8), "little") >> 1
+        self.meta = np.array([0, 0, 0, COMPACT_MIN, 0, 0, seed], np.int64)
         self.shared = np.zeros(SHARED_MIN, np.uint8)
         self.shared_index = np.full(INDEX_MIN, NO_ENTRY, np.int64)
         self._live_after_compaction = 0
@@ -135,7 +139,8 @@ class TimerTable:
     def _index_shared(self, capacity: int) -> None:
         """A new index of the shared buffer's records, of `capacity` entries (a power of two)."""
         self.shared_index = np.full(capacity, NO_ENTRY, np.int64)
-        self.meta[SHARED_RECORDS] = _index_records(self.shared, int(self.meta[SHARED_USED]), self.shared_index)
+        self.meta[SHARED_RECORDS] = _index_records(self.shared, int(self.meta[SHARED_USED]), self.shared_index,
+                                                   self.meta[HASH_SEED])
 
     def event(self, slot: int, k: int) -> bytes:
         """The summary timer k of the contact keeps, its properties in place."""
@@ -299,11 +304,11 @@ _S32 = np.uint64(32)
 
 
 @kernel(inline=True)
-def _properties_hash(data, start, length):  # type: ignore[no-untyped-def]
-    """A hash of data[start:start + length] for the shared index. A multiply and a shift per 8 bytes
-    (engine.hashing's digest, made for ids that go into snapshots, mixes three times as much): the
-    index compares the bytes of every match anyway."""
-    h = np.uint64(length) * _MIX
+def _properties_hash(data, start, length, seed):  # type: ignore[no-untyped-def]
+    """A seeded hash of data[start:start + length] for the shared index. A multiply and a shift per 8
+    bytes (engine.hashing's digest, made for ids that go into snapshots, mixes three times as much):
+    the index compares the bytes of every match anyway."""
+    h = (np.uint64(length) ^ np.uint64(seed)) * _MIX
     i = start
     end = start + length
     while i + 8 <= end:
@@ -356,7 +361,7 @@ def _shared_ref(timers, data, start, length):  # type: ignore[no-untyped-def]
     """The shared record of the properties data[start:start + length] (added if new), or -1 when they
     are new and find no room."""
     meta, shared, index = timers[6], timers[7], timers[8]
-    h = _properties_hash(data, start, length)
+    h = _properties_hash(data, start, length, meta[HASH_SEED])
     i, ref = _index_slot(index, shared, data, start, length, h)
     if ref >= 0:
         return ref
@@ -472,14 +477,14 @@ def _count_records(buf, used):  # type: ignore[no-untyped-def]
 
 
 @kernel
-def _index_records(shared, used, index):  # type: ignore[no-untyped-def]
+def _index_records(shared, used, index, seed):  # type: ignore[no-untyped-def]
     """Enter every record of a shared buffer (distinct properties) into an empty index; returns how many."""
     mask = len(index) - 1
     count = 0
     at = 0
     while at < used:
         n = record_length(shared, at)
-        h = _properties_hash(shared, at + HEADER, n)
+        h = _properties_hash(shared, at + HEADER, n, seed)
         i = np.int64((h >> np.uint64(32)) & np.uint64(mask))
         while index[i] != NO_ENTRY:
             i = (i + 1) & mask

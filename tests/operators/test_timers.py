@@ -620,7 +620,7 @@ def test_an_index_entry_whose_hash_matches_is_used_only_for_the_same_bytes():
     tt.arm(0, 0, T0, b"a", properties=PRICING)
     # Give PRICING's entry PRODUCT's hash, as a collision would: a PRODUCT lookup finds it, compares
     # the bytes, and goes on to an entry of its own.
-    h = timers._properties_hash(np.frombuffer(PRODUCT, np.uint8), 0, len(PRODUCT))
+    h = timers._properties_hash(np.frombuffer(PRODUCT, np.uint8), 0, len(PRODUCT), tt.t.meta[timers.HASH_SEED])
     index = tt.t.shared_index
     index[:] = timers.NO_ENTRY
     index[(h >> 32) & (len(index) - 1)] = ((h & 0x7FFFFFFF) << 32) | 0
@@ -639,3 +639,22 @@ def test_new_properties_stay_in_their_record_when_the_shared_buffer_is_full():
     ref = int(timers.store_event(tt.t.arrays(), np.frombuffer(summary, np.uint8), 0, len(summary)))
     assert tt.t.arena[8 * ref:8 * ref + 4 + len(summary)].tobytes() == _record(summary)[:4 + len(summary)]
     assert int(tt.t.meta[timers.SHARED_RECORDS]) == 0
+
+
+def test_each_table_seeds_its_index_hash():
+    tables = [_table(n_timers=1) for _ in range(3)]
+    seeds = {int(tt.t.meta[timers.HASH_SEED]) for tt in tables}
+    assert len(seeds) == 3 and min(seeds) >= 0
+    data = np.frombuffer(PRICING, np.uint8)
+    assert len({int(timers._properties_hash(data, 0, len(PRICING), seed)) for seed in seeds}) == 3
+    # The seed never reaches a snapshot: a restored table has its own, and finds the records anyway.
+    for tt in tables:
+        tt.arm(0, 0, T0, b"a", properties=PRICING)
+    snap = tables[0].t.snapshot(1)
+    restored = _Table(n_timers=1)
+    restored.size = 1
+    restored.columns.restore(tables[0].columns.snapshot(1), 1)
+    restored.t.restore(1, snap)
+    assert restored.t.meta[timers.HASH_SEED] not in seeds
+    restored.arm(1, 0, T0, b"b", properties=PRICING)
+    assert restored.t.meta[timers.SHARED_USED] == len(_record(PRICING))
