@@ -658,3 +658,44 @@ def test_each_table_seeds_its_index_hash():
     assert restored.t.meta[timers.HASH_SEED] not in seeds
     restored.arm(1, 0, T0, b"b", properties=PRICING)
     assert restored.t.meta[timers.SHARED_USED] == len(_record(PRICING))
+
+
+def test_random_arms_with_shared_properties_keep_every_event_exactly():
+    # Arms, cancels and firings with properties drawn from repeated ones (two of them differing in
+    # one byte), short ones (never shared), long ones and unique ones; compactions and a snapshot
+    # and restore on the way. Every pending timer keeps exactly the summary it was armed with.
+    rng = random.Random(7)
+    repeated = [PRICING, PRODUCT, PRODUCT.replace(b"p-90", b"p-91"), b'{"i":1}', b"", b'{"x":"' + b"y" * 300 + b'"}']
+    tt = _table(n_timers=3)
+    model: dict[tuple[int, int], tuple[int, bytes]] = {}
+    watermark = T0
+    for step in range(5000):
+        slot, k = rng.randrange(200), rng.randrange(3)
+        op = rng.random()
+        if op < 0.6:
+            properties = (rng.choice(repeated) if rng.random() < 0.7
+                          else b'{"order_id":"o-%09d"}' % step)
+            d = watermark + rng.randrange(1, 5000)
+            tt.arm(slot, k, d, b"s%d" % step, properties=properties)
+            model[(slot, k)] = (d, _summary(b"s%d" % step, properties))
+        elif op < 0.7:
+            tt.cancel(slot, k)
+            model.pop((slot, k), None)
+        else:
+            watermark += rng.randrange(0, 300)
+            for d, s, kk in tt.fire_due(watermark, inclusive=False):
+                assert model.pop((s, kk))[0] == d
+        if step % 700 == 699:
+            tt.t.compact_events(tt.size, force=True)
+        if step == 2500:  # continue on a restored copy
+            arena = pickle.loads(pickle.dumps(tt.t.snapshot(tt.size)))
+            columns = tt.columns.snapshot(tt.size)
+            restored = _Table(n_timers=3)
+            restored.size = tt.size
+            restored.columns.restore(columns, tt.size)
+            restored.t.restore(tt.size, arena)
+            tt = restored
+        if step % 250 == 0:
+            assert {key: tt.t.event(*key) for key in model} == {key: e for key, (_, e) in model.items()}
+    assert {key: tt.t.event(*key) for key in model} == {key: e for key, (_, e) in model.items()}
+    assert int(tt.t.meta[timers.SHARED_RECORDS]) > 5  # sharing happened
