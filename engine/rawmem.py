@@ -24,7 +24,8 @@ from numba.extending import intrinsic
 
 from engine.compiled import kernel
 
-__all__ = ["copy_bytes", "first_byte", "load_prefix", "load_u64", "store_u64", "trailing_zeros"]
+__all__ = ["copy_bytes", "first_byte", "load_prefix", "load_u32", "load_u64", "store_u32", "store_u64",
+           "trailing_zeros"]
 
 _I64 = ir.IntType(64)
 
@@ -72,6 +73,22 @@ def _memcpy(typingctx: Any, dst: Any, at: Any, src: Any, start: Any, length: Any
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+@kernel(inline=True)
+def load_u32(buf, i):  # type: ignore[no-untyped-def]
+    """buf[i:i + 4] as a little-endian int64 (byte loads: safe up to the buffer's last byte)."""
+    return (np.int64(buf[i]) | (np.int64(buf[i + 1]) << 8) | (np.int64(buf[i + 2]) << 16)
+            | (np.int64(buf[i + 3]) << 24))
+
+
+@kernel(inline=True)
+def store_u32(buf, i, value):  # type: ignore[no-untyped-def]
+    """buf[i:i + 4] = the low 32 bits of `value`, little-endian."""
+    buf[i] = value & 0xFF
+    buf[i + 1] = (value >> 8) & 0xFF
+    buf[i + 2] = (value >> 16) & 0xFF
+    buf[i + 3] = (value >> 24) & 0xFF
 
 
 @kernel(inline=True)

@@ -34,7 +34,7 @@ import numpy.typing as npt
 import orjson
 
 from engine.compiled import kernel
-from engine.rawmem import copy_bytes, load_u64, store_u64
+from engine.rawmem import copy_bytes, load_u32, load_u64, store_u64
 from engine.times import format_iso_bytes, parse_time
 
 __all__ = ["HEADER", "JSON_OVERHEAD", "NO_SHARED", "SHARED_PROPERTIES", "SHARED_REF", "from_json", "pack",
@@ -44,6 +44,7 @@ HEADER: Final = 24
 SHARED_PROPERTIES: Final = 1
 SHARED_REF: Final = 4  # the bytes of a shared properties reference
 SHARED_ALIGN: Final = 8  # a reference counts in units of this
+SHARED_RECORD_HEADER: Final = 4  # a shared record: its length (u32), then the properties
 NO_SHARED: Final = np.zeros(8, np.uint8)  # the `shared` buffer of summaries that share nothing
 CALL_TYPES: Final = ("track", "page", "screen", "identify", "group", "alias")
 _CALL_EVENTS: Final = (None, "Page Viewed", "Screen Viewed", None, None, None)
@@ -146,12 +147,6 @@ def packed_length(src, start):  # type: ignore[no-untyped-def]
 
 
 @kernel(inline=True)
-def _u32(src, at):  # type: ignore[no-untyped-def]
-    return (np.int64(src[at]) | (np.int64(src[at + 1]) << 8) | (np.int64(src[at + 2]) << 16)
-            | (np.int64(src[at + 3]) << 24))
-
-
-@kernel(inline=True)
 def write_json(src, start, shared, out, pos):  # type: ignore[no-untyped-def]
     """The JSON of the packed summary at src[start:] (its shared properties in `shared`), written at
     out[pos:] (at most its packed length plus JSON_OVERHEAD bytes); returns the position after it."""
@@ -182,7 +177,7 @@ def write_json(src, start, shared, out, pos):  # type: ignore[no-untyped-def]
     pos = format_iso_bytes(time_ms, out, pos)
     pos = _put(_PART + 4, out, pos)
     if (first >> np.uint64(8)) & np.uint64(SHARED_PROPERTIES):
-        pos = copy_bytes(out, pos, shared, _u32(src, at) * SHARED_ALIGN + 4, properties)
+        pos = copy_bytes(out, pos, shared, load_u32(src, at) * SHARED_ALIGN + SHARED_RECORD_HEADER, properties)
         at += SHARED_REF
     elif properties:
         pos = copy_bytes(out, pos, src, at, properties)

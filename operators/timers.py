@@ -49,7 +49,7 @@ import numpy as np
 
 from engine import summaries
 from engine.compiled import kernel
-from engine.rawmem import copy_bytes, load_prefix, load_u64
+from engine.rawmem import copy_bytes, load_prefix, load_u32, load_u64, store_u32
 from operators.contacts import Columns, grown
 from rules.model import MAX_TIMER_TRIGGERS
 
@@ -73,7 +73,7 @@ SHARE_FROM = 16
 SHARED_MIN = ARENA_MIN
 INDEX_MIN = 1 << 10
 NO_ENTRY = -1
-assert ALIGN == summaries.SHARED_ALIGN and HEADER == summaries.SHARED_REF
+assert ALIGN == summaries.SHARED_ALIGN and HEADER == summaries.SHARED_RECORD_HEADER
 
 
 class TimerTable:
@@ -276,8 +276,7 @@ class TimerTable:
 @kernel(inline=True)
 def record_length(arena, at):  # type: ignore[no-untyped-def]
     """The summary length of the record at byte `at`."""
-    return (np.int64(arena[at]) | (np.int64(arena[at + 1]) << 8) | (np.int64(arena[at + 2]) << 16)
-            | (np.int64(arena[at + 3]) << 24))
+    return load_u32(arena, at)
 
 
 @kernel(inline=True)
@@ -286,17 +285,9 @@ def _aligned(n):  # type: ignore[no-untyped-def]
 
 
 @kernel(inline=True)
-def _put_u32(dst, at, value):  # type: ignore[no-untyped-def]
-    dst[at] = value & 0xFF
-    dst[at + 1] = (value >> 8) & 0xFF
-    dst[at + 2] = (value >> 16) & 0xFF
-    dst[at + 3] = (value >> 24) & 0xFF
-
-
-@kernel(inline=True)
 def _write_record(dst, at, src, start, length):  # type: ignore[no-untyped-def]
     """Write src[start:start + length] as a record at byte `at` of dst; where the next record goes."""
-    _put_u32(dst, at, length)
+    store_u32(dst, at, length)
     return _aligned(copy_bytes(dst, at + HEADER, src, start, length))
 
 
@@ -341,13 +332,24 @@ _MOVED = 0xFFFFFFFF  # the length of a shared record a compaction has copied
 
 
 @kernel(inline=True)
+def _home(index, h):  # type: ignore[no-untyped-def]
+    """Where the probe for hash `h` starts: its bits from 32 up."""
+    return np.int64((h >> np.uint64(32)) & np.uint64(len(index) - 1))
+
+
+@kernel(inline=True)
+def _tag(h):  # type: ignore[no-untyped-def]
+    """The 31 low bits of hash `h`, which an index entry holds above its record's reference."""
+    return np.int64(h & np.uint64(0x7FFFFFFF))
+
+
+@kernel(inline=True)
 def _index_slot(index, shared, data, start, length, h):  # type: ignore[no-untyped-def]
     """(the index entry holding the shared record of data[start:start + length], or the empty one
-    where it would go; its record's reference, or -1). Hashed by the top bits of `h`; an entry is
-    h's low 31 bits above the record's reference."""
+    where it would go; its record's reference, or -1)."""
     mask = len(index) - 1
-    tag = np.int64(h & np.uint64(0x7FFFFFFF))
-    i = np.int64((h >> np.uint64(32)) & np.uint64(mask))
+    tag = _tag(h)
+    i = _home(index, h)
     while index[i] != NO_ENTRY:
         entry = index[i]
         if entry >> 32 == tag:
@@ -372,7 +374,7 @@ def _shared_ref(timers, data, start, length):  # type: ignore[no-untyped-def]
         return -1
     meta[SHARED_USED] = _write_record(shared, at, data, start, length)
     meta[SHARED_RECORDS] += 1
-    index[i] = (np.int64(h & np.uint64(0x7FFFFFFF)) << 32) | (at // ALIGN)
+    index[i] = (_tag(h) << 32) | (at // ALIGN)
     return at // ALIGN
 
 
@@ -387,10 +389,10 @@ def store_event(timers, data, start, length):  # type: ignore[no-untyped-def]
     if ref < 0:
         meta[ARENA_USED] = _write_record(arena, at, data, start, length)
         return at // ALIGN
-    _put_u32(arena, at, length - n + summaries.SHARED_REF)
+    store_u32(arena, at, length - n + summaries.SHARED_REF)
     end = copy_bytes(arena, at + HEADER, data, start, properties - start)
     arena[at + HEADER + 1] |= summaries.SHARED_PROPERTIES
-    _put_u32(arena, end, ref)
+    store_u32(arena, end, ref)
     end = copy_bytes(arena, end + summaries.SHARED_REF, data, properties + n, start + length - properties - n)
     meta[ARENA_USED] = _aligned(end)
     return at // ALIGN
@@ -406,7 +408,7 @@ def _expand(arena, start, shared, out):  # type: ignore[no-untyped-def]
     end = copy_bytes(out, 0, arena, start, properties - start)
     out[1] &= ~np.uint8(summaries.SHARED_PROPERTIES)
     if shares:
-        end = copy_bytes(out, end, shared, record_length(arena, properties) * ALIGN + HEADER, n)
+        end = copy_bytes(out, end, shared, load_u32(arena, properties) * ALIGN + HEADER, n)
     else:
         end = copy_bytes(out, end, arena, properties, n)
     return copy_bytes(out, end, arena, properties + stored, rest)
@@ -457,13 +459,13 @@ def _move_records(deadline, refs, arena, new, row, size, shared, new_shared):  #
             end = _aligned(copy_bytes(new, at, arena, old, HEADER + record_length(arena, old)))
             if new[at + HEADER + 1] & summaries.SHARED_PROPERTIES:
                 properties, n = summaries.properties_span(new, at + HEADER)
-                source = record_length(new, properties) * ALIGN
+                source = load_u32(new, properties) * ALIGN
                 if record_length(shared, source) != _MOVED:  # the first live record that refers to it
                     moved_to = shared_at // ALIGN
                     shared_at = _write_record(new_shared, shared_at, shared, source + HEADER, n)
-                    _put_u32(shared, source + HEADER, moved_to)
-                    _put_u32(shared, source, _MOVED)
-                _put_u32(new, properties, record_length(shared, source + HEADER))
+                    store_u32(shared, source + HEADER, moved_to)
+                    store_u32(shared, source, _MOVED)
+                store_u32(new, properties, load_u32(shared, source + HEADER))
             at = end
     return at, shared_at
 
@@ -487,10 +489,10 @@ def _index_records(shared, used, index, seed):  # type: ignore[no-untyped-def]
     while at < used:
         n = record_length(shared, at)
         h = _properties_hash(shared, at + HEADER, n, seed)
-        i = np.int64((h >> np.uint64(32)) & np.uint64(mask))
+        i = _home(index, h)
         while index[i] != NO_ENTRY:
             i = (i + 1) & mask
-        index[i] = (np.int64(h & np.uint64(0x7FFFFFFF)) << 32) | (at // ALIGN)
+        index[i] = (_tag(h) << 32) | (at // ALIGN)
         count += 1
         at = _aligned(at + HEADER + n)
     return count
