@@ -167,7 +167,7 @@ class DigestIndex:
     de-duplication rings). It saves the ids' bytes and offsets, 25 of the 42 bytes per contact a
     `ContactIndex` takes with the benchmark's ids. Two ids with the same 63-bit digest share a slot;
     for the rings that only merges those two contacts' windows of 16 message ids (about one pair
-    in 10^7 deployments of a million contacts has one)."""
+    in 2·10^7 deployments of a million contacts has one)."""
 
     def __init__(self, capacity: int = 1024) -> None:
         self.size = 0

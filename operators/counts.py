@@ -54,9 +54,7 @@ class CountRings:
         self.table.make_room(len(self.sizes))
         need = int(self.pool_used[0]) + int(self._layout[PER_EVENT])
         if need > len(self.pool):
-            pool = np.full(max(need, 2 * len(self.pool)), EMPTY, np.int64)
-            pool[: self.pool_used[0]] = self.pool[: self.pool_used[0]]
-            self.pool = pool
+            self.pool = _pool(self.pool[: self.pool_used[0]], max(need, 2 * len(self.pool)))
 
     def ring(self, slot: int, rule: int) -> list[int]:
         """The times in the ring of (contact, rule), oldest first, EMPTY left out (for inspection)."""
@@ -83,8 +81,7 @@ class CountRings:
             raise ValueError(f"count rings of sizes {list(snap['sizes'])}, the rules have {self.sizes}")
         self.table = SparseTable.restore(snap)
         used = len(snap["pool"])
-        self.pool = np.full(max(POOL_START, used + used // 2), EMPTY, np.int64)
-        self.pool[:used] = snap["pool"]
+        self.pool = _pool(snap["pool"], max(POOL_START, used + used // 2))
         self.pool_used[0] = used
 
     @staticmethod
@@ -108,6 +105,13 @@ class CountRings:
         return {"keys": np.concatenate(keys or [np.zeros(0, np.int64)]),
                 "values": np.concatenate(offsets or [np.zeros(0, np.int64)]),
                 "pool": np.concatenate(rows or [np.zeros(0, np.int64)]), "sizes": list(sizes)}
+
+
+def _pool(rings: npt.NDArray[np.int64], size: int) -> npt.NDArray[np.int64]:
+    """A pool of `size` int64s starting with `rings`, EMPTY after them (a new ring's times start EMPTY)."""
+    pool = np.full(size, EMPTY, np.int64)
+    pool[: len(rings)] = rings
+    return pool
 
 
 @kernel(inline=True)

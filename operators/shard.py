@@ -152,8 +152,7 @@ class ShardState:
         self.timers.reserve(n * max(1, self.timers.n_timers), n, summaries.total_bytes(), len(self.index))
         events = (slots, batch.times, batch.watermarks, effect_ids, summaries.data, summaries.starts, summaries.ends)
         self._firing_batch = batch
-        self.suppression.make_room(self._puts_per_event)
-        self.counts.make_room()
+        self._make_room(out)
         i = 0
         while True:
             i = _apply_events(self._state(), self.timers.arrays(), self.plan_arrays, self.effects.as_tuple(), events,
@@ -199,8 +198,8 @@ class ShardState:
             self._make_room(out)
 
     def _make_room(self, out: list[Any]) -> None:
-        """What a compiled loop stopped for: a full firings table (its records are written), a full
-        suppression table or count pool (they double)."""
+        """Room for one more event in every table the compiled loops fill (what they stop for): a full
+        firings table has its records written, the suppression table and the count pool double."""
         if int(self.firings.count[0]) + self._per_event > self.firings.capacity:
             self._drain(out)
         self.suppression.make_room(self._puts_per_event)
