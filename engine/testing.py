@@ -107,6 +107,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def arena_record(data: bytes) -> bytes:
+    """`data` as operators/timers.py stores a record (in its arena or its shared buffer): the length
+    (u32, little-endian), the bytes, padding to 8 bytes."""
+    record = len(data).to_bytes(4, "little") + data
+    return record + bytes(-len(record) % 8)
+
+
 def free_port_block(n: int) -> int:
     """A localhost port P with P .. P + n - 1 all free right now, for `--processes n --metrics-port P`
     (process i serves on P + i). Like free_port, another process may take one before use."""

@@ -19,6 +19,7 @@ from engine.blake2 import blake2b_128_hex
 from engine.blobs import Blobs
 from engine.records import RecordWriter, TriggerOut, TriggerRecords, each_record
 from engine.summaries import HEADER, SHARED_PROPERTIES, pack, summary_json
+from engine.testing import arena_record
 from engine.times import format_time
 from engine.trigger_writer import TriggerWriter
 
@@ -47,11 +48,6 @@ scores = st.one_of(st.sampled_from([0.0, -0.0, 1e-7, 1e22, 1.5, 0.1 + 0.2, 12.0,
                    st.floats(allow_nan=False, allow_infinity=False))
 
 
-def _record(data: bytes) -> bytes:
-    record = len(data).to_bytes(4, "little") + data
-    return record + bytes(-len(record) % 8)
-
-
 def _shared(summary: bytes, ref: int) -> bytes:
     """`summary` with its properties replaced by a reference to record `ref` (in 8-byte units) of the
     shared buffer, as operators/timers.py keeps it."""
@@ -77,7 +73,7 @@ def test_records_are_record_writers_bytes(firings: list[tuple], n_scores: int) -
     kept_events = [pack({"event": "E\u00e9", "traits": {"n": "\u00e9"}, "properties": {"sku": f"p-{i % 2}"}},
                         "E\u00e9", 2000 + i) for i in range(len(firings))]
     # Timers keep the odd ones with their properties shared (record 1 of `shared`, after a record of 16 bytes).
-    shared = np.frombuffer(_record(b"0123456789ab") + _record(b'{"sku":"p-1"}'), np.uint8)
+    shared = np.frombuffer(arena_record(b"0123456789ab") + arena_record(b'{"sku":"p-1"}'), np.uint8)
     kept = Blobs.of([_shared(e, 2) if i % 2 else e for i, e in enumerate(kept_events)])
     batch = Blobs.of(batch_events)
     n = len(firings)

@@ -10,6 +10,7 @@ import pytest
 
 from engine.summaries import HEADER as SUMMARY_HEADER
 from engine.summaries import SHARED_PROPERTIES, pack_parts
+from engine.testing import arena_record
 from operators import timers
 from operators.contacts import Columns
 from operators.timers import COMPACT_MIN, HEAP_SIZE, NONE, SHARE_FROM, TimerTable
@@ -26,12 +27,6 @@ def _summary(payload: bytes, properties: bytes = b"") -> bytes:
 def _payload(summary: bytes) -> bytes:
     assert summary[1] == 0  # given back with its properties in place
     return summary[SUMMARY_HEADER + int.from_bytes(summary[8:12], "little"):]
-
-
-def _record(summary: bytes) -> bytes:
-    """An arena record: its length, the summary, padding to 8 bytes."""
-    record = len(summary).to_bytes(4, "little") + summary
-    return record + bytes(-len(record) % 8)
 
 
 class _Table:
@@ -341,7 +336,7 @@ def test_restore_rebuilds_the_heap_from_the_deadlines():
     arena = tt.t.snapshot(3)
     cols = tt.columns.snapshot(3)
     # Only what pending timers keep, as records (length, bytes, padding to 8), in contact order.
-    assert arena["arena"].tobytes() == _record(_summary(b"a2")) + _record(_summary(b"b"))
+    assert arena["arena"].tobytes() == arena_record(_summary(b"a2")) + arena_record(_summary(b"b"))
     assert arena["shared"].tobytes() == b""
     # Later changes to the live table do not reach the snapshot.
     tt.arm(2, 0, T0 + 10, b"c")
@@ -575,9 +570,9 @@ def test_long_properties_are_stored_once_and_given_back_in_place():
     arena = tt.t.arena
     assert (arena[5], arena[45], arena[85]) == (SHARED_PROPERTIES, SHARED_PROPERTIES, 0)
     assert arena[28:32].tobytes() == arena[68:72].tobytes() == b"\0\0\0\0"  # both refer to record 0
-    assert tt.t.shared[:tt.t.meta[timers.SHARED_USED]].tobytes() == _record(PRICING)
+    assert tt.t.shared[:tt.t.meta[timers.SHARED_USED]].tobytes() == arena_record(PRICING)
     assert int(tt.t.meta[timers.SHARED_RECORDS]) == 1 and int((tt.t.shared_index != timers.NO_ENTRY).sum()) == 1
-    assert tt.t.event_bytes() == 120 + len(_record(PRICING))
+    assert tt.t.event_bytes() == 120 + len(arena_record(PRICING))
 
 
 def test_compaction_keeps_the_shared_properties_pending_timers_refer_to():
@@ -587,15 +582,15 @@ def test_compaction_keeps_the_shared_properties_pending_timers_refer_to():
     tt.arm(2, 0, T0, b"c", properties=PRODUCT)
     tt.arm(0, 0, T0 + 1, b"a2", properties=PRODUCT)  # PRICING is garbage now
     tt.cancel(1, 0)
-    assert tt.t.shared[:tt.t.meta[timers.SHARED_USED]].tobytes() == _record(PRICING) + _record(PRODUCT)
+    assert tt.t.shared[:tt.t.meta[timers.SHARED_USED]].tobytes() == arena_record(PRICING) + arena_record(PRODUCT)
     tt.t.compact_events(tt.size, force=True)
-    assert tt.t.shared[:tt.t.meta[timers.SHARED_USED]].tobytes() == _record(PRODUCT)
+    assert tt.t.shared[:tt.t.meta[timers.SHARED_USED]].tobytes() == arena_record(PRODUCT)
     assert int(tt.t.meta[timers.SHARED_RECORDS]) == 1 and int((tt.t.shared_index != timers.NO_ENTRY).sum()) == 1
     assert (tt.t.event(0, 0), tt.t.event(2, 0)) == (_summary(b"a2", PRODUCT), _summary(b"c", PRODUCT))
     # Found again after the compaction (the index was rebuilt), and a new one appended.
     tt.arm(3, 0, T0, b"d", properties=PRODUCT)
     tt.arm(4, 0, T0, b"e", properties=PRICING)
-    assert tt.t.shared[:tt.t.meta[timers.SHARED_USED]].tobytes() == _record(PRODUCT) + _record(PRICING)
+    assert tt.t.shared[:tt.t.meta[timers.SHARED_USED]].tobytes() == arena_record(PRODUCT) + arena_record(PRICING)
     assert [tt.t.event(s, 0) for s in (3, 4)] == [_summary(b"d", PRODUCT), _summary(b"e", PRICING)]
 
 
@@ -604,7 +599,7 @@ def test_a_snapshot_keeps_the_shared_properties_and_a_restored_table_finds_them(
     for slot in range(50):
         live.arm(slot, slot % 2, T0 + slot, b"x%d" % slot, properties=(PRICING, PRODUCT, b"{}")[slot % 3])
     arena = pickle.loads(pickle.dumps(live.t.snapshot(live.size)))
-    assert arena["shared"].tobytes() == _record(PRICING) + _record(PRODUCT)
+    assert arena["shared"].tobytes() == arena_record(PRICING) + arena_record(PRODUCT)
     restored = _Table(n_timers=2)
     restored.size = live.size
     restored.columns.restore(live.columns.snapshot(live.size), live.size)
@@ -625,7 +620,7 @@ def test_an_index_entry_whose_hash_matches_is_used_only_for_the_same_bytes():
     index[:] = timers.NO_ENTRY
     index[(h >> 32) & (len(index) - 1)] = ((h & 0x7FFFFFFF) << 32) | 0
     tt.arm(1, 0, T0, b"b", properties=PRODUCT)
-    assert tt.t.shared[:tt.t.meta[timers.SHARED_USED]].tobytes() == _record(PRICING) + _record(PRODUCT)
+    assert tt.t.shared[:tt.t.meta[timers.SHARED_USED]].tobytes() == arena_record(PRICING) + arena_record(PRODUCT)
     assert tt.t.event(1, 0) == _summary(b"b", PRODUCT) and tt.t.event(0, 0) == _summary(b"a", PRICING)
     assert int(tt.t.meta[timers.SHARED_RECORDS]) == 2
 
@@ -637,7 +632,7 @@ def test_new_properties_stay_in_their_record_when_the_shared_buffer_is_full():
     tt.t.meta[timers.SHARED_USED] = len(tt.t.shared) - 16
     summary = _summary(b"a", PRICING)
     ref = int(timers.store_event(tt.t.arrays(), np.frombuffer(summary, np.uint8), 0, len(summary)))
-    assert tt.t.arena[8 * ref:8 * ref + 4 + len(summary)].tobytes() == _record(summary)[:4 + len(summary)]
+    assert tt.t.arena[8 * ref:8 * ref + 4 + len(summary)].tobytes() == arena_record(summary)[:4 + len(summary)]
     assert int(tt.t.meta[timers.SHARED_RECORDS]) == 0
 
 
@@ -657,7 +652,7 @@ def test_each_table_seeds_its_index_hash():
     restored.t.restore(1, snap)
     assert restored.t.meta[timers.HASH_SEED] not in seeds
     restored.arm(1, 0, T0, b"b", properties=PRICING)
-    assert restored.t.meta[timers.SHARED_USED] == len(_record(PRICING))
+    assert restored.t.meta[timers.SHARED_USED] == len(arena_record(PRICING))
 
 
 def test_random_arms_with_shared_properties_keep_every_event_exactly():
