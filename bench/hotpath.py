@@ -357,6 +357,8 @@ def build_state(rules: str, contacts: int, *, shards: int = 64, seed: int = 7,
 
 def state_size(rules: str, contacts: int, *, shards: int = 64, seed: int = 7, batch_size: int = 1000) -> dict[str, Any]:
     """Build a state with `contacts` contacts through the real operators and count every byte it holds."""
+    from operators.shard import Firings
+
     plan, logics, partition, events, build = build_state(rules, contacts, shards=shards, seed=seed,
                                                          batch_size=batch_size)
     held = _contacts(logics)
@@ -367,6 +369,7 @@ def state_size(rules: str, contacts: int, *, shards: int = 64, seed: int = 7, ba
         for key in sorted(logics):
             breakdown("shard", logics[key].state, seen, parts, 2)
         breakdown("source.dedupe", partition.dedupe, seen, parts, 2)
+        breakdown("worker.firings", Firings.for_thread(plan), seen, parts, 2)  # scratch of the thread, not of a shard
     total = sum(parts.values())
     parts = {k: v for k, v in sorted(parts.items(), key=lambda kv: -kv[1]) if v}
     return {

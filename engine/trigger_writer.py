@@ -98,7 +98,7 @@ class TriggerWriter:
               by_timer: npt.NDArray[np.uint8], source: npt.NDArray[np.uint8], event_start: npt.NDArray[np.int64],
               event_length: npt.NDArray[np.int64], scores: npt.NDArray[np.float64], events: npt.NDArray[np.uint8],
               kept: npt.NDArray[np.uint8], shared: npt.NDArray[np.uint8], id_data: npt.NDArray[np.uint8],
-              id_offsets: npt.NDArray[np.int64], emitted_at: bytes) -> TriggerRecords:
+              id_offsets: npt.NDArray[np.uint32], emitted_at: bytes) -> TriggerRecords:
         """The records of firings i: trigger[i] fired for the contact in `slot[i]` at `at[i]`, with score
         values scores[i]; its event's packed summary is at event_start[i] (event_length[i] bytes) in `events`
         (the batch's summaries) when source[i] is 0, in `kept` (the events timers keep, their shared
@@ -141,7 +141,7 @@ def _sizes(trigger, slot, event_length, id_offsets, channels_of, record_bytes): 
     longest = 0
     for i in range(len(trigger)):
         n = channels_of[trigger[i]]
-        contact = id_offsets[slot[i] + 1] - id_offsets[slot[i]]
+        contact = np.int64(id_offsets[slot[i] + 1]) - np.int64(id_offsets[slot[i]])  # (uint32s: max() would give a float)
         longest = max(longest, contact)
         records += n
         total += n * (record_bytes + 6 * contact + event_length[i])
@@ -212,8 +212,8 @@ def _write_records(trigger, slot, at, by_timer, source, event_start, event_lengt
                         v += 1
                     v += 1
             continue
-        cs = id_offsets[slot[i]]
-        ce = id_offsets[slot[i] + 1]
+        cs = np.int64(id_offsets[slot[i]])
+        ce = np.int64(id_offsets[slot[i] + 1])
         # The id key up to the channel: rule \x1f contact \x1f at \x1f ...
         key_end = _put(rule_keys, rule_key_offsets, t, key, 0)
         key_end = copy_bytes(key, key_end, id_data, cs, ce - cs)

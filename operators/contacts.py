@@ -23,6 +23,7 @@ from engine.rawmem import copy_bytes
 __all__ = ["Columns", "ContactIndex", "DigestIndex"]
 
 EMPTY = -1
+MAX_ID_BYTES = (1 << 32) - 1  # what uint32 offsets address
 
 
 class Columns:
@@ -32,14 +33,10 @@ class Columns:
         self.capacity = capacity
         self._specs: dict[str, tuple[Any, tuple[int, ...], Any]] = {}
         self.arrays: dict[str, np.ndarray] = {}
-        self.derived: set[str] = set()
 
-    def add(self, name: str, dtype: Any, fill: Any, width: int | None = None, derived: bool = False) -> np.ndarray:
-        """`derived`: computable from the other columns; left out of snapshots, its owner rebuilds it."""
+    def add(self, name: str, dtype: Any, fill: Any, width: int | None = None) -> np.ndarray:
         shape = () if width is None else (width,)
         self._specs[name] = (dtype, shape, fill)
-        if derived:
-            self.derived.add(name)
         arr = np.full((self.capacity, *shape), fill, dtype=dtype)
         self.arrays[name] = arr
         return arr
@@ -60,8 +57,7 @@ class Columns:
 
     def snapshot(self, size: int, copy: bool = True) -> dict[str, np.ndarray]:
         """The first `size` rows; `copy=False` gives views, valid until the columns next change."""
-        return {name: arr[:size].copy() if copy else arr[:size]
-                for name, arr in self.arrays.items() if name not in self.derived}
+        return {name: arr[:size].copy() if copy else arr[:size] for name, arr in self.arrays.items()}
 
     def restore(self, arrays: dict[str, np.ndarray], size: int) -> None:
         self.ensure(max(size, 1))
@@ -87,7 +83,8 @@ class ContactIndex:
         self.size = 0
         self.table = np.full(2 * capacity, EMPTY, np.int32)  # power of two, at most half full
         self.hashes = np.zeros(capacity, np.int64)  # per slot
-        self.id_offsets = np.zeros(capacity + 1, np.int64)  # slot s is id_data[id_offsets[s]:id_offsets[s + 1]]
+        # Slot s is id_data[id_offsets[s]:id_offsets[s + 1]]; 32 bits (4 GiB of ids per shard) saved 4 B/contact.
+        self.id_offsets = np.zeros(capacity + 1, np.uint32)
         self.id_data = np.zeros(16 * capacity, np.uint8)
 
     def __len__(self) -> int:
@@ -117,6 +114,8 @@ class ContactIndex:
                 cap *= 2
             self.hashes = grown(self.hashes, cap)
             self.id_offsets = grown(self.id_offsets, cap + 1)
+        if id_bytes > MAX_ID_BYTES:
+            raise MemoryError("a shard's contact ids take more than 4 GiB: use more --shards")
         if id_bytes > len(self.id_data):
             cap = len(self.id_data)
             while cap < id_bytes:

@@ -8,8 +8,9 @@ pushes nothing, and the earlier entry, once popped and found stale, re-pushes th
 Entries of cancelled timers and superseded ones are dropped when popped; the heap is rebuilt from
 the deadlines whenever it doubles, so it stays within twice the pending timers. (A column of the
 deadline each timer's live entry has, which would spare some of those pushes, cost 8 bytes per
-contact and timer rule.) A heap entry is two int64s, (deadline, slot << 8 | k), ordered as
-(deadline, slot, k).
+contact and timer rule.) A heap entry is 12 bytes, in two arrays: an int64 deadline and a uint32
+naming the timer as slot x (timer rules) + k, so entries are ordered as (deadline, slot, k); a shard
+may hold 2^32 / (timer rules) contacts. (An int64 there was 8 of the state benchmark's bytes per contact.)
 
 Each pending timer keeps the summary of the event that armed it (the trigger record's `event`,
 packed: engine/summaries.py) in the shard's event arena, an append-only byte buffer of records (a uint32
@@ -17,8 +18,10 @@ length, the summary, padding to 8 bytes); `timer_event[slot, k]` is a uint32 ref
 8-byte units, 4 bytes per timer instead of an int64 offset and an int32 length. One event arming
 several timers is stored once. Re-arms leave old records behind; `compact_events` copies the live
 ones into a new arena once the garbage is half the live bytes, so the arena stays within about
-1.5x what pending timers keep. The heap and `timer_next` are derived: snapshots leave them out
-and `restore` rebuilds them from the deadlines.
+1.5x what pending timers keep. The heap is derived: snapshots leave it out and `restore` rebuilds
+it from the deadlines. A contact's earliest deadline is found by scanning its row (`next_due`) at
+each of its events: the row is in cache anyway, since an `inactive_for` rule re-arms on every
+event, and a column of row minimums cost 8 bytes per contact.
 
 Properties are shared: a shop's pages and products repeat, and an `inactive_for` rule keeps nearly
 every contact's last event, so most kept summaries carry properties that other kept summaries carry
@@ -31,7 +34,7 @@ between batches) stay in their record. `compact_events` compacts both buffers to
 either holds garbage.
 
 The compiled functions take the table as one tuple, `TimerTable.arrays()`:
-(deadline, next, event, heap_deadline, heap_ref, arena, meta, shared, shared_index), where
+(deadline, event, heap_deadline, heap_ref, arena, meta, shared, shared_index), where
 meta holds the heap size, the pending count, the arena's used bytes, the heap size that
 triggers a rebuild, the shared buffer's used bytes and its records, and the index's hash seed.
 
@@ -54,10 +57,8 @@ from operators.contacts import Columns, grown
 from rules.model import MAX_TIMER_TRIGGERS
 
 NONE = np.iinfo(np.int64).max
-K_BITS = 8
-assert (1 << K_BITS) >= MAX_TIMER_TRIGGERS  # the loader refuses rule sets with more timer rules
-K_MASK = (1 << K_BITS) - 1
 COMPACT_MIN = 1024
+MAX_HEAP_REF = 1 << 32  # a heap entry's uint32 names its timer as slot x timer rules + k
 HEAP_SIZE, PENDING, ARENA_USED, COMPACT_AT, SHARED_USED, SHARED_RECORDS, HASH_SEED = range(7)
 ALIGN = 8  # arena records start at multiples of 8: a uint32 reference then addresses 32 GiB
 HEADER = 4  # a record is its length (uint32, little-endian), then the summary's bytes
@@ -84,10 +85,9 @@ class TimerTable:
         self.n_timers = n_timers
         width = max(n_timers, 1)
         columns.add("timer_deadline", np.int64, NONE, width)
-        columns.add("timer_next", np.int64, NONE, derived=True)  # min over the row: the contact's next deadline
         columns.add("timer_event", np.uint32, 0, width)  # the arming event's arena record, in ALIGN units
         self.heap_deadline = np.zeros(COMPACT_MIN, np.int64)
-        self.heap_ref = np.zeros(COMPACT_MIN, np.int64)
+        self.heap_ref = np.zeros(COMPACT_MIN, np.uint32)
         self.arena = np.zeros(ARENA_MIN, np.uint8)
         # The shared index's hash is seeded per table (the index is rebuilt on restore, never saved):
         # properties crafted to collide in one process do not collide in another.
@@ -101,7 +101,7 @@ class TimerTable:
 
     def arrays(self) -> tuple[Any, ...]:
         a = self.columns.arrays
-        return (a["timer_deadline"], a["timer_next"], a["timer_event"], self.heap_deadline,
+        return (a["timer_deadline"], a["timer_event"], self.heap_deadline,
                 self.heap_ref, self.arena, self.meta, self.shared, self.shared_index)
 
     def pending(self) -> int:
@@ -110,10 +110,12 @@ class TimerTable:
     def reserve(self, pushes: int, events: int, event_bytes: int, size: int) -> None:
         """Room for `pushes` more heap entries and `events` more arena records of `event_bytes` in all
         (`size`: the contacts, for a compaction that makes the room)."""
+        if size * self.columns.arrays["timer_deadline"].shape[1] > MAX_HEAP_REF:
+            raise MemoryError("a shard's timers outnumber its heap's 32-bit references: use more --shards")
         used = int(self.meta[HEAP_SIZE])
         need = used + pushes + 1
         if need > len(self.heap_deadline):
-            cap = max(need, 2 * len(self.heap_deadline))
+            cap = max(need, len(self.heap_deadline) * 5 // 4)  # (doubling left it half empty on average)
             self.heap_deadline = grown(self.heap_deadline, cap, used)
             self.heap_ref = grown(self.heap_ref, cap, used)
         extra = event_bytes + events * RECORD_OVERHEAD
@@ -234,7 +236,8 @@ class TimerTable:
     def entries(self) -> list[tuple[int, int, int]]:
         """The heap's entries as (deadline, slot, k), in order (for inspection)."""
         n = int(self.meta[HEAP_SIZE])
-        return sorted((int(d), int(r) >> K_BITS, int(r) & K_MASK)
+        width = self.columns.arrays["timer_deadline"].shape[1]
+        return sorted((int(d), int(r) // width, int(r) % width)
                       for d, r in zip(self.heap_deadline[:n], self.heap_ref[:n], strict=True))
 
     def snapshot(self, size: int, copy: bool = True) -> dict[str, Any]:
@@ -246,7 +249,7 @@ class TimerTable:
         return {"arena": arena.copy() if copy else arena, "shared": shared.copy() if copy else shared}
 
     def restore(self, size: int, snap: dict[str, Any]) -> None:
-        """Rebuild the derived state (pending count, heap, next deadlines) after the columns were restored."""
+        """Rebuild the derived state (pending count, heap) after the columns were restored."""
         arena = snap["arena"]
         self.arena = np.zeros(max(ARENA_MIN, len(arena) + len(arena) // 2), np.uint8)
         self.arena[: len(arena)] = arena
@@ -265,7 +268,6 @@ class TimerTable:
         deadlines = a["timer_deadline"]
         pending = int(np.count_nonzero(deadlines[:size] != NONE)) if self.n_timers else 0
         self.meta[PENDING] = pending
-        a["timer_next"][:] = deadlines.min(axis=1)
         self.reserve(pending, 0, 0, size)
         compact(self.arrays(), size)
 
@@ -364,7 +366,7 @@ def _index_slot(index, shared, data, start, length, h):  # type: ignore[no-untyp
 def _shared_ref(timers, data, start, length):  # type: ignore[no-untyped-def]
     """The shared record of the properties data[start:start + length] (added if new), or -1 when they
     are new and find no room."""
-    meta, shared, index = timers[6], timers[7], timers[8]
+    meta, shared, index = timers[5], timers[6], timers[7]
     h = _properties_hash(data, start, length, meta[HASH_SEED])
     i, ref = _index_slot(index, shared, data, start, length, h)
     if ref >= 0:
@@ -382,7 +384,7 @@ def _shared_ref(timers, data, start, length):  # type: ignore[no-untyped-def]
 def store_event(timers, data, start, length):  # type: ignore[no-untyped-def]
     """Append the summary data[start:start + length] to the arena as a record, sharing its properties
     when they are long enough; its reference (for `arm`)."""
-    arena, meta = timers[5], timers[6]
+    arena, meta = timers[4], timers[5]
     at = meta[ARENA_USED]
     properties, n = summaries.properties_span(data, start)
     ref = _shared_ref(timers, data, properties, n) if n >= SHARE_FROM else -1
@@ -539,7 +541,7 @@ def _sift_down(hd, hr, i, n):  # type: ignore[no-untyped-def]
 
 @kernel(inline=True)
 def heap_push(timers, deadline, ref):  # type: ignore[no-untyped-def]
-    hd, hr, meta = timers[3], timers[4], timers[6]
+    hd, hr, meta = timers[2], timers[3], timers[5]
     i = meta[HEAP_SIZE]
     meta[HEAP_SIZE] = i + 1
     hd[i] = deadline
@@ -555,9 +557,9 @@ def heap_push(timers, deadline, ref):  # type: ignore[no-untyped-def]
 
 @kernel
 def heap_pop(timers):  # type: ignore[no-untyped-def]
-    hd, hr, meta = timers[3], timers[4], timers[6]
+    hd, hr, meta = timers[2], timers[3], timers[5]
     d = hd[0]
-    r = hr[0]
+    r = np.int64(hr[0])
     n = meta[HEAP_SIZE] - 1
     meta[HEAP_SIZE] = n
     hd[0] = hd[n]
@@ -574,14 +576,14 @@ def compact(timers, size):  # type: ignore[no-untyped-def]
     superseded entries behind; rebuilding when the heap has doubled keeps it within twice the
     pending timers at amortised O(1) per push.
     """
-    deadline, hd, hr, meta = timers[0], timers[3], timers[4], timers[6]
+    deadline, hd, hr, meta = timers[0], timers[2], timers[3], timers[5]
     n = 0
     for s in range(size):
         for k in range(deadline.shape[1]):
             d = deadline[s, k]
             if d != NONE:
                 hd[n] = d
-                hr[n] = (s << K_BITS) | k
+                hr[n] = s * deadline.shape[1] + k
                 n += 1
     for i in range(n // 2 - 1, -1, -1):
         _sift_down(hd, hr, i, n)
@@ -593,45 +595,28 @@ def compact(timers, size):  # type: ignore[no-untyped-def]
 
 
 @kernel(inline=True)
-def _refresh_next(timers, slot, previous, current):  # type: ignore[no-untyped-def]
-    """Keep next[slot] = the row's minimum after one deadline went previous -> current."""
-    deadline, nxt = timers[0], timers[1]
-    n = nxt[slot]
-    if current <= n:
-        nxt[slot] = current
-    elif previous == n:  # the earliest timer moved later or went away: rescan the row
-        m = NONE
-        for k in range(deadline.shape[1]):
-            if deadline[slot, k] < m:
-                m = deadline[slot, k]
-        nxt[slot] = m
-
-
-@kernel(inline=True)
 def arm(timers, slot, k, at_ms, event_ref, size):  # type: ignore[no-untyped-def]
     """Arm (or re-arm: one call restarts a pending timer) timer k of a contact, keeping the arena
     record `event_ref` (`store_event`) as its event."""
-    deadline, ev_ref, meta = timers[0], timers[2], timers[6]
+    deadline, ev_ref, meta = timers[0], timers[1], timers[5]
     previous = deadline[slot, k]
     deadline[slot, k] = at_ms
     if previous == NONE:
         meta[PENDING] += 1
     ev_ref[slot, k] = event_ref
     if at_ms < previous:  # not pending (NONE is the largest int64), or earlier: the heap needs an entry
-        heap_push(timers, at_ms, (np.int64(slot) << K_BITS) | k)
+        heap_push(timers, at_ms, np.int64(slot) * deadline.shape[1] + k)
         if meta[HEAP_SIZE] > meta[COMPACT_AT]:
             compact(timers, size)
-    _refresh_next(timers, slot, previous, at_ms)
 
 
 @kernel(inline=True)
 def cancel(timers, slot, k):  # type: ignore[no-untyped-def]
-    deadline, meta = timers[0], timers[6]
+    deadline, meta = timers[0], timers[5]
     previous = deadline[slot, k]
     if previous != NONE:
         meta[PENDING] -= 1
         deadline[slot, k] = NONE
-        _refresh_next(timers, slot, previous, NONE)
 
 
 @kernel(inline=True)
@@ -655,11 +640,11 @@ def pop_due(timers, bound):  # type: ignore[no-untyped-def]
     The caller fires and clears it. Stale entries on the way are dropped, or re-pushed at the timer's
     current deadline when it moved later (the entry kept the heap's invariant for it).
     """
-    deadline, hd, meta = timers[0], timers[3], timers[6]
+    deadline, hd, meta = timers[0], timers[2], timers[5]
     while meta[HEAP_SIZE] > 0 and hd[0] < bound:
         d, ref = heap_pop(timers)
-        slot = ref >> K_BITS
-        k = ref & K_MASK
+        slot = ref // deadline.shape[1]
+        k = ref % deadline.shape[1]
         current = deadline[slot, k]
         if current == d:
             return d, slot, k

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pickle
 
 import numpy as np
+import pytest
 
 from engine.blobs import Blobs
 from engine.hashing import digest_of, digests
-from operators.contacts import Columns, ContactIndex, DigestIndex
+from operators.contacts import MAX_ID_BYTES, Columns, ContactIndex, DigestIndex
 
 # -- ContactIndex -------------------------------------------------------------------------
 
@@ -107,10 +108,25 @@ def test_an_index_of_given_ids():
 
 def test_index_nbytes_counts_its_arrays():
     index = ContactIndex(capacity=8)
-    # table (2 x 8 int32) + hashes (8 int64) + offsets (9 int64) + id bytes (16 x 8).
-    assert index.nbytes() == 16 * 4 + 8 * 8 + 9 * 8 + 128
+    # table (2 x 8 int32) + hashes (8 int64) + offsets (9 uint32) + id bytes (16 x 8).
+    assert index.nbytes() == 16 * 4 + 8 * 8 + 9 * 4 + 128
     _slots(index, [f"c-{i}" for i in range(9)])  # one more than the capacity: everything doubles
-    assert index.nbytes() == 32 * 4 + 16 * 8 + 17 * 8 + 128
+    assert index.nbytes() == 32 * 4 + 16 * 8 + 17 * 4 + 128
+
+
+def test_an_index_snapshot_with_int64_offsets_restores():
+    # Snapshots up to format 6 as first written held the offsets as int64.
+    snap = ContactIndex.of(["ann", "bo", "cy"]).snapshot()
+    snap["id_offsets"] = snap["id_offsets"].astype(np.int64)
+    restored = ContactIndex.restore(snap)
+    assert (restored.ids(), restored.id_offsets.dtype) == (["ann", "bo", "cy"], np.uint32)
+    assert _slots(restored, ["bo", "dee"]) == [1, 3]
+
+
+def test_ids_beyond_what_32_bit_offsets_address_are_refused():
+    index = ContactIndex()
+    with pytest.raises(MemoryError, match="more than 4 GiB: use more --shards"):
+        index._reserve(1, MAX_ID_BYTES + 1)
 
 
 # -- DigestIndex --------------------------------------------------------------------------
@@ -194,20 +210,6 @@ def test_columns_snapshot_is_cut_and_copied():
     assert snap["b"].tolist() == [[0.0, 0.0], [4.0, 5.0], [0.0, 0.0]]
     cols.arrays["a"][0] = 99  # the live columns change, the snapshot does not
     assert snap["a"][0] == 1
-
-
-def test_derived_columns_are_left_out_of_snapshots():
-    cols = Columns(capacity=4)
-    cols.add("a", np.int64, 0)
-    cols.add("d", np.int64, -1, derived=True)
-    cols.arrays["d"][:] = 5
-    assert set(cols.snapshot(2)) == {"a"}
-    # Restoring leaves a derived column as it is (its owner rebuilds it).
-    fresh = Columns(capacity=4)
-    fresh.add("a", np.int64, 0)
-    fresh.add("d", np.int64, -1, derived=True)
-    fresh.restore(cols.snapshot(2), 2)
-    assert fresh.arrays["d"].tolist() == [-1, -1, -1, -1]
 
 
 def test_columns_restore_grows_to_fit():

@@ -61,7 +61,8 @@ class _Table:
         return _payload(self.t.event(slot, k))
 
     def next_for(self, slot: int) -> int:
-        return int(self.columns.arrays["timer_next"][slot])
+        """The contact's earliest deadline (NONE when none is pending)."""
+        return self.next_due(slot, NONE)[0]
 
     def next_due(self, slot: int, before_ms: int) -> tuple[int, int]:
         d, k = timers.next_due(self.t.arrays(), slot, before_ms)
@@ -104,9 +105,9 @@ class _Table:
         return int(self.t.meta[HEAP_SIZE])
 
     def check_next(self) -> None:
-        """timer_next is the minimum of each row of deadlines."""
-        a = self.columns.arrays
-        assert (a["timer_next"] == a["timer_deadline"].min(axis=1)).all()
+        """Every contact's next deadline is the minimum of its row of deadlines."""
+        rows = self.columns.arrays["timer_deadline"]
+        assert [self.next_for(s) for s in range(len(rows))] == rows.min(axis=1).tolist()
 
 
 def _table(n_timers: int = 3, capacity: int = 4) -> _Table:
@@ -118,9 +119,8 @@ def test_columns_of_a_table():
     TimerTable(cols, 3)
     a = cols.arrays
     assert {n: (a[n].shape, a[n].dtype) for n in a} == {
-        "timer_deadline": ((4, 3), np.int64), "timer_next": ((4,), np.int64), "timer_event": ((4, 3), np.uint32)}
-    assert (a["timer_deadline"] == NONE).all() and (a["timer_next"] == NONE).all()
-    # The row minimum is derived: left out of snapshots.
+        "timer_deadline": ((4, 3), np.int64), "timer_event": ((4, 3), np.uint32)}
+    assert (a["timer_deadline"] == NONE).all()
     assert set(cols.snapshot(4)) == {"timer_deadline", "timer_event"}
 
 
@@ -151,7 +151,7 @@ def test_next_for_is_the_earliest_deadline_of_the_contact():
     assert tt.next_for(0) == T0 + 300
     assert tt.next_for(1) == T0 + 50
     assert tt.t.pending() == 2
-    # Re-arming the earliest timer later rescans the row; earlier lowers it directly.
+    # Re-arming the earliest timer later or earlier moves it.
     tt.arm(0, 1, T0 + 200, b"d")
     assert tt.next_for(0) == T0 + 200
     tt.arm(0, 1, T0 + 400, b"d2")
@@ -349,7 +349,7 @@ def test_restore_rebuilds_the_heap_from_the_deadlines():
     assert other.entries() == [(T0 + 50, 1, 1), (T0 + 400, 0, 0)]  # one entry per pending timer
     assert other.pending() == 2
     assert (_payload(other.event(1, 1)), _payload(other.event(0, 0))) == (b"b", b"a2")
-    assert restored_columns.arrays["timer_next"][:4].tolist() == [T0 + 400, T0 + 50, NONE, NONE]
+    assert [int(timers.next_due(other.arrays(), s, NONE)[0]) for s in range(4)] == [T0 + 400, T0 + 50, NONE, NONE]
     got = []
     while True:
         d, slot, k = timers.pop_due(other.arrays(), T0 + 1001)
@@ -396,14 +396,14 @@ def test_heap_entries_order_as_deadline_slot_k():
     assert tt.pop_due(T0, inclusive=True) == [(T0, 7, 0), (T0, 7, 1), (T0, 300, 2)]
 
 
-def test_more_timer_rules_than_a_heap_entry_holds_are_refused():
+def test_more_timer_rules_than_the_loader_allows_are_refused():
     assert MAX_TIMER_TRIGGERS == 256
     with pytest.raises(ValueError, match="at most 256 timer rules"):
         _table(n_timers=257)
 
 
 def test_the_largest_rule_number_and_a_large_slot_survive_the_heap_entry():
-    # 256 timer rules: k = 255 fills the 8 bits below the slot; slot 70_000 is above 16 bits.
+    # 256 timer rules: an entry names its timer as slot * 256 + k; slot 70_000 is above 16 bits.
     tt = _table(n_timers=256, capacity=4)
     tt.arm(70_000, 255, T0 + 2, b"a")
     tt.arm(70_000, 254, T0 + 2, b"b")
@@ -412,6 +412,14 @@ def test_the_largest_rule_number_and_a_large_slot_survive_the_heap_entry():
     assert tt.pop_due(T0 + 2, inclusive=True) == [(T0 + 1, 69_999, 255), (T0 + 2, 70_000, 254),
                                                   (T0 + 2, 70_000, 255)]
     assert tt.event(70_000, 255) == b"a"
+
+
+def test_a_shard_with_more_timers_than_a_heap_entry_can_name_is_refused():
+    # 2^32 / 256 contacts of 256 timer rules: the last timer is 2^32 - 1, a uint32's largest.
+    tt = _table(n_timers=256, capacity=4)
+    tt.t.reserve(0, 0, 0, (1 << 32) // 256)
+    with pytest.raises(MemoryError, match="use more --shards"):
+        tt.t.reserve(0, 0, 0, (1 << 32) // 256 + 1)
 
 
 def test_a_table_without_timer_rules():
