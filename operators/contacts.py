@@ -1,7 +1,7 @@
 """Contact index of one shard: contact id -> slot, and the growable columns keyed by slot.
 
 Every per-contact state array in a shard has the slot as its first axis. Operators register
-their arrays in `Columns` so they all grow together (capacity doubles) when new contacts arrive.
+their arrays in `Columns` so they all grow together (`next_capacity`) when new contacts arrive.
 
 `ContactIndex` maps contact ids to dense slots 0..n-1 (first seen, first numbered; never reused)
 without a Python object per contact: an open-addressing table of slots keyed by the id's 64-bit
@@ -20,14 +20,14 @@ from engine.blobs import Blobs
 from engine.compiled import kernel
 from engine.rawmem import copy_bytes
 
-__all__ = ["Columns", "ContactIndex", "DigestIndex"]
+__all__ = ["Columns", "ContactIndex", "DigestIndex", "grown", "next_capacity"]
 
 EMPTY = -1
 MAX_ID_BYTES = (1 << 32) - 1  # what uint32 offsets address
 
 
 class Columns:
-    """Named numpy arrays sharing the contact axis; grown in place by doubling."""
+    """Named numpy arrays sharing the contact axis, grown together by `next_capacity`."""
 
     def __init__(self, capacity: int = 1024) -> None:
         self.capacity = capacity
@@ -45,9 +45,7 @@ class Columns:
         """Make room for `size` slots; True when the arrays were reallocated."""
         if size <= self.capacity:
             return False
-        cap = self.capacity
-        while cap < size:
-            cap *= 2
+        cap = next_capacity(self.capacity, size)
         for name, (dtype, shape, fill) in self._specs.items():
             new = np.full((cap, *shape), fill, dtype=dtype)
             new[: self.capacity] = self.arrays[name]
@@ -81,7 +79,7 @@ class ContactIndex:
 
     def __init__(self, capacity: int = 1024) -> None:
         self.size = 0
-        self.table = np.full(2 * capacity, EMPTY, np.int32)  # power of two, at most half full
+        self.table = np.full(_table_size(capacity), EMPTY, np.int32)  # power of two, at most half full
         self.hashes = np.zeros(capacity, np.int64)  # per slot
         # Slot s is id_data[id_offsets[s]:id_offsets[s + 1]]; 32 bits (4 GiB of ids per shard) saved 4 B/contact.
         self.id_offsets = np.zeros(capacity + 1, np.uint32)
@@ -109,23 +107,15 @@ class ContactIndex:
 
     def _reserve(self, slots: int, id_bytes: int) -> None:
         if slots > len(self.hashes):
-            cap = len(self.hashes)
-            while cap < slots:
-                cap *= 2
+            cap = next_capacity(len(self.hashes), slots)
             self.hashes = grown(self.hashes, cap)
             self.id_offsets = grown(self.id_offsets, cap + 1)
         if id_bytes > MAX_ID_BYTES:
             raise MemoryError("a shard's contact ids take more than 4 GiB: use more --shards")
         if id_bytes > len(self.id_data):
-            cap = len(self.id_data)
-            while cap < id_bytes:
-                cap *= 2
-            self.id_data = grown(self.id_data, cap)
+            self.id_data = grown(self.id_data, next_capacity(len(self.id_data), id_bytes))
         if 2 * slots > len(self.table):
-            cap = len(self.table)
-            while cap < 2 * slots:
-                cap *= 2
-            self.table = np.full(cap, EMPTY, np.int32)
+            self.table = np.full(_table_size(slots), EMPTY, np.int32)
             _rehash(self.table, self.hashes, self.size)
 
     def nbytes(self) -> int:
@@ -170,25 +160,26 @@ class DigestIndex:
 
     def __init__(self, capacity: int = 1024) -> None:
         self.size = 0
-        self.table = np.full(2 * capacity, EMPTY, np.int32)  # power of two, at most half full
+        self.table = np.full(_table_size(capacity), EMPTY, np.int32)  # power of two, at most half full
         self.hashes = np.zeros(capacity, np.int64)  # per slot
 
     def __len__(self) -> int:
         return self.size
 
     def slots(self, hashes: npt.NDArray[np.int64]) -> npt.NDArray[np.int32]:
-        """The slot of each digest, numbering new ones in first-seen order. The arrays double when
+        """The slot of each digest, numbering new ones in first-seen order. The arrays grow when
         a new digest finds them full (a source's batch is mostly known contacts: room made for all
-        of it would double them early)."""
+        of it would grow them early)."""
         out = np.empty(len(hashes), np.int32)
         done = 0
         while True:
             done, self.size = _lookup_insert_digest(self.table, self.hashes, self.size, hashes, out, done)
             if done == len(hashes):
                 return out
-            self.hashes = grown(self.hashes, 2 * len(self.hashes))
-            self.table = np.full(2 * len(self.table), EMPTY, np.int32)
-            _rehash(self.table, self.hashes, self.size)
+            self.hashes = grown(self.hashes, next_capacity(len(self.hashes), len(self.hashes) + 1))
+            if 2 * len(self.hashes) > len(self.table):
+                self.table = np.full(_table_size(len(self.hashes)), EMPTY, np.int32)
+                _rehash(self.table, self.hashes, self.size)
 
     def nbytes(self) -> int:
         return int(self.table.nbytes + self.hashes.nbytes)
@@ -201,14 +192,31 @@ class DigestIndex:
     def restore(cls, snap: dict[str, np.ndarray]) -> DigestIndex:
         """From its snapshot or a `ContactIndex`'s (whose ids it leaves out)."""
         n = len(snap["hashes"])
-        capacity = 1024
-        while capacity < n:
-            capacity *= 2
-        index = cls(capacity)
+        index = cls(next_capacity(1024, n))
         index.hashes[:n] = snap["hashes"]
         index.size = n
         _rehash(index.table, index.hashes, n)
         return index
+
+
+def next_capacity(capacity: int, needed: int) -> int:
+    """What an array of `capacity` elements grows to for `needed`: a quarter more at a time.
+
+    Per-contact arrays grow this way, not by doubling, which left them up to half empty: the state
+    benchmark measured 386.8 B/contact at 1M contacts, where the shards had just filled a power of
+    two, and 528.1 at 1.2M. An element is copied about 4 times as the array grows, not once; they
+    grow only while new contacts arrive."""
+    while capacity < needed:
+        capacity += max(capacity // 4, 16)
+    return capacity
+
+
+def _table_size(slots: int) -> int:
+    """The open-addressing table for `slots` slots: a power of two, at most half full."""
+    size = 2
+    while size < 2 * slots:
+        size *= 2
+    return size
 
 
 def grown(arr: np.ndarray, size: int, used: int | None = None) -> np.ndarray:

@@ -25,6 +25,7 @@ import numpy.typing as npt
 
 from engine.compiled import kernel
 from operators import sparse
+from operators.contacts import next_capacity
 from operators.sparse import SparseTable
 
 EMPTY = np.iinfo(np.int64).min
@@ -54,7 +55,7 @@ class CountRings:
         self.table.make_room(len(self.sizes))
         need = int(self.pool_used[0]) + int(self._layout[PER_EVENT])
         if need > len(self.pool):
-            self.pool = _pool(self.pool[: self.pool_used[0]], max(need, 2 * len(self.pool)))
+            self.pool = _pool(self.pool[: self.pool_used[0]], next_capacity(len(self.pool), need))
 
     def ring(self, slot: int, rule: int) -> list[int]:
         """The times in the ring of (contact, rule), oldest first, EMPTY left out (for inspection)."""

@@ -17,7 +17,7 @@ contact was 128 B, plus capacity slack, of a 256 B/contact budget. Each contact 
 * an inline list of its first `INLINE` (4) accepted digests (`dedupe_inline`, in order;
   `dedupe_fill` counts them), and
 * from its 5th accepted event on, a full ring of 16 in a shared pool (`pool`, rows grown by
-  doubling; `dedupe_ring` is the contact's row, -1 while it has none), which starts as the
+  a quarter; `dedupe_ring` is the contact's row, -1 while it has none), which starts as the
   4 inline digests in order and the 5th after them; `dedupe_fill` is then the ring's next
   position. The inline digests are cleared then (they are never read again).
 
@@ -47,7 +47,7 @@ import numpy.typing as npt
 from engine.compiled import kernel
 from engine.decode import EventBatch
 from engine.hashing import NO_DIGEST
-from operators.contacts import Columns, DigestIndex
+from operators.contacts import Columns, DigestIndex, next_capacity
 
 __all__ = ["INLINE", "RING", "Deduplicator"]
 
@@ -85,7 +85,7 @@ class Deduplicator:
             self._grow_pool()  # event `done` needs a ring and the pool is full
 
     def _grow_pool(self) -> None:
-        pool = _empty_pool(max(_POOL_START, 2 * len(self.pool)))
+        pool = _empty_pool(max(_POOL_START, next_capacity(len(self.pool), len(self.pool) + 1)))
         pool[: self.pool_used] = self.pool[: self.pool_used]
         self.pool = pool
 

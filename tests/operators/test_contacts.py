@@ -9,7 +9,7 @@ import pytest
 
 from engine.blobs import Blobs
 from engine.hashing import digest_of, digests
-from operators.contacts import MAX_ID_BYTES, Columns, ContactIndex, DigestIndex
+from operators.contacts import MAX_ID_BYTES, Columns, ContactIndex, DigestIndex, next_capacity
 
 # -- ContactIndex -------------------------------------------------------------------------
 
@@ -110,8 +110,16 @@ def test_index_nbytes_counts_its_arrays():
     index = ContactIndex(capacity=8)
     # table (2 x 8 int32) + hashes (8 int64) + offsets (9 uint32) + id bytes (16 x 8).
     assert index.nbytes() == 16 * 4 + 8 * 8 + 9 * 4 + 128
-    _slots(index, [f"c-{i}" for i in range(9)])  # one more than the capacity: everything doubles
-    assert index.nbytes() == 32 * 4 + 16 * 8 + 17 * 4 + 128
+    # One more than the capacity: the slots grow by 16 (a quarter of 8 is less than the least step),
+    # the table doubles to stay at most half full, the 27 id bytes still fit.
+    _slots(index, [f"c-{i}" for i in range(9)])
+    assert index.nbytes() == 32 * 4 + 24 * 8 + 25 * 4 + 128
+
+
+def test_capacities_grow_by_a_quarter():
+    assert [next_capacity(c, c + 1) for c in (8, 64, 1024, 1280)] == [24, 80, 1280, 1600]
+    assert next_capacity(1024, 1024) == 1024
+    assert next_capacity(1024, 2001) == 2500  # 1280, 1600, 2000, 2500
 
 
 def test_an_index_snapshot_with_int64_offsets_restores():
@@ -143,8 +151,9 @@ def test_digest_index_numbers_digests_in_first_seen_order_and_keeps_no_ids():
     assert len(index) == 3002
     # Two ids with one digest are one slot here (the id is not compared): the known trade-off.
     assert index.slots(np.array([12345, 12345], np.int64)).tolist() == [3002, 3002]
-    # The digests doubled only when full (4 -> 4096 for 3003), not for every digest of a call.
-    assert index.nbytes() == index.table.nbytes + index.hashes.nbytes == 8192 * 4 + 4096 * 8
+    # The digests grew only when full, not for every digest of a call: from 4 by 16 (the least step)
+    # or a quarter at a time to 3,722 for 3,003; the table is the power of two at least twice that.
+    assert index.nbytes() == index.table.nbytes + index.hashes.nbytes == 8192 * 4 + 3722 * 8
 
 
 def test_digest_index_restores_from_its_snapshot_and_from_a_contact_index_snapshot():
@@ -177,7 +186,7 @@ def test_ensure_within_capacity_keeps_the_arrays():
     assert cols.capacity == 4
 
 
-def test_ensure_doubles_and_preserves_values_and_fill():
+def test_ensure_grows_by_a_quarter_and_preserves_values_and_fill():
     cols = Columns(capacity=4)
     cols.add("a", np.int64, -1)
     cols.add("b", np.float64, 0.0, width=2)
@@ -186,17 +195,18 @@ def test_ensure_doubles_and_preserves_values_and_fill():
     cols.arrays["b"][3] = [1.5, 2.5]
     cols.arrays["o"][2] = ("event", 1)
     assert cols.ensure(5) is True
-    assert cols.capacity == 8  # 4 doubled once
-    assert cols.arrays["a"].tolist() == [10, 11, 12, 13, -1, -1, -1, -1]
+    assert cols.capacity == 20  # 4 + 16, the least step
+    assert cols.arrays["a"].tolist() == [10, 11, 12, 13] + [-1] * 16
     assert cols.arrays["b"][3].tolist() == [1.5, 2.5]
-    assert cols.arrays["b"][4:].tolist() == [[0.0, 0.0]] * 4
-    assert cols.arrays["o"][2] == ("event", 1) and cols.arrays["o"][7] is None
-    # 17 slots from capacity 8: 8 -> 16 -> 32.
-    assert cols.ensure(17) is True
-    assert cols.capacity == 32
-    assert cols.arrays["a"].shape == (32,)
+    assert cols.arrays["b"][4:].tolist() == [[0.0, 0.0]] * 16
+    assert cols.arrays["o"][2] == ("event", 1) and cols.arrays["o"][19] is None
+    assert cols.ensure(20) is False
+    # 100 slots from capacity 20: 36, 52, 68, then a quarter more: 85, 106.
+    assert cols.ensure(100) is True
+    assert cols.capacity == 106
+    assert cols.arrays["a"].shape == (106,)
     assert cols.arrays["a"][:5].tolist() == [10, 11, 12, 13, -1]
-    assert cols.arrays["b"].shape == (32, 2)
+    assert cols.arrays["b"].shape == (106, 2)
 
 
 def test_columns_snapshot_is_cut_and_copied():
@@ -225,12 +235,12 @@ def test_columns_restore_grows_to_fit():
     fresh.add("a", np.int64, -1)
     fresh.add("b", np.float64, 0.0, width=2)
     fresh.restore(snap, 10)
-    assert fresh.capacity == 16  # 2 -> 4 -> 8 -> 16
+    assert fresh.capacity == 18  # 2 + 16, the least step
     assert fresh.arrays["a"][:10].tolist() == list(range(10))
     assert (fresh.arrays["a"][10:] == -1).all()
     assert fresh.arrays["b"][9].tolist() == [7.0, 8.0]
     # Growing the restored columns keeps the restored values.
-    fresh.ensure(17)
+    assert fresh.ensure(19) is True
     assert fresh.arrays["a"][:11].tolist() == [*range(10), -1]
 
 
@@ -251,5 +261,5 @@ def test_columns_nbytes_is_the_sum_of_the_arrays():
     cols.add("b", np.float32, 0.0, width=3)  # 4 x 3 x 4
     cols.add("c", np.uint8, 0, width=2)  # 4 x 2 x 1
     assert cols.nbytes() == 32 + 48 + 8
-    cols.ensure(5)
-    assert cols.nbytes() == 2 * (32 + 48 + 8)
+    cols.ensure(5)  # 4 -> 20 slots
+    assert cols.nbytes() == 5 * (32 + 48 + 8)

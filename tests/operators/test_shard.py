@@ -460,16 +460,16 @@ def test_state_grows_past_the_initial_capacity():
     state = ShardState(plan)
     read = Source(state.plan)
     out: list[Any] = []
-    n = 2500  # > 1024 initial slots: the columns double twice
+    n = 2501  # > 1024 initial slots: the columns grow by a quarter 5 times (1280, 1600, 2000, 2500, 3125)
     state.process(read(*(ev(f"c-{i}", "Added", T0 + i) for i in range(n))), out)
     state.process(read(*(ev(f"c-{i}", "Ping", T0 + n + i) for i in range(0, n, 2))), out)
     assert out == []
-    assert state.columns.capacity == 4096
-    assert state.timers.pending() == n + n // 2
+    assert state.columns.capacity == 3125
+    assert state.timers.pending() == n + (n + 1) // 2
     state.advance_watermark(T0 + CART_W + n, out)  # fires deadlines < T0 + 30 min + n
     assert keys(out) == [("cart", f"c-{i}", T0 + i + CART_W, "email") for i in range(n)]
-    assert last_update(state, n - 2, 0) == (10.0, T0 + n + n - 2)
-    assert last_update(state, n - 1, 0) == (0.0, NEVER)
+    assert last_update(state, n - 1, 0) == (10.0, T0 + n + n - 1)
+    assert last_update(state, n - 2, 0) == (0.0, NEVER)
 
 
 def test_the_shards_of_a_thread_take_turns_with_one_firings_table():

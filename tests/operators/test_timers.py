@@ -44,16 +44,21 @@ class _Table:
         self.t.reserve(0, 1, len(summary), self.size)
         return int(timers.store_event(self.t.arrays(), np.frombuffer(summary, np.uint8), 0, len(summary)))
 
+    def _contact(self, slot: int) -> None:
+        """Slots up to `slot` are in use (the kernels take only slots the shard's index gave out)."""
+        self.size = max(self.size, slot + 1)
+        self.columns.ensure(self.size)
+
     def arm(self, slot: int, k: int, deadline: int, event: bytes, stored: int | None = None,
             properties: bytes = b"") -> None:
         """Arm timer k of `slot`, keeping `event` (or the event already stored at `stored`)."""
-        self.size = max(self.size, slot + 1)
-        self.columns.ensure(self.size)
+        self._contact(slot)
         offset = self.store(event, properties) if stored is None else stored
         self.t.reserve(1, 0, 0, self.size)
         timers.arm(self.t.arrays(), slot, k, deadline, offset, self.size)
 
     def cancel(self, slot: int, k: int) -> None:
+        self._contact(slot)
         timers.cancel(self.t.arrays(), slot, k)
 
     def event(self, slot: int, k: int) -> bytes:
@@ -65,6 +70,7 @@ class _Table:
         return self.next_due(slot, NONE)[0]
 
     def next_due(self, slot: int, before_ms: int) -> tuple[int, int]:
+        self._contact(slot)
         d, k = timers.next_due(self.t.arrays(), slot, before_ms)
         return int(d), int(k)
 
