@@ -237,9 +237,12 @@ class Stack:
         # A stream entry from another producer that is not JSON: the engine dead-letters it.
         self.redis.xadd("hl:events:0", {"events": b"this is not json", "n": 1})
 
-        # Timers (quiet, cart_abandoned) fire about 3-5 s after the events (deadline + 3 s lateness).
+        # Timers (quiet, cart_abandoned) fire about 3-5 s after their events (deadline + 3 s lateness).
         # Redis refuses writes while they are being emitted: sinks retry, the collector answers 503.
-        time.sleep(2.0)
+        # Fresh events just before, so that some timers are due inside the window however long the
+        # requests above took on a loaded machine (the engine's XREAD still works under maxmemory).
+        fresh_now = int(time.time() * 1000)
+        assert self.post("/v1/batch", {"batch": events_between(40, fresh_now - 200, fresh_now, seed=11)}) == 200
         self.redis.config_set("maxmemory", "1")
         try:
             for seed in (13, 14):  # two 503s, a scrape apart (the first creates the series)
