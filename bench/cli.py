@@ -68,10 +68,23 @@ def _common_workload(p: argparse.ArgumentParser, events: int) -> None:
     p.add_argument("--jobs", type=int, default=2, help="processes generating the workload file (default %(default)s)")
 
 
+def _contact_counts(value: str) -> list[int]:
+    try:
+        counts = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of contact counts: {value!r}") from None
+    if any(c <= 0 for c in counts):
+        raise argparse.ArgumentTypeError(f"contact counts are positive: {value!r}")
+    return counts
+
+
 def _hotpath(p: argparse.ArgumentParser) -> None:
     _common_workload(p, 2_000_000)
     p.add_argument("--state-contacts", type=int, default=1_000_000,
                    help="contacts in the state whose bytes are counted; 0 skips it (default %(default)s)")
+    p.add_argument("--state-sweep", type=_contact_counts, default=[],
+                   help="more contact counts to measure the state at, comma-separated (bytes per contact depend on "
+                        "where the shards' arrays stand in their growth): 800000,1200000,1500000")
     p.add_argument("--repeat", type=int, default=3,
                    help="runs of the dataflow in this process; the one of median CPU time is reported, every run's "
                         "figure listed: the machines are shared and noisy (default %(default)s)")

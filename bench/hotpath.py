@@ -1,6 +1,7 @@
 """`halflife bench hotpath`: the engine's own dataflow in one process, on a pre-generated workload file.
 
-    halflife bench hotpath [--events 2000000] [--contacts 1000000] [--state-contacts 1000000] [--smoke]
+    halflife bench hotpath [--events 2000000] [--contacts 1000000] [--state-contacts 1000000]
+                           [--state-sweep 800000,1200000] [--smoke]
 
 Runs `engine.dataflow.build_flow` (decode -> dedupe -> route -> shard state -> rules) with the
 workload's lines in memory as the source (a `DecodingPartition`, so decoding, de-duplication,
@@ -15,7 +16,8 @@ watermarks and routing are the engine's own) and a blackhole trigger sink, on on
 * state bytes per contact at `--state-contacts` contacts: a state built through the real
   operators (`DecodingPartition` -> `ShardLogic`, no bytewax), then every object it holds counted
   (numpy arrays by their allocated size, the contact index dict and id strings, the heap, the
-  events kept for timers, the source's dedupe rings), excluding the shared rule plan.
+  events kept for timers, the source's dedupe rings), excluding the shared rule plan; the same at
+  each size of `--state-sweep`, without the breakdown.
 """
 
 from __future__ import annotations
@@ -418,6 +420,7 @@ def main(args: argparse.Namespace) -> int:
         args.events = min(args.events, 20_000)
         args.contacts = min(args.contacts, 5_000)
         args.state_contacts = min(args.state_contacts, 2_000)
+        args.state_sweep = [min(c, 3_000) for c in args.state_sweep]
         args.sessions_per_second = min(args.sessions_per_second, 0.2)  # timers fire within 20k events
         args.jobs = 1
     args.rules = args.rules or str(EXAMPLE_RULES)
@@ -451,6 +454,11 @@ def main(args: argparse.Namespace) -> int:
     result["hotpath"] = run
     if args.state_contacts:
         result["state"] = state_size(args.rules, args.state_contacts, shards=args.shards, seed=args.seed)
+    if args.state_sweep:
+        result["state_sweep"] = [
+            {k: v for k, v in state_size(args.rules, n, shards=args.shards, seed=args.seed).items()
+             if k in ("contacts", "events", "bytes_total", "bytes_per_contact")}
+            for n in args.state_sweep]
     written = write_result("hotpath", result, args.results_dir)
     print(report(result))
     print(f"\nwritten {written}")
@@ -492,4 +500,9 @@ def report(result: dict[str, Any]) -> str:
                    f"{state['bytes_total'] / 2**20:,.1f} MiB = {state['bytes_per_contact']:,.1f} bytes per contact")
         rows = [[k, v, state["breakdown_bytes_per_contact"][k]] for k, v in state["breakdown_bytes"].items()]
         out.append(table(rows, ["held by", "bytes", "bytes/contact"]))
+    sweep = result.get("state_sweep")
+    if sweep:
+        out.append("")
+        out.append(table([[s["contacts"], s["events"], s["bytes_per_contact"]] for s in sweep],
+                         ["state at contacts", "after events", "bytes/contact"]))
     return "\n".join(out)

@@ -36,7 +36,7 @@ def test_workload(results: Path) -> None:
 
 
 def test_hotpath(results: Path) -> None:
-    data = _run(results, "hotpath")
+    data = _run(results, "hotpath", "--state-sweep", "1000,2500")
     run = data["hotpath"]
     assert run["events"] == 20_000 and run["events_per_s"] > 0 and run["cpu_s_per_million"] > 0
     assert run["summary"]["events_in"] == 20_000
@@ -48,6 +48,11 @@ def test_hotpath(results: Path) -> None:
     assert any(k.startswith("source.dedupe") for k in state["breakdown_bytes"])
     assert any("index" in k for k in state["breakdown_bytes"])
     assert sum(state["breakdown_bytes"].values()) == state["bytes_total"]
+    # The sweep's states, at the sizes asked for (a build stops at its first batch past them).
+    sweep = data["state_sweep"]
+    assert len(sweep) == 2
+    assert 1_000 <= sweep[0]["contacts"] < 1_500 and 2_500 <= sweep[1]["contacts"] < 3_000
+    assert all(s["bytes_total"] == round(s["bytes_per_contact"] * s["contacts"]) for s in sweep)
 
 
 def test_baseline_fires_the_same_triggers(results: Path) -> None:
