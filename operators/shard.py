@@ -33,7 +33,6 @@ the same state, so a resumed run fires the same triggers.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -64,10 +63,9 @@ from operators.counts import CountRings
 from operators.scores import ScoreColumns
 from operators.suppress import REASONS, SuppressionTimes
 from operators.timers import NONE, TimerTable
-from rules.compiler import RISES_ABOVE, SEQ_START, EffectTable, Plan, PlanArrays
+from rules.compiler import RISES_ABOVE, SEQ_START, EffectTable, Plan, PlanArrays, per_thread
 
 NEVER = np.iinfo(np.int64).min
-_THREAD_FIRINGS = threading.local()
 SNAPSHOT_VERSION = 6
 
 # Where a firing's causing event is: the batch (event index) or the timer arena (offset).
@@ -97,14 +95,9 @@ class Firings:
     @classmethod
     def for_thread(cls, plan: Plan) -> Firings:
         """This thread's table for `plan` (see the class docstring)."""
-        tables: dict[int, tuple[Plan, Firings]] = _THREAD_FIRINGS.__dict__.setdefault("by_plan", {})
-        entry = tables.get(id(plan))  # (an entry holds its plan, so no other plan can have taken its id)
-        if entry is None:
-            if len(tables) >= 8:  # plans come and go in tests; a worker has one
-                tables.clear()
-            per_event = len(plan.triggers) + len(plan.timer_triggers)
-            entry = tables[id(plan)] = (plan, cls(max(4096, 4 * per_event), len(plan.scores), max(1, len(plan.triggers))))
-        return entry[1]
+        per_event = len(plan.triggers) + len(plan.timer_triggers)
+        return per_thread(plan, "firings",
+                          lambda: cls(max(4096, 4 * per_event), len(plan.scores), max(1, len(plan.triggers))))
 
     def arrays(self) -> tuple[Any, ...]:
         return (self.trigger, self.slot, self.at, self.by_timer, self.source, self.offset, self.length, self.scores,

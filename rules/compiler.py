@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -310,7 +311,20 @@ class PlanArrays:
         return tuple(getattr(self, f) for f in self.__dataclass_fields__)
 
 
-_THREAD_TABLES = threading.local()
+_PER_THREAD = threading.local()
+T = TypeVar("T")
+
+
+def per_thread(plan: Plan, kind: str, make: Callable[[], T]) -> T:
+    """This thread's object of `kind` for `plan`, made by `make` the first time: scratch that the
+    shards of a worker share (bytewax runs each worker in a thread of its own)."""
+    objects: dict[tuple[str, int], tuple[Plan, Any]] = _PER_THREAD.__dict__.setdefault("by_plan", {})
+    entry = objects.get((kind, id(plan)))  # (an entry holds its plan, so no other plan can have taken its id)
+    if entry is None:
+        if len(objects) >= 16:  # plans come and go in tests; a worker has one
+            objects.clear()
+        entry = objects[(kind, id(plan))] = (plan, make())
+    return entry[1]
 
 
 class EffectTable:
@@ -337,13 +351,7 @@ class EffectTable:
         """This thread's table for `plan`. A worker's shards meet the same few bit sets, so they share
         one table and each set is learnt once (with a table per shard, learning was 1-2 % of the hot
         path); per thread, because bytewax runs each worker in a thread of its own."""
-        tables: dict[int, EffectTable] = _THREAD_TABLES.__dict__.setdefault("by_plan", {})
-        table = tables.get(id(plan))
-        if table is None:  # (a table holds its plan, so no other plan can have taken its id)
-            if len(tables) >= 8:  # plans come and go in tests; a worker has one
-                tables.clear()
-            table = tables[id(plan)] = cls(plan)
-        return table
+        return per_thread(plan, "effects", lambda: cls(plan))
 
     def ids(self, bits: np.ndarray) -> np.ndarray:
         out = np.empty(len(bits), np.int32)
