@@ -10,6 +10,8 @@ import os
 import platform
 import sys
 import time
+import urllib.request
+from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -147,3 +149,23 @@ def trigger_keys(lines: Sequence[bytes]) -> list[tuple[str, str, str, str]]:
         keys.append((r["rule"], r["contact"], r["at"], r["channel"]))
     keys.sort()
     return keys
+
+
+def read_metrics(port: int, timeout_s: float = 2.0) -> dict[str, float] | None:
+    """Prometheus text from 127.0.0.1:port/metrics, summed by metric name (labels dropped); None if unreachable."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout_s) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return None
+    sums: dict[str, float] = defaultdict(float)
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name_labels, _, value = line.rpartition(" ")
+        name = name_labels.split("{", 1)[0]
+        try:
+            sums[name] += float(value)
+        except ValueError:
+            continue
+    return dict(sums)

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from bench.common import ROOT, new_result, table, write_result
+from bench.common import ROOT, new_result, read_metrics, table, write_result
 from engine.testing import free_port_block
 
 E2E_RULES = Path(__file__).resolve().parent / "rules" / "e2e.yaml"
@@ -140,18 +140,12 @@ def scrape(ports: list[int]) -> dict[str, float]:
             "halflife_snapshot_duration_seconds_sum": 0.0}
     seen = 0
     for port in ports:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
-                text = resp.read().decode()
-        except OSError:
+        sums = read_metrics(port)
+        if sums is None:
             continue
         seen += 1
-        for line in text.splitlines():
-            if line.startswith("#"):
-                continue
-            name = line.split("{", 1)[0].split(" ", 1)[0]
-            if name in want:
-                want[name] += float(line.rsplit(" ", 1)[1])
+        for name in want:
+            want[name] += sums.get(name, 0.0)
     want["endpoints"] = seen
     return want
 

@@ -84,6 +84,7 @@ from typing import Any
 import orjson
 import redis
 
+from bench.common import read_metrics
 from engine.redis_keys import Keys
 from engine.routing import shard_of
 from engine.shop import Shop, ShopConfig
@@ -148,26 +149,6 @@ def rss_kb(pid: int) -> int | None:
     except OSError:
         return None
     return None
-
-
-def read_metrics(port: int, timeout_s: float = 2.0) -> dict[str, float] | None:
-    """Prometheus text from 127.0.0.1:port/metrics, summed by metric name (labels dropped); None if unreachable."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout_s) as resp:
-            text = resp.read().decode()
-    except OSError:
-        return None
-    sums: dict[str, float] = defaultdict(float)
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        name_labels, _, value = line.rpartition(" ")
-        name = name_labels.split("{", 1)[0]
-        try:
-            sums[name] += float(value)
-        except ValueError:
-            continue
-    return dict(sums)
 
 
 def contact_of(event: dict) -> str:

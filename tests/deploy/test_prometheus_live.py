@@ -29,6 +29,7 @@ import pytest
 import redis
 import yaml
 
+from bench.common import read_metrics
 from engine.shop import Shop, ShopConfig
 from engine.testing import RedisServer, free_port, free_port_block, wait_port
 from engine.times import format_time
@@ -271,23 +272,23 @@ class Stack:
         self.metrics_texts["collector"] = http_get(f"http://127.0.0.1:{self.collector_port}/metrics")[1].decode()
         time.sleep(3.0)
 
-    def _engine_total(self, metric: str) -> float:
-        """`metric` summed over its samples in every engine process."""
-        total = 0.0
+    def _engine_totals(self, *metrics: str) -> tuple[float, ...]:
+        """Each of `metrics` summed over its samples in every engine process."""
+        totals = [0.0] * len(metrics)
         for port in self.engine_ports:
-            for line in http_get(f"http://127.0.0.1:{port}/metrics")[1].decode().splitlines():
-                if line.startswith(metric + "{") or line.startswith(metric + " "):
-                    total += float(line.rsplit(" ", 1)[1])
-        return total
+            sums = read_metrics(port)
+            assert sums is not None, f"no metrics on engine port {port}:\n{tail(self.engine_log)}"
+            totals = [t + sums.get(m, 0.0) for t, m in zip(totals, metrics, strict=True)]
+        return tuple(totals)
 
     def _sink_errors(self) -> float:
-        return self._engine_total("halflife_sink_errors_total")
+        return self._engine_totals("halflife_sink_errors_total")[0]
 
     def _wait_until_engines_are_idle(self, timeout_s: float = 20.0) -> None:
         """Until the engines' events read, records written and webhook deliveries stay the same for 1 s."""
         def counts() -> tuple[float, ...]:
-            return tuple(self._engine_total(m) for m in ("halflife_events_in_total", "halflife_sink_writes_total",
-                                                          "halflife_webhook_deliveries_total"))
+            return self._engine_totals("halflife_events_in_total", "halflife_sink_writes_total",
+                                       "halflife_webhook_deliveries_total")
         deadline = time.monotonic() + timeout_s
         last = counts()
         while time.monotonic() < deadline:
