@@ -20,7 +20,7 @@ from engine.decode import EventBatch
 from engine.hashing import NO_DIGEST, digest_of, digests
 from engine.testing import event_batch, run_rules
 from operators.contacts import ContactIndex
-from operators.dedupe import INLINE, RING, Deduplicator
+from operators.dedupe import RING, SMALL, Deduplicator
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = 1_795_442_400_000  # 2026-11-23T14:00:00Z
@@ -244,33 +244,52 @@ def test_a_restored_deduplicator_continues_identically():
     assert 0 < len(expected) < 2000 and 0 < len(first) < 2000
 
 
-# -- the adaptive ring: INLINE digests inline, then a ring of 16 in the pool ---------------------
+# -- the adaptive ring: one digest inline, then a short row of 4, then a ring of 16 -------------------
 
 
 def _slot(dedupe: Deduplicator, contact: str) -> int:
     return dedupe.index.snapshot()["hashes"].tolist().index(digest_of(contact))
 
 
-def _state_of(dedupe: Deduplicator, contact: str) -> tuple[list[int], int, list[int] | None]:
-    """A contact's inline digests, its fill and its pool ring (None: none)."""
+def _state_of(dedupe: Deduplicator, contact: str) -> tuple[int, int, str, list[int] | None]:
+    """A contact's inline digest, its fill, where its other digests are ("inline", "short" or "ring")
+    and that row (None: inline)."""
     s = _slot(dedupe, contact)
     a = dedupe.columns.arrays
     r = int(a["dedupe_ring"][s])
-    return (a["dedupe_inline"][s].tolist(), int(a["dedupe_fill"][s]),
-            None if r < 0 else dedupe.pool[r].tolist())
+    inline, fill = int(a["dedupe_inline"][s]), int(a["dedupe_fill"][s])
+    if r == -1:
+        return inline, fill, "inline", None
+    if r < -1:
+        return inline, fill, "short", dedupe.small[-2 - r].tolist()
+    return inline, fill, "ring", dedupe.pool[r].tolist()
 
 
-def test_the_inline_ring_holds_four():
-    assert INLINE == 4
+def test_a_contact_moves_inline_then_to_a_short_row_then_to_a_ring():
+    assert SMALL == 4
     dedupe = Deduplicator()
-    m = digests([f"m{i}" for i in range(6)]).tolist()
-    assert _kept(dedupe, ["u"] * 4, ["m0", "m1", "m2", "m3"]) == [0, 1, 2, 3]
-    assert _state_of(dedupe, "u") == (m[:4], 4, None) and dedupe.pool_used == 0
-    # The 5th accepted event gets the contact its ring: the 4 inline digests in order, then the 5th.
+    m = digests([f"m{i}" for i in range(7)]).tolist()
+    assert _kept(dedupe, ["u", "u"], ["m0", "m0"]) == [0]
+    assert _state_of(dedupe, "u") == (m[0], 1, "inline", None)
+    assert dedupe.pool_used == 0 and dedupe.small_rows_held() == 0
+    # The 2nd accepted event: the inline digest and the 2nd go to a short row.
+    assert _kept(dedupe, ["u", "u", "u"], ["m1", "m0", "m1"]) == [0]
+    assert _state_of(dedupe, "u") == (NO_DIGEST, 2, "short", [m[0], m[1], NO_DIGEST, NO_DIGEST])
+    assert dedupe.small_rows_held() == 1
+    assert _kept(dedupe, ["u", "u"], ["m2", "m3"]) == [0, 1]
+    assert _state_of(dedupe, "u") == (NO_DIGEST, 4, "short", m[:4])
+    # The 5th: the short row's 4 digests in order, then the 5th, in a ring; the short row is freed.
     assert _kept(dedupe, ["u", "u"], ["m3", "m4"]) == [1]
-    assert _state_of(dedupe, "u") == ([NO_DIGEST] * 4, 5, [*m[:5], *[NO_DIGEST] * 11]) and dedupe.pool_used == 1
+    assert _state_of(dedupe, "u") == (NO_DIGEST, 5, "ring", [*m[:5], *[NO_DIGEST] * 11])
+    assert dedupe.pool_used == 1 and dedupe.small_rows_held() == 0
     assert _kept(dedupe, ["u"], ["m5"]) == [0]
-    assert _state_of(dedupe, "u")[1:] == (6, [*m[:6], *[NO_DIGEST] * 10])
+    assert _state_of(dedupe, "u")[1:] == (6, "ring", [*m[:6], *[NO_DIGEST] * 10])
+    # A freed short row is the next one taken, cleared of what it held.
+    assert _kept(dedupe, ["v", "v"], ["m6", "m0"]) == [0, 1]
+    assert _state_of(dedupe, "v") == (NO_DIGEST, 2, "short", [m[6], m[0], NO_DIGEST, NO_DIGEST])
+    assert dedupe.meta.tolist()[1] == 1  # still one short row in the pool: u's, now v's
+    assert _kept(dedupe, ["v", "v"], [None, "m6"]) == [0]
+    assert _state_of(dedupe, "v") == (NO_DIGEST, 3, "short", [m[6], m[0], NO_DIGEST, NO_DIGEST])
 
 
 # Hand-computed: m0..m3 fill the inline ring; m4 (the 5th) moves u to a ring; n0..n10 make 16 accepted
@@ -310,25 +329,32 @@ def test_a_contact_crossing_into_its_ring_in_one_batch_and_across_batches(mids, 
         kept += [a + i for i in _kept(dedupe, contacts[a:b], ids[a:b])]
     assert [where.index(i) for i in kept if i in where] == expected
     assert all(i - 2 in where for i in kept if i % 3 == 2)  # every w is new: one event each
-    assert _state_of(dedupe, "w0") == (digests(["m0"]).tolist() + [NO_DIGEST] * 3, 1, None)
+    assert _state_of(dedupe, "w0") == (digest_of("m0"), 1, "inline", None)
     assert dedupe.pool_used == 1 + 3  # u and v0..v2 (7+ events each); no w
+    assert dedupe.small_rows_held() == 0
 
 
-def test_the_pool_grows_inside_one_batch():
-    # 300 contacts reach their 5th accepted event in the same batch: far more rings than the pool's first
-    # allocation, so the kernel stops, the pool doubles and it continues, several times.
+def test_the_pools_grow_inside_one_batch():
+    # 300 contacts reach their 2nd accepted event, and then their 5th, in the same batch: far more rows
+    # than each pool's first allocation, so the kernel stops, the pool grows and it continues, several times.
     n = 300
     contacts = [f"c-{i}" for _ in range(7) for i in range(n)]
     mids = [f"m-{k}" if k < 6 else "m-0" for k in range(7) for _ in range(n)]
     dedupe = Deduplicator()
     assert _kept(dedupe, contacts, mids) == list(range(6 * n))  # the 7th round repeats m-0: duplicates
     assert dedupe.pool_used == n and len(dedupe.pool) >= n
+    # Every short row was taken and freed again: none is held, all are on the free list.
+    assert dedupe.meta.tolist()[1] == n and len(dedupe.small) >= n and dedupe.small_rows_held() == 0
     assert _kept(dedupe, contacts[:n], [f"m-{k}" for k in range(n)]) == list(range(6, n))
-    assert dedupe.nbytes() == dedupe.index.nbytes() + dedupe.columns.nbytes() + dedupe.pool.nbytes
-    # Contacts that accept at most 4 events hold no ring.
+    assert dedupe.nbytes() == (dedupe.index.nbytes() + dedupe.columns.nbytes() + dedupe.pool.nbytes
+                               + dedupe.small.nbytes + dedupe.meta.nbytes)
+    # Contacts that accept at most 4 events hold no ring; those that accept one hold no short row.
     few = Deduplicator()
     _kept(few, [f"c-{i}" for _ in range(4) for i in range(n)], [f"m-{k}" for k in range(4) for _ in range(n)])
-    assert few.pool_used == 0 and len(few.pool) == 0
+    assert few.pool_used == 0 and len(few.pool) == 0 and few.small_rows_held() == n
+    one = Deduplicator()
+    _kept(one, [f"c-{i}" for i in range(n)], ["m"] * n)
+    assert one.pool_used == 0 and one.small_rows_held() == 0 and len(one.small) == 0
 
 
 def _reference(contacts: list[str], mids: list[str | None], rings: dict[str, deque]) -> list[int]:
@@ -376,7 +402,7 @@ def test_random_streams_match_a_deque_of_sixteen_per_contact(seed, n_contacts):
     # Both decisions many times, and contacts both inline and in rings at the end.
     assert 0.2 * len(mids) < len(expected) < 0.9 * len(mids)
     if n_contacts >= 400:
-        assert 0 < dedupe.pool_used < len(dedupe.index)
+        assert 0 < dedupe.pool_used < len(dedupe.index) and 0 < dedupe.small_rows_held() < len(dedupe.index)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -396,6 +422,7 @@ def test_a_snapshot_mid_stream_restores_to_the_same_decisions(seed):
         # events change the snapshot taken.
         again = restored.snapshot()
         assert again["pool"].tolist() == snap["pool"].tolist() and restored.pool_used == live.pool_used
+        assert again["small"].tolist() == snap["small"].tolist() and again["small_free"] == snap["small_free"]
         assert all(again["columns"][k].tolist() == v.tolist() for k, v in snap["columns"].items())
         assert set(again["columns"]) == set(snap["columns"]) == {"dedupe_inline", "dedupe_fill", "dedupe_ring"}
         step = _run_split(restored, batch, np.random.default_rng(b), a, b)
@@ -434,11 +461,11 @@ def test_an_old_layout_snapshot_is_converted():
     assert dedupe.index.snapshot()["hashes"].tolist() == digests(contacts).tolist()
     assert dedupe.pool_used == 2  # a and b
     y, z = digests(["y0", "y1"]).tolist(), digests(["z0", "z1", "z2", "z3"]).tolist()
-    assert _state_of(dedupe, "c") == ([*y, NO_DIGEST, NO_DIGEST], 2, None)
-    assert _state_of(dedupe, "d") == ([NO_DIGEST] * 4, 0, None)
-    assert _state_of(dedupe, "e") == (z, 4, None)
+    assert _state_of(dedupe, "c") == (NO_DIGEST, 2, "short", [*y, NO_DIGEST, NO_DIGEST])
+    assert _state_of(dedupe, "d") == (NO_DIGEST, 0, "inline", None)
+    assert _state_of(dedupe, "e") == (NO_DIGEST, 4, "short", z)
     ring_a = _state_of(dedupe, "a")
-    assert ring_a[1] == 4 and ring_a[2] == [*digests(m[16:]).tolist(), *digests(m[4:16]).tolist()]
+    assert ring_a[1:] == (4, "ring", [*digests(m[16:]).tolist(), *digests(m[4:16]).tolist()])
     # It decides as the old one did. a: m4 is exactly 16 back, m3 17 back.
     assert _kept(dedupe, ["a", "a", "a"], ["m4", "m3", "m4"]) == [1, 2]  # m3 pushed m4 out
     # b: x0 stays for one more accepted event, not two.
@@ -465,11 +492,66 @@ def test_an_old_layout_snapshot_is_converted():
     assert _kept(dedupe, contacts[4000:], mids[4000:]) == expected
 
 
+def _two_level_snapshot(contacts: list[str], accepted: dict[str, list[str | None]]) -> dict:
+    """A snapshot in the layout before the short rows: 4 digests inline for every contact (`dedupe_fill`
+    of them used, the rest NO_DIGEST) and, from the 5th accepted event on, a ring of 16 in the pool
+    (accepted event k at k % 16, `dedupe_fill` its next position) instead."""
+    n = len(contacts)
+    inline = np.full((n, SMALL), NO_DIGEST, np.int64)
+    fill = np.zeros(n, np.uint8)
+    ring = np.full(n, -1, np.int32)
+    pool = []
+    for s, c in enumerate(contacts):
+        ids = digests(accepted[c]).tolist()
+        if len(ids) <= SMALL:
+            inline[s, : len(ids)] = ids
+            fill[s] = len(ids)
+            continue
+        row = [NO_DIGEST] * RING
+        for k, d in enumerate(ids):
+            row[k % RING] = d
+        ring[s], fill[s] = len(pool), len(ids) % RING
+        pool.append(row)
+    return {"index": {"hashes": digests(contacts)},
+            "columns": {"dedupe_inline": inline, "dedupe_fill": fill, "dedupe_ring": ring},
+            "pool": np.array(pool, np.int64).reshape(-1, RING)}
+
+
+def test_a_two_level_snapshot_is_converted():
+    m = [f"m{i}" for i in range(20)]
+    accepted: dict[str, list[str | None]] = {"a": m, "b": [None], "c": ["y0"], "d": ["y0", None, "y1"],
+                                             "e": ["z0", "z1", "z2", "z3"], "f": []}
+    contacts = list(accepted)
+    dedupe = Deduplicator.restore(pickle.loads(pickle.dumps(_two_level_snapshot(contacts, accepted))))
+    y, z = digests(["y0", "y1"]).tolist(), digests(["z0", "z1", "z2", "z3"]).tolist()
+    assert _state_of(dedupe, "a")[1:] == (4, "ring", [*digests(m[16:]).tolist(), *digests(m[4:16]).tolist()])
+    assert _state_of(dedupe, "b") == (NO_DIGEST, 1, "inline", None)
+    assert _state_of(dedupe, "c") == (y[0], 1, "inline", None)
+    assert _state_of(dedupe, "d") == (NO_DIGEST, 3, "short", [y[0], NO_DIGEST, y[1], NO_DIGEST])
+    assert _state_of(dedupe, "e") == (NO_DIGEST, 4, "short", z)
+    assert _state_of(dedupe, "f") == (NO_DIGEST, 0, "inline", None)
+    assert dedupe.pool_used == 1 and dedupe.small_rows_held() == 2
+    # It decides as the deque model does, on a random history too.
+    rings = {c: deque(h[-RING:], maxlen=RING) for c, h in accepted.items()}
+    later = ["a", "a", "c", "c", "d", "d", "e", "e", "e", "b"]
+    later_ids = ["m4", "m3", "y0", "y1", "y1", "y0", "z0", "z9", "z0", None]
+    assert _kept(dedupe, later, later_ids) == _reference(later, later_ids, rings) == [1, 3, 7, 9]
+    rng = np.random.default_rng(6)
+    contacts, mids = _random_stream(rng, 8000, 200)
+    rings = {}
+    _reference(contacts[:4000], mids[:4000], rings)
+    order = list(dict.fromkeys(contacts[:4000]))
+    dedupe = Deduplicator.restore(_two_level_snapshot(order, {c: list(rings[c]) for c in order}))
+    assert 0 < dedupe.pool_used < len(order) and 0 < dedupe.small_rows_held()
+    expected = _reference(contacts[4000:], mids[4000:], rings)
+    assert _kept(dedupe, contacts[4000:], mids[4000:]) == expected
+
+
 def test_a_snapshot_with_another_inline_width_is_refused():
     dedupe = Deduplicator()
     _kept(dedupe, ["u"], ["m"])
     snap = dedupe.snapshot()
-    snap["columns"]["dedupe_inline"] = np.zeros((1, INLINE + 1), np.int64)
+    snap["columns"]["dedupe_inline"] = np.zeros((1, SMALL + 1), np.int64)
     with pytest.raises(ValueError, match="inline"):
         Deduplicator.restore(snap)
 
