@@ -66,7 +66,7 @@ from operators.timers import NONE, TimerTable
 from rules.compiler import RISES_ABOVE, SEQ_START, EffectTable, Plan, PlanArrays, per_thread
 
 NEVER = np.iinfo(np.int64).min
-SNAPSHOT_VERSION = 6
+SNAPSHOT_VERSION = 7
 
 # Where a firing's causing event is: the batch (event index) or the timer arena (offset).
 FROM_BATCH, FROM_ARENA = 0, 1
@@ -220,11 +220,12 @@ class ShardState:
 
     def _make_room(self, out: list[Any]) -> None:
         """Room for one more event in every table the compiled loops fill (what they stop for): a full
-        firings table has its records written, the suppression table and the count pool double."""
+        firings table has its records written, the suppression and spill tables and the count pool grow."""
         if int(self.firings.count[0]) + self._per_event > self.firings.capacity:
             self._drain(out)
         self.suppression.make_room(self._puts_per_event)
         self.counts.make_room()
+        self.timers.make_spill_room(self.timers.width)
 
     def end_of_input(self, marker: EndOfInput, out: list[Any]) -> ShardEnd:
         """Fire every timer with deadline <= the largest event time of the input."""
@@ -341,6 +342,10 @@ class ShardState:
                                                      [plan.triggers[t].at_least for t in plan.count_triggers])
             snap["suppression"] = SuppressionTimes.from_columns(columns.pop("unless_seen"), columns.pop("last_fired"),
                                                                 len(plan.unless_matchers), len(plan.triggers))
+            version = 6
+        if version == 6:  # a deadline and a reference for every contact and timer rule
+            snap = {**snap, "columns": dict(snap["columns"]), "version": SNAPSHOT_VERSION}
+            snap["timers"] = {**snap["timers"], **TimerTable.from_dense(snap["columns"])}
         if snap.get("version") != SNAPSHOT_VERSION:
             raise RecoveryFormatError(
                 f"this recovery directory holds shard state of format {snap.get('version', 1)}, written by an "
@@ -496,7 +501,7 @@ def _fire(state, plan, out, slot, trigger, at_ms, by_timer, source, offset, leng
 
 @kernel(inline=True)
 def _fire_timer(state, tm, plan, out, deadline, slot, k):  # type: ignore[no-untyped-def]
-    offset = np.int64(tm[1][slot, k]) * timers.ALIGN + timers.HEADER
+    offset = timers.event_ref(tm, slot, k) * timers.ALIGN + timers.HEADER
     length = summaries.packed_length(tm[4], offset)
     timers.cancel(tm, slot, k)
     _fire(state, plan, out, slot, plan[13][k], deadline, 1, FROM_ARENA, offset, length)
@@ -519,8 +524,8 @@ def _fire_due(state, tm, plan, out, bound, size):  # type: ignore[no-untyped-def
 @kernel
 def _apply_events(state, tm, plan, effects, events, out, first, size, per_event, puts_per_event):  # type: ignore[no-untyped-def]
     """Apply events first.. in order; returns the index of the first event not applied (all: len),
-    stopping early when `out` might not hold another event's firings, or the suppression times or
-    count rings what another event may add."""
+    stopping early when `out` might not hold another event's firings, or the suppression times, count
+    rings or spilled timers what another event may add."""
     clock, values, lasts, rings, times_set = state[0], state[1], state[2], state[3], state[4]
     (half_life, lo, hi, st_start, st_trig, kind, threshold, timer_of, within, _unless, _unless_within, _cooldown,
      _count_slot, _timer_trigger, count_size, count_trigger, sequence_triggers, two) = plan
@@ -529,7 +534,8 @@ def _apply_events(state, tm, plan, effects, events, out, first, size, per_event,
     capacity = len(out[0])
     firing = out[9]
     for i in range(first, len(slots)):
-        if out[8][0] + per_event > capacity or not sparse.room(times_set, puts_per_event) or not counts.room(rings):
+        if (out[8][0] + per_event > capacity or not sparse.room(times_set, puts_per_event) or not counts.room(rings)
+                or not timers.spill_room(tm, tm[5][timers.WIDTH])):
             return i
         slot = slots[i]
         now = clock[slot]
@@ -580,7 +586,7 @@ def _apply_events(state, tm, plan, effects, events, out, first, size, per_event,
                         stored = timers.store_event(tm, data, start, length)
                     timers.arm(tm, slot, timer_of[trig], scores.crossing_time(after, now, half_life[s], threshold[trig]),
                                stored, size)
-                elif tm[0][slot, timer_of[trig]] != NONE:
+                elif timers.deadline_of(tm, slot, timer_of[trig]) != NONE:
                     timers.cancel(tm, slot, timer_of[trig])
                     firing[fires] = trig
                     fires += 1

@@ -14,9 +14,9 @@ ConditionOp = Literal[
 ]
 
 
-# Triggers that need a timer (sequences, inactive_for, falls_below): the timer heap packs the
-# rule's timer number into 8 bits of an entry.
-MAX_TIMER_TRIGGERS = 256
+# Triggers that need a timer (sequences, inactive_for, falls_below): a contact's row of timers names
+# each one's rule in 8 bits, one value of which marks an empty place (operators/timers.py).
+MAX_TIMER_TRIGGERS = 255
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ from operators import counts
 from operators.dedupe import Deduplicator
 from operators.finalize import summarize
 from operators.shard import NEVER, SNAPSHOT_VERSION, RecoveryFormatError, ShardLogic, ShardState
-from operators.timers import NONE, TimerTable
+from operators.timers import FREE, NONE, TimerTable
 from rules.compiler import Plan
 
 T0 = 1_795_442_400_000  # 2026-11-23T14:00:00Z
@@ -887,9 +887,8 @@ def test_shard_state_snapshot_round_trip_keeps_every_column(contract):
     assert set(restored.columns.arrays) == set(state.columns.arrays)
     for name, arr in state.columns.arrays.items():
         assert np.array_equal(restored.columns.arrays[name][:size], arr[:size]), name
-    deadlines = state.columns.arrays["timer_deadline"]
-    pending = sorted((int(deadlines[s, k]), int(s), int(k)) for s, k in zip(*np.nonzero(deadlines != NONE), strict=True))
-    assert len(pending) > 0
+    pending = _pending_timers(state)
+    assert len(pending) > 0 and state.timers.spilled() > 0  # (the contract's rules have 3 timer rules)
     assert restored.timers.entries() == pending  # the heap is rebuilt: one entry per pending timer
     # Every pending timer keeps the summary of the event that armed it, byte for byte.
     for _, s, k in pending:
@@ -900,6 +899,48 @@ def test_shard_state_snapshot_round_trip_keeps_every_column(contract):
     assert restored.fired() == state.fired() and restored.suppressed() == state.suppressed()
     assert sum(state.fired().values()) > 0
     assert restored.timers.pending() == state.timers.pending() > 0
+
+
+def _pending_timers(state: ShardState) -> list[tuple[int, int, int]]:
+    """(deadline, slot, k) of every pending timer, in order."""
+    t = state.timers
+    return sorted((t.deadline(s, k), s, k) for s in range(len(state.index)) for k in range(t.width)
+                  if t.deadline(s, k) != NONE)
+
+
+def _as_format_6(snap: dict, width: int) -> dict:
+    """A shard snapshot as format 6 wrote it: a deadline and a record reference for every contact and
+    each of the `width` timer rules (NONE where none is pending), nothing spilled."""
+    columns = dict(snap["columns"])
+    rule, deadline, refs = columns.pop("timer_rule"), columns.pop("timer_deadline"), columns.pop("timer_event")
+    del columns["timer_spilled"]
+    dense = np.full((len(rule), width), NONE, np.int64)
+    dense_refs = np.zeros((len(rule), width), np.uint32)
+    for s, j in zip(*np.nonzero(rule != FREE), strict=True):
+        dense[s, rule[s, j]], dense_refs[s, rule[s, j]] = deadline[s, j], refs[s, j]
+    timers = dict(snap["timers"])
+    for key, d, ref in zip(timers.pop("spill_keys").tolist(), timers.pop("spill_deadline").tolist(),
+                           timers.pop("spill_event").tolist(), strict=True):
+        dense[key // width, key % width], dense_refs[key // width, key % width] = d, ref
+    columns["timer_deadline"], columns["timer_event"] = dense, dense_refs
+    return {**snap, "version": 6, "columns": columns, "timers": timers}
+
+
+def test_a_format_6_snapshot_is_converted_and_resumes_exactly(contract, reference):
+    plan, lines = contract
+    first = Run(plan, lines, batch_size=50, shards=SHARDS, broadcast=False).run(10)
+    reader, shards = first.snapshot()
+    width = len(plan.timer_triggers)
+    converted = {key: _as_format_6(unpack(pickle.loads(pickle.dumps(snap))), width) for key, snap in shards.items()}
+    assert sum(first.logics[key].state.timers.spilled() for key in shards) > 0
+    for key, snap in converted.items():  # the same timers, keeping the same events
+        state, restored = first.logics[key].state, ShardState.restore(plan, snap)
+        assert _pending_timers(restored) == _pending_timers(state)
+        assert restored.timers.entries() == _pending_timers(state)
+        assert all(restored.timers.event(s, k) == state.timers.event(s, k) for _, s, k in _pending_timers(state))
+    carried = Run(plan, lines, 50, SHARDS, False).carry(first)
+    resumed = Run(plan, lines, 50, SHARDS, False, (pickle.loads(pickle.dumps(reader)), converted))
+    assert resumed.carry(carried).run().result() == reference
 
 
 def _as_format_5(snap: dict) -> dict:
@@ -932,7 +973,9 @@ def test_a_format_5_snapshot_is_converted_and_resumes_exactly(contract, referenc
     plan, lines = contract
     first = Run(plan, lines, batch_size=50, shards=SHARDS, broadcast=False).run(10)
     reader, shards = first.snapshot()
-    converted = {key: _as_format_5(unpack(pickle.loads(pickle.dumps(snap)))) for key, snap in shards.items()}
+    width = len(plan.timer_triggers)
+    converted = {key: _as_format_5(_as_format_6(unpack(pickle.loads(pickle.dumps(snap))), width))
+                 for key, snap in shards.items()}
     assert sum(int((snap["columns"]["last_fired"] != NEVER).sum()) for snap in converted.values()) > 0
     assert sum(int((snap["columns"]["count_times"] != counts.EMPTY).sum()) for snap in converted.values()) > 0
     assert all("shared" not in snap["timers"] for snap in converted.values())
@@ -959,7 +1002,7 @@ def _as_format_4(snap: dict) -> dict:
 
 def _same_events(state: ShardState, restored: ShardState) -> None:
     """Every pending timer keeps an event with the same JSON (a conversion re-serialises it: 11.50 -> 11.5)."""
-    for s, k in zip(*np.nonzero(state.columns.arrays["timer_deadline"][:len(state.index)] != NONE), strict=True):
+    for _, s, k in _pending_timers(state):
         assert orjson.loads(summary_json(restored.timers.event(s, k))) == orjson.loads(summary_json(state.timers.event(s, k)))
 
 
@@ -967,7 +1010,8 @@ def test_a_format_4_snapshot_is_converted_and_resumes_exactly(contract, referenc
     plan, lines = contract
     first = Run(plan, lines, batch_size=50, shards=SHARDS, broadcast=False).run(10)
     reader, shards = first.snapshot()
-    converted = {key: _as_format_4(_as_format_5(unpack(pickle.loads(pickle.dumps(snap)))))
+    width = len(plan.timer_triggers)
+    converted = {key: _as_format_4(_as_format_5(_as_format_6(unpack(pickle.loads(pickle.dumps(snap))), width)))
                  for key, snap in shards.items()}
     some = next(s for s in converted.values() if len(s["timers"]["arena"]))
     assert some["timers"]["arena"][4:16].tobytes() == b'{"messageId"'  # JSON, as format 4 kept it
@@ -1004,7 +1048,9 @@ def test_a_format_3_snapshot_is_converted_and_resumes_exactly(contract, referenc
     plan, lines = contract
     first = Run(plan, lines, batch_size=50, shards=SHARDS, broadcast=False).run(10)
     reader, shards = first.snapshot()
-    converted = {key: _as_format_3(_as_format_4(_as_format_5(unpack(pickle.loads(pickle.dumps(snap))))))
+    width = len(plan.timer_triggers)
+    converted = {key: _as_format_3(_as_format_4(_as_format_5(_as_format_6(unpack(pickle.loads(pickle.dumps(snap))),
+                                                                          width))))
                  for key, snap in shards.items()}
     assert sum(int((snap["columns"]["timer_event_length"] > 0).sum()) for snap in converted.values()) > 0
     for key, snap in converted.items():  # the same timers, keeping the same events

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import random
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from engine.summaries import SHARED_PROPERTIES, pack_parts
 from engine.testing import arena_record
 from operators import timers
 from operators.contacts import Columns
-from operators.timers import COMPACT_MIN, HEAP_SIZE, NONE, SHARE_FROM, TimerTable
+from operators.timers import COMPACT_MIN, FREE, HEAP_SIZE, NONE, SHARE_FROM, TimerTable
 from rules.model import MAX_TIMER_TRIGGERS
 
 T0 = 1_795_442_400_000
@@ -37,6 +38,7 @@ class _Table:
         self.columns = Columns(capacity)
         self.t = TimerTable(self.columns, n_timers)
         self.size = 0
+        self.fired_events: list[bytes] = []  # the events of the timers `fire_due` fired, in order
 
     def store(self, event: bytes, properties: bytes = b"") -> int:
         """Append an event (the summary of `_summary(event, properties)`) to the arena; its record's reference."""
@@ -55,6 +57,7 @@ class _Table:
         self._contact(slot)
         offset = self.store(event, properties) if stored is None else stored
         self.t.reserve(1, 0, 0, self.size)
+        self.t.make_spill_room(1)
         timers.arm(self.t.arrays(), slot, k, deadline, offset, self.size)
 
     def cancel(self, slot: int, k: int) -> None:
@@ -105,15 +108,19 @@ class _Table:
                 return out
             out.append((int(d), int(slot), int(k)))
             if fire:
+                self.fired_events.append(self.event(int(slot), int(k)))  # (no longer kept once it fired)
                 self.cancel(int(slot), int(k))
 
     def heap_size(self) -> int:
         return int(self.t.meta[HEAP_SIZE])
 
+    def deadlines(self, slot: int) -> list[int]:
+        """The contact's deadline for each timer rule (NONE: not pending)."""
+        return [self.t.deadline(slot, k) for k in range(self.t.width)]
+
     def check_next(self) -> None:
-        """Every contact's next deadline is the minimum of its row of deadlines."""
-        rows = self.columns.arrays["timer_deadline"]
-        assert [self.next_for(s) for s in range(len(rows))] == rows.min(axis=1).tolist()
+        """Every contact's next deadline is the minimum of its deadlines."""
+        assert [self.next_for(s) for s in range(self.size)] == [min(self.deadlines(s)) for s in range(self.size)]
 
 
 def _table(n_timers: int = 3, capacity: int = 4) -> _Table:
@@ -121,13 +128,19 @@ def _table(n_timers: int = 3, capacity: int = 4) -> _Table:
 
 
 def test_columns_of_a_table():
+    # A row holds INLINE (2) timers of the 3 rules: each place's rule, deadline and record; and how many
+    # of the contact's timers spilled.
     cols = Columns(4)
     TimerTable(cols, 3)
     a = cols.arrays
     assert {n: (a[n].shape, a[n].dtype) for n in a} == {
-        "timer_deadline": ((4, 3), np.int64), "timer_event": ((4, 3), np.uint32)}
-    assert (a["timer_deadline"] == NONE).all()
-    assert set(cols.snapshot(4)) == {"timer_deadline", "timer_event"}
+        "timer_rule": ((4, 2), np.uint8), "timer_deadline": ((4, 2), np.int64), "timer_event": ((4, 2), np.uint32),
+        "timer_spilled": ((4,), np.uint8)}
+    assert (a["timer_rule"] == FREE).all() and (a["timer_deadline"] == NONE).all() and not a["timer_spilled"].any()
+    assert set(cols.snapshot(4)) == {"timer_rule", "timer_deadline", "timer_event", "timer_spilled"}
+    one = Columns(4)
+    TimerTable(one, 1)
+    assert one.arrays["timer_rule"].shape == (4, 1)
 
 
 def test_arm_cancel_and_rearm():
@@ -272,10 +285,11 @@ def test_rearm_to_the_same_deadline_fires_it_once():
     tt.pop_due(T0 + 50, inclusive=False)
     tt.cancel(0, 0)  # its heap entry stays; arming it again pushes a second one
     tt.arm(0, 0, T0 + 100, b"b")
-    assert tt.heap_size() == 2
+    assert tt.heap_size() == 2 and tt.event(0, 0) == b"b"
     assert tt.fire_due(T0 + 200, inclusive=False) == [(T0 + 100, 0, 0)]
     assert tt.heap_size() == 0
-    assert tt.event(0, 0) == b"b"
+    with pytest.raises(KeyError, match="not pending"):  # fired: its event is no longer kept
+        tt.event(0, 0)
 
 
 def test_a_timer_popped_and_cancelled_then_armed_again_is_queued_again():
@@ -384,7 +398,7 @@ def test_a_restored_table_continues_like_the_live_one():
     fired = []
     for tt in (live, restored):
         due = tt.fire_due(T0 + 15_000, inclusive=False)
-        fired.append([(d, s, k, tt.event(s, k)) for d, s, k in due])
+        fired.append(list(zip(due, tt.fired_events, strict=True)))
     assert fired[0] == fired[1] and len(fired[0]) > 20
     assert live.t.pending() == restored.t.pending()
 
@@ -403,29 +417,34 @@ def test_heap_entries_order_as_deadline_slot_k():
 
 
 def test_more_timer_rules_than_the_loader_allows_are_refused():
-    assert MAX_TIMER_TRIGGERS == 256
-    with pytest.raises(ValueError, match="at most 256 timer rules"):
-        _table(n_timers=257)
+    assert MAX_TIMER_TRIGGERS == 255 == FREE  # rule numbers 0..254 in a uint8, 255 marks a free place
+    with pytest.raises(ValueError, match="at most 255 timer rules"):
+        _table(n_timers=256)
 
 
 def test_the_largest_rule_number_and_a_large_slot_survive_the_heap_entry():
-    # 256 timer rules: an entry names its timer as slot * 256 + k; slot 70_000 is above 16 bits.
-    tt = _table(n_timers=256, capacity=4)
-    tt.arm(70_000, 255, T0 + 2, b"a")
-    tt.arm(70_000, 254, T0 + 2, b"b")
-    tt.arm(69_999, 255, T0 + 1, b"c")
-    assert tt.t.entries() == [(T0 + 1, 69_999, 255), (T0 + 2, 70_000, 254), (T0 + 2, 70_000, 255)]
-    assert tt.pop_due(T0 + 2, inclusive=True) == [(T0 + 1, 69_999, 255), (T0 + 2, 70_000, 254),
-                                                  (T0 + 2, 70_000, 255)]
-    assert tt.event(70_000, 255) == b"a"
+    # 255 timer rules: an entry names its timer as slot * 255 + k; slot 70_000 is above 16 bits. Its
+    # third timer (rule 0) spills, keyed as the heap names it.
+    tt = _table(n_timers=255, capacity=4)
+    tt.arm(70_000, 254, T0 + 2, b"a")
+    tt.arm(70_000, 253, T0 + 2, b"b")
+    tt.arm(70_000, 0, T0 + 3, b"d")
+    tt.arm(69_999, 254, T0 + 1, b"c")
+    assert tt.t.spilled() == 1 and tt.t.spill_keys.max() == 70_000 * 255
+    assert tt.t.entries() == [(T0 + 1, 69_999, 254), (T0 + 2, 70_000, 253), (T0 + 2, 70_000, 254),
+                              (T0 + 3, 70_000, 0)]
+    assert (tt.event(70_000, 254), tt.event(70_000, 0)) == (b"a", b"d")
+    assert tt.fire_due(T0 + 3, inclusive=True) == [(T0 + 1, 69_999, 254), (T0 + 2, 70_000, 253),
+                                                   (T0 + 2, 70_000, 254), (T0 + 3, 70_000, 0)]
+    assert tt.t.pending() == tt.t.spilled() == 0
 
 
 def test_a_shard_with_more_timers_than_a_heap_entry_can_name_is_refused():
-    # 2^32 / 256 contacts of 256 timer rules: the last timer is 2^32 - 1, a uint32's largest.
-    tt = _table(n_timers=256, capacity=4)
-    tt.t.reserve(0, 0, 0, (1 << 32) // 256)
+    # 2^32 // 255 contacts of 255 timer rules: their timers' numbers fit a uint32; one more contact's do not.
+    tt = _table(n_timers=255, capacity=4)
+    tt.t.reserve(0, 0, 0, (1 << 32) // 255)
     with pytest.raises(MemoryError, match="use more --shards"):
-        tt.t.reserve(0, 0, 0, (1 << 32) // 256 + 1)
+        tt.t.reserve(0, 0, 0, (1 << 32) // 255 + 1)
 
 
 def test_a_table_without_timer_rules():
@@ -465,22 +484,24 @@ def test_heap_stays_within_twice_the_pending_timers_for_many_contacts():
         assert tt.heap_size() <= 2 * tt.t.pending() + COMPACT_MIN
     assert tt.t.pending() == 6000
     tt.check_next()
-    deadlines = tt.columns.arrays["timer_deadline"][:3000]
-    expected = sorted((int(deadlines[s, k]), s, k) for s in range(3000) for k in range(2))
+    expected = sorted((tt.t.deadline(s, k), s, k) for s in range(3000) for k in range(2))
     assert tt.fire_due(T0 + 10**9, inclusive=False) == expected
 
 
-def test_random_operations_match_a_brute_force_model():
+@pytest.mark.parametrize(("n_timers", "contacts", "spills"), [(3, 50, 3), (6, 20, 15), (12, 30, 15)])
+def test_random_operations_match_a_brute_force_model(n_timers, contacts, spills):
     # arm / cancel / fire by watermark (pop_due, then cancel, as the shard does) / fire by event
-    # (next_due, then cancel) against a dict of deadlines.
+    # (next_due, then cancel) against a dict of deadlines. Contacts hold up to n_timers timers, 2 in
+    # their row: the others spill, and leave the spill table as they fire or are cancelled.
     rng = random.Random(20261123)
-    tt = _table(n_timers=3, capacity=4)
+    tt = _table(n_timers=n_timers, capacity=4)
     model: dict[tuple[int, int], tuple[int, bytes]] = {}
     watermark = T0
     fired_by_watermark = 0
+    most_spilled = 0
     for step in range(6000):
         op = rng.random()
-        slot, k = rng.randrange(50), rng.randrange(3)
+        slot, k = rng.randrange(contacts), rng.randrange(n_timers)
         if op < 0.55:
             d = watermark + rng.randrange(-10, 3000)
             event = b"s%d" % step
@@ -511,7 +532,12 @@ def test_random_operations_match_a_brute_force_model():
             for _, kk in got_c:
                 del model[(slot, kk)]
         assert tt.t.pending() == len(model)
-        # At most 150 timers here, so the rebuild threshold stays COMPACT_MIN: one push over it at most.
+        # Every contact's timers beyond the 2 in its row are spilled (a row's place freed later may
+        # leave more spilled, never fewer).
+        per_contact = Counter(s for s, _ in model)
+        assert sum(max(0, n - 2) for n in per_contact.values()) <= tt.t.spilled() <= len(model)
+        most_spilled = max(most_spilled, tt.t.spilled())
+        # At most a few hundred timers here, so the rebuild threshold stays COMPACT_MIN: one push over it at most.
         assert tt.heap_size() <= COMPACT_MIN + 1
         if step % 500 == 0:
             tt.check_next()
@@ -519,7 +545,48 @@ def test_random_operations_match_a_brute_force_model():
             tt.t.compact_events(tt.size, force=True)
             assert all(tt.event(s, kk) == e for (s, kk), (_, e) in model.items())
     tt.check_next()
-    assert fired_by_watermark > 500
+    assert fired_by_watermark > 500 and most_spilled >= spills
+
+
+def test_spilled_timers_grow_the_spill_table_and_leave_it_when_they_go():
+    # 300 contacts with all 6 timers pending: 2 in each row, 1200 spilled, far past the table's first 64
+    # entries. Then every timer is cancelled or fired in a random order; the others stay exactly.
+    rng = random.Random(7)
+    tt = _table(n_timers=6, capacity=4)
+    model = {}
+    for slot in range(300):
+        for k in rng.sample(range(6), 6):
+            d = T0 + rng.randrange(100_000)
+            tt.arm(slot, k, d, b"%d/%d" % (slot, k))
+            model[(slot, k)] = d
+    assert tt.t.pending() == 1800 and tt.t.spilled() == 1200 and len(tt.t.spill_keys) == 2048
+    assert tt.columns.arrays["timer_spilled"][:300].tolist() == [4] * 300
+    tt.check_next()
+    snapshot = pickle.loads(pickle.dumps((tt.columns.snapshot(tt.size), tt.t.snapshot(tt.size))))
+    order = list(model)
+    rng.shuffle(order)
+    for i, (slot, k) in enumerate(order):
+        if i % 2:
+            tt.cancel(slot, k)
+        else:  # the contact's earliest (deadline, rule), wherever it is; the event is read before cancelling
+            assert tt.next_due(slot, NONE) == min((d, kk) for (s, kk), d in model.items() if s == slot)
+            assert tt.event(slot, k) == b"%d/%d" % (slot, k)
+            tt.cancel(slot, k)
+        del model[(slot, k)]
+        if i % 97 == 0:
+            assert all(tt.t.deadline(s, kk) == d for (s, kk), d in model.items())
+            assert tt.t.pending() == len(model)
+    assert tt.t.pending() == tt.t.spilled() == 0 and not tt.columns.arrays["timer_spilled"].any()
+    assert tt.pop_due(T0 + 10**6, inclusive=False) == []
+    # The snapshot taken with all of them pending restores them all, spilled ones included.
+    restored = _Table(n_timers=6)
+    restored.size = 300
+    restored.columns.restore(snapshot[0], 300)
+    restored.t.restore(300, snapshot[1])
+    assert restored.t.pending() == 1800 and restored.t.spilled() == 1200
+    restored.check_next()
+    assert restored.event(299, 5) == b"299/5"
+    assert len(restored.fire_due(T0 + 10**6, inclusive=False)) == 1800 and restored.t.spilled() == 0
 
 
 # -- the event arena ----------------------------------------------------------------------
@@ -544,8 +611,8 @@ def test_compact_events_keeps_only_what_pending_timers_hold():
     assert tt.t.event_bytes() == 40 + 56
     assert [tt.event(0, 0), tt.event(1, 0), tt.event(1, 2)] == [
         b"second", b"one event, two timers", b"one event, two timers"]
-    refs = tt.columns.arrays["timer_event"]
-    assert (refs[0, 0], refs[1, 0], refs[1, 2]) == (0, 5, 5)  # in 8-byte units
+    refs = [int(timers.event_ref(tt.t.arrays(), s, k)) for s, k in ((0, 0), (1, 0), (1, 2))]
+    assert refs == [0, 5, 5]  # in 8-byte units
     # Arming after the compaction appends after the live bytes.
     tt.arm(3, 0, T0 + 6, b"later")
     assert tt.event(3, 0) == b"later" and tt.t.event_bytes() == 96 + 40

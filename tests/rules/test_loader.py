@@ -632,15 +632,15 @@ def test_errors_point_at_their_line(tmp_path: Path, text: str, expected: list[tu
 
 
 def test_more_timer_triggers_than_the_engine_holds_are_refused_at_the_first_extra(tmp_path: Path) -> None:
-    # 256 triggers with a timer load; the 257th (a falls_below on line 4 + 256 + 2) is refused.
-    quiet = "".join(f"  q{i}: {{when: {{inactive_for: 1d}}}}\n" for i in range(256))
+    # 255 triggers with a timer load; the 256th (a falls_below on line 4 + 255 + 2) is refused.
+    quiet = "".join(f"  q{i}: {{when: {{inactive_for: 1d}}}}\n" for i in range(255))
     head = "version: 1\nscores:\n  s: {half_life: 1h, points: [{event: X, add: 1}]}\ntriggers:\n"
     path = tmp_path / "rules.yaml"
     path.write_text(head + quiet)
-    assert len(load_rules(path).triggers) == 256
+    assert len(load_rules(path).triggers) == 255
     path.write_text(head + quiet + "  up: {when: {score: s, rises_above: 1}}\n  down: {when: {score: s, falls_below: 1}}\n")
-    assert problems(str(path)) == [(4 + 256 + 2, "triggers.down: more than 256 triggers need a timer (first/then_not, "
-                                                 "inactive_for, falls_below; 257 here); split the rules over several engines")]
+    assert problems(str(path)) == [(4 + 255 + 2, "triggers.down: more than 255 triggers need a timer (first/then_not, "
+                                                 "inactive_for, falls_below; 256 here); split the rules over several engines")]
 
 
 def test_every_problem_is_reported_in_line_order(tmp_path: Path) -> None:
