@@ -9,7 +9,7 @@ import pytest
 
 from engine.blobs import Blobs
 from engine.hashing import digest_of, digests
-from operators.contacts import MAX_ID_BYTES, Columns, ContactIndex, DigestIndex, next_capacity
+from operators.contacts import MAX_ID_BYTES, MAX_SLOTS, Columns, ContactIndex, DigestIndex, next_capacity
 
 # -- ContactIndex -------------------------------------------------------------------------
 
@@ -61,16 +61,33 @@ def test_ids_with_the_same_digest_get_their_own_slots():
     assert len(index) == 4
 
 
+def _colliding_pair(low_bits: int) -> list[str]:
+    """Two ids whose digests agree on their low `low_bits` bits and on the 7 bits a table entry
+    keeps: their probes start at the same entry of every table of up to 2^low_bits entries, and
+    the entries they leave there cannot be told apart without the ids' bytes."""
+    ids = [f"collide-{i}" for i in range(60_000)]
+    seen: dict[tuple[int, int], str] = {}
+    for contact, d in zip(ids, digests(ids).tolist(), strict=True):
+        key = (d & ((1 << low_bits) - 1), d >> 56)
+        if key in seen:
+            return [seen[key], contact]
+        seen[key] = contact
+    raise AssertionError("no colliding pair among the candidates")
+
+
 def test_colliding_ids_stay_apart_when_the_table_grows():
     index = ContactIndex(capacity=4)
-    # Two ids sharing a digest, then enough other contacts to grow the table, the digests and the
-    # id buffer (16 bytes per initial slot) several times over.
-    index.slots(np.array([7, 7], np.int64), Blobs.of([b"first", b"second"]))
+    # Two ids whose entries collide in every table up to 8,192 entries, then enough other contacts to
+    # grow the table (rebuilt from the ids each time) and the id buffer (16 bytes per initial slot)
+    # several times over.
+    pair = _colliding_pair(13)
+    assert _slots(index, pair) == [0, 1]
     many = [f"contact-with-a-long-id-{i:05d}" for i in range(3000)]
     assert _slots(index, many) == list(range(2, 3002))
-    assert index.slots(np.array([7, 7], np.int64), Blobs.of([b"second", b"first"])).tolist() == [1, 0]
+    assert len(index.table) == 8192
+    assert _slots(index, pair[::-1]) == [1, 0]
     assert _slots(index, many[::-1]) == list(range(3001, 1, -1))
-    assert index.ids() == ["first", "second", *many]
+    assert index.ids() == [*pair, *many]
     assert len(index) == 3002
 
 
@@ -79,15 +96,15 @@ def test_index_snapshot_restore():
     _slots(index, ["x", "y", "z"])
     snap = index.snapshot()
     _slots(index, ["w"])  # later contacts do not reach the snapshot
-    assert len(snap["hashes"]) == 3
-    assert snap["hashes"].tolist() == digests(["x", "y", "z"]).tolist()
+    assert set(snap) == {"id_offsets", "id_data"}  # the table is rebuilt from the ids
+    assert (snap["id_offsets"].tolist(), snap["id_data"].tobytes()) == ([0, 1, 2, 3], b"xyz")
     assert ContactIndex.restore(snap).ids() == ["x", "y", "z"]
     restored = ContactIndex.restore(pickle.loads(pickle.dumps(snap)))
     assert _slots(restored, ["z", "x", "new"]) == [2, 0, 3]
     assert len(restored) == 4
     assert restored.ids() == ["x", "y", "z", "new"]
     # The restored index does not share its arrays with the snapshot.
-    assert len(snap["hashes"]) == 3
+    assert snap["id_offsets"].tolist() == [0, 1, 2, 3]
     assert ContactIndex.restore(snap).ids() == ["x", "y", "z"]
 
 
@@ -108,12 +125,12 @@ def test_an_index_of_given_ids():
 
 def test_index_nbytes_counts_its_arrays():
     index = ContactIndex(capacity=8)
-    # table (2 x 8 int32) + hashes (8 int64) + offsets (9 uint32) + id bytes (16 x 8).
-    assert index.nbytes() == 16 * 4 + 8 * 8 + 9 * 4 + 128
+    # table (2 x 8 int32) + offsets (9 uint32) + id bytes (16 x 8).
+    assert index.nbytes() == 16 * 4 + 9 * 4 + 128
     # One more than the capacity: the slots grow by 16 (a quarter of 8 is less than the least step),
     # the table doubles to stay at most half full, the 27 id bytes still fit.
     _slots(index, [f"c-{i}" for i in range(9)])
-    assert index.nbytes() == 32 * 4 + 24 * 8 + 25 * 4 + 128
+    assert index.nbytes() == 32 * 4 + 25 * 4 + 128
 
 
 def test_capacities_grow_by_a_quarter():
@@ -131,10 +148,25 @@ def test_an_index_snapshot_with_int64_offsets_restores():
     assert _slots(restored, ["bo", "dee"]) == [1, 3]
 
 
+def test_an_index_snapshot_with_the_digests_restores():
+    # Snapshots up to format 6 held each contact's digest too; the ids are enough.
+    ids = [f"c-{i}" for i in range(2000)]
+    snap = {**ContactIndex.of(ids).snapshot(), "hashes": digests(ids)}
+    restored = ContactIndex.restore(snap)
+    assert _slots(restored, [ids[1999], "new", ids[7]]) == [1999, 2000, 7]
+
+
 def test_ids_beyond_what_32_bit_offsets_address_are_refused():
     index = ContactIndex()
     with pytest.raises(MemoryError, match="more than 4 GiB: use more --shards"):
         index._reserve(1, MAX_ID_BYTES + 1)
+
+
+def test_more_contacts_than_a_table_entry_can_number_are_refused():
+    # A table entry holds the slot in 24 bits: 2^24 contacts per shard (counting a batch's as all new).
+    assert MAX_SLOTS == 1 << 24
+    with pytest.raises(MemoryError, match="at most 2\\^24 .* use more --shards"):
+        ContactIndex()._reserve(MAX_SLOTS + 1, 0)
 
 
 # -- DigestIndex --------------------------------------------------------------------------
@@ -157,8 +189,9 @@ def test_digest_index_numbers_digests_in_first_seen_order_and_keeps_no_ids():
 
 
 def test_digest_index_restores_from_its_snapshot_and_from_a_contact_index_snapshot():
-    contacts = ContactIndex.of([f"c-{i}" for i in range(1500)])
-    for snap in (contacts.snapshot(), DigestIndex.restore(contacts.snapshot()).snapshot()):
+    ids = [f"c-{i}" for i in range(1500)]
+    written = {**ContactIndex.of(ids).snapshot(), "hashes": digests(ids)}  # as dedupe snapshots before DigestIndex
+    for snap in (written, DigestIndex.restore(written).snapshot()):
         restored = DigestIndex.restore(pickle.loads(pickle.dumps(snap)))
         assert set(snap) <= {"hashes", "id_offsets", "id_data"} and len(restored) == 1500
         assert restored.slots(digests(["c-1499", "c-0", "new", "c-1024"])).tolist() == [1499, 0, 1500, 1024]

@@ -444,7 +444,9 @@ def _old_snapshot(contacts: list[str], accepted: dict[str, list[str | None]]) ->
         for k, d in enumerate(digests(accepted[c]).tolist()):
             ids[s, k % RING] = d
         following[s] = len(accepted[c]) % RING
-    return {"index": ContactIndex.of(contacts).snapshot(), "columns": {"dedupe_ids": ids, "dedupe_next": following}}
+    # (A ContactIndex's snapshot then held the contacts' digests too.)
+    index = {**ContactIndex.of(contacts).snapshot(), "hashes": digests(contacts)}
+    return {"index": index, "columns": {"dedupe_ids": ids, "dedupe_next": following}}
 
 
 def test_an_old_layout_snapshot_is_converted():

@@ -24,6 +24,7 @@ import pytest
 
 from engine import metrics
 from engine.decode import EventBatch, decode_lines
+from engine.hashing import digests
 from engine.records import (
     EndOfInput,
     ProfileOut,
@@ -923,7 +924,10 @@ def _as_format_6(snap: dict, width: int) -> dict:
                            timers.pop("spill_event").tolist(), strict=True):
         dense[key // width, key % width], dense_refs[key // width, key % width] = d, ref
     columns["timer_deadline"], columns["timer_event"] = dense, dense_refs
-    return {**snap, "version": 6, "columns": columns, "timers": timers}
+    index = dict(snap["index"])  # which held the contacts' digests too
+    offsets, data = index["id_offsets"].tolist(), index["id_data"].tobytes()
+    index["hashes"] = digests([data[a:b].decode() for a, b in zip(offsets[:-1], offsets[1:], strict=True)])
+    return {**snap, "version": 6, "columns": columns, "timers": timers, "index": index}
 
 
 def test_a_format_6_snapshot_is_converted_and_resumes_exactly(contract, reference):
