@@ -66,11 +66,6 @@ RINGS_USED, SMALL_USED, SMALL_FREE = range(3)
 _NEEDS_RING, _NEEDS_SMALL = 1, 2  # what the kernel stopped for
 
 
-def short_row(ref: int) -> int:
-    """The short row a `dedupe_ring` value names (it is <= -2)."""
-    return -2 - ref
-
-
 class Deduplicator:
     """The rings of every contact a source partition reads, with their own index of contact digests."""
 
@@ -135,10 +130,11 @@ class Deduplicator:
             following = np.asarray(columns["dedupe_next"], np.int64)
             if ids.shape != (n, RING) or following.shape != (n,):
                 raise ValueError(f"dedupe snapshot: rings {ids.shape} and positions {following.shape} for {n} contacts")
-            dedupe.pool = _empty_pool(_rings_needed(ids, following, SMALL), RING)
-            dedupe.small = _empty_pool(n, SMALL)
-            _from_rings(ids, following, arrays["dedupe_inline"], arrays["dedupe_fill"], arrays["dedupe_ring"],
-                        dedupe.small, dedupe.pool, dedupe.meta, np.empty(SMALL, np.int64))
+            depths = _ring_depths(ids, following, np.empty(n, np.int64))
+            dedupe.pool = _empty_pool(int(np.count_nonzero(depths > SMALL)), RING)
+            dedupe.small = _empty_pool(int(np.count_nonzero((depths >= 2) & (depths <= SMALL))), SMALL)
+            _from_rings(ids, following, depths, arrays["dedupe_inline"], arrays["dedupe_fill"],
+                        arrays["dedupe_ring"], dedupe.small, dedupe.pool, dedupe.meta, np.empty(SMALL, np.int64))
             return dedupe
         inline = np.asarray(columns["dedupe_inline"])
         if inline.ndim == 2:  # two levels: SMALL digests inline for every contact, then a ring
@@ -147,10 +143,10 @@ class Deduplicator:
                                  f"1 or {SMALL}")
             dedupe.pool = np.array(snap["pool"], np.int64).reshape(-1, RING)
             dedupe.meta[RINGS_USED] = len(dedupe.pool)
-            dedupe.small = _empty_pool(n, SMALL)
-            _from_inline(inline, np.asarray(columns["dedupe_fill"]), np.asarray(columns["dedupe_ring"]),
-                         arrays["dedupe_inline"], arrays["dedupe_fill"], arrays["dedupe_ring"], dedupe.small,
-                         dedupe.meta)
+            old_fill, old_ring = np.asarray(columns["dedupe_fill"]), np.asarray(columns["dedupe_ring"])
+            dedupe.small = _empty_pool(int(np.count_nonzero((old_ring < 0) & (old_fill >= 2))), SMALL)
+            _from_inline(inline, old_fill, old_ring, arrays["dedupe_inline"], arrays["dedupe_fill"],
+                         arrays["dedupe_ring"], dedupe.small, dedupe.meta)
             return dedupe
         dedupe.columns.restore(columns, n)
         dedupe.pool = np.array(snap["pool"], np.int64).reshape(-1, RING)
@@ -291,21 +287,20 @@ def _ring_depth(ids, following, s):  # type: ignore[no-untyped-def]
 
 
 @kernel
-def _rings_needed(ids, following, width):  # type: ignore[no-untyped-def]
-    needed = 0
+def _ring_depths(ids, following, out):  # type: ignore[no-untyped-def]
     for s in range(len(ids)):
-        if _ring_depth(ids, following, s) > width:
-            needed += 1
-    return needed
+        out[s] = _ring_depth(ids, following, s)
+    return out
 
 
 @kernel
-def _from_rings(ids, following, inline, fill, ring, small, pool, meta, newest):  # type: ignore[no-untyped-def]
-    """Rings of 16 into this layout (`newest`: scratch of SMALL). A ring whose digests are all among its
-    newest SMALL entries is held as those entries (its older entries hold no id, which matches nothing,
-    and would leave the ring before these do); any other keeps its ring, in the pool."""
+def _from_rings(ids, following, depths, inline, fill, ring, small, pool, meta, newest):  # type: ignore[no-untyped-def]
+    """Rings of 16 (`depths`: `_ring_depths`) into this layout (`newest`: scratch of SMALL). A ring whose
+    digests are all among its newest SMALL entries is held as those entries (its older entries hold no
+    id, which matches nothing, and would leave the ring before these do); any other keeps its ring, in
+    the pool."""
     for s in range(len(ids)):
-        depth = _ring_depth(ids, following, s)
+        depth = depths[s]
         if depth <= SMALL:
             for j in range(depth):
                 newest[j] = ids[s, (following[s] + RING - depth + j) % RING]

@@ -461,7 +461,8 @@ def test_an_old_layout_snapshot_is_converted():
     contacts = list(accepted)
     dedupe = Deduplicator.restore(pickle.loads(pickle.dumps(_old_snapshot(contacts, accepted))))
     assert dedupe.index.snapshot()["hashes"].tolist() == digests(contacts).tolist()
-    assert dedupe.pool_used == 2  # a and b
+    assert dedupe.pool_used == 2 and len(dedupe.pool) == 2  # a and b
+    assert dedupe.small_rows_held() == len(dedupe.small) == 2  # c and e: rows for them only
     y, z = digests(["y0", "y1"]).tolist(), digests(["z0", "z1", "z2", "z3"]).tolist()
     assert _state_of(dedupe, "c") == (NO_DIGEST, 2, "short", [*y, NO_DIGEST, NO_DIGEST])
     assert _state_of(dedupe, "d") == (NO_DIGEST, 0, "inline", None)
@@ -532,7 +533,7 @@ def test_a_two_level_snapshot_is_converted():
     assert _state_of(dedupe, "d") == (NO_DIGEST, 3, "short", [y[0], NO_DIGEST, y[1], NO_DIGEST])
     assert _state_of(dedupe, "e") == (NO_DIGEST, 4, "short", z)
     assert _state_of(dedupe, "f") == (NO_DIGEST, 0, "inline", None)
-    assert dedupe.pool_used == 1 and dedupe.small_rows_held() == 2
+    assert dedupe.pool_used == 1 and dedupe.small_rows_held() == 2 and len(dedupe.small) == 2  # rows for d, e only
     # It decides as the deque model does, on a random history too.
     rings = {c: deque(h[-RING:], maxlen=RING) for c, h in accepted.items()}
     later = ["a", "a", "c", "c", "d", "d", "e", "e", "e", "b"]
