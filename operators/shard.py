@@ -62,7 +62,7 @@ from operators.contacts import Columns, ContactIndex
 from operators.counts import CountRings
 from operators.scores import ScoreColumns
 from operators.suppress import REASONS, SuppressionTimes
-from operators.timers import NONE, TimerTable
+from operators.timers import TimerTable
 from rules.compiler import RISES_ABOVE, SEQ_START, EffectTable, Plan, PlanArrays, per_thread
 
 NEVER = np.iinfo(np.int64).min
@@ -501,9 +501,8 @@ def _fire(state, plan, out, slot, trigger, at_ms, by_timer, source, offset, leng
 
 @kernel(inline=True)
 def _fire_timer(state, tm, plan, out, deadline, slot, k):  # type: ignore[no-untyped-def]
-    offset = timers.event_ref(tm, slot, k) * timers.ALIGN + timers.HEADER
+    offset = timers.cancel(tm, slot, k) * timers.ALIGN + timers.HEADER
     length = summaries.packed_length(tm[4], offset)
-    timers.cancel(tm, slot, k)
     _fire(state, plan, out, slot, plan[13][k], deadline, 1, FROM_ARENA, offset, length)
 
 
@@ -586,8 +585,7 @@ def _apply_events(state, tm, plan, effects, events, out, first, size, per_event,
                         stored = timers.store_event(tm, data, start, length)
                     timers.arm(tm, slot, timer_of[trig], scores.crossing_time(after, now, half_life[s], threshold[trig]),
                                stored, size)
-                elif timers.deadline_of(tm, slot, timer_of[trig]) != NONE:
-                    timers.cancel(tm, slot, timer_of[trig])
+                elif timers.cancel(tm, slot, timer_of[trig]) >= 0:  # it was pending: the score fell below
                     firing[fires] = trig
                     fires += 1
         for c in range(len(count_trigger)):

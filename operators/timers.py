@@ -511,7 +511,7 @@ def _shared_earlier(deadline, row, s, k):  # type: ignore[no-untyped-def]
 def _pending_of(timers, s, row, where):  # type: ignore[no-untyped-def]
     """Contact s's pending timers: their records' references into row[:n] and where each is (an
     inline place j, or INLINE + its spill table entry) into where[:n], by rule; returns n."""
-    rule, refs, spilled, keys, spill_event = timers[8], timers[1], timers[9], timers[10], timers[12]
+    rule, refs, spilled, spill_event = timers[8], timers[1], timers[9], timers[12]
     width = timers[5][WIDTH]
     n = 0
     for j in range(rule.shape[1]):
@@ -521,12 +521,23 @@ def _pending_of(timers, s, row, where):  # type: ignore[no-untyped-def]
             n += 1
     if spilled[s] > 0:
         for k in range(width):
-            h = _spill_position(timers, s * width + k)
-            if keys[h] != NO_ENTRY:
+            h = _spill_entry(timers, s, k)
+            if h >= 0:
                 row[n] = spill_event[h]
                 where[n] = INLINE + h
                 n += 1
     return n
+
+
+@kernel(inline=True)
+def _ref_at(timers, s, where):  # type: ignore[no-untyped-def]
+    """The record reference of contact s's timer at `where` (an inline place, or INLINE + spill entry)."""
+    return timers[1][s, where] if where < INLINE else timers[12][where - INLINE]
+
+
+@kernel(inline=True)
+def _deadline_at(timers, s, where):  # type: ignore[no-untyped-def]
+    return timers[0][s, where] if where < INLINE else timers[11][where - INLINE]
 
 
 @kernel(inline=True)
@@ -589,11 +600,6 @@ def _move_records(timers, new, row, where, size, new_shared):  # type: ignore[no
                 store_u32(new, properties, load_u32(shared, source + HEADER))
             at = end
     return at, shared_at
-
-
-@kernel(inline=True)
-def _ref_at(timers, s, where):  # type: ignore[no-untyped-def]
-    return timers[1][s, where] if where < INLINE else timers[12][where - INLINE]
 
 
 @kernel
@@ -747,6 +753,13 @@ def _spill_position(timers, key):  # type: ignore[no-untyped-def]
 
 
 @kernel(inline=True)
+def _spill_entry(timers, slot, k):  # type: ignore[no-untyped-def]
+    """The spill table entry of the contact's timer k, or -1."""
+    h = _spill_position(timers, slot * timers[5][WIDTH] + k)
+    return h if timers[10][h] != NO_ENTRY else np.int64(-1)
+
+
+@kernel(inline=True)
 def _spill_delete(timers, h):  # type: ignore[no-untyped-def]
     keys, deadlines, events, meta = timers[10], timers[11], timers[12], timers[5]
     mask = len(keys) - 1
@@ -823,8 +836,8 @@ def _find(timers, slot, k):  # type: ignore[no-untyped-def]
         if rule[slot, j] == k:
             return j
     if timers[9][slot] > 0:
-        h = _spill_position(timers, slot * timers[5][WIDTH] + k)
-        if timers[10][h] != NO_ENTRY:
+        h = _spill_entry(timers, slot, k)
+        if h >= 0:
             return INLINE + h
     return -1
 
@@ -833,9 +846,7 @@ def _find(timers, slot, k):  # type: ignore[no-untyped-def]
 def deadline_of(timers, slot, k):  # type: ignore[no-untyped-def]
     """Timer k's deadline for the contact, NONE when it is not pending."""
     where = _find(timers, slot, k)
-    if where < 0:
-        return NONE
-    return timers[0][slot, where] if where < INLINE else timers[11][where - INLINE]
+    return NONE if where < 0 else _deadline_at(timers, slot, where)
 
 
 @kernel(inline=True)
@@ -868,10 +879,8 @@ def arm(timers, slot, k, at_ms, event_ref, size):  # type: ignore[no-untyped-def
             meta[SPILL_USED] += 1
             timers[9][slot] += 1
             where = INLINE + h
-    elif where < INLINE:
-        previous = deadline[slot, where]
     else:
-        previous = timers[11][where - INLINE]
+        previous = _deadline_at(timers, slot, where)
     if where < INLINE:
         deadline[slot, where] = at_ms
         refs[slot, where] = event_ref
@@ -886,9 +895,12 @@ def arm(timers, slot, k, at_ms, event_ref, size):  # type: ignore[no-untyped-def
 
 @kernel(inline=True)
 def cancel(timers, slot, k):  # type: ignore[no-untyped-def]
+    """Clear the contact's timer k; the arena record it kept (which stays in the arena until the next
+    compaction), or -1 when it was not pending."""
     where = _find(timers, slot, k)
     if where < 0:
-        return
+        return np.int64(-1)
+    ref = np.int64(_ref_at(timers, slot, where))
     timers[5][PENDING] -= 1
     if where < INLINE:
         timers[8][slot, where] = FREE
@@ -896,6 +908,7 @@ def cancel(timers, slot, k):  # type: ignore[no-untyped-def]
     else:
         _spill_delete(timers, where - INLINE)
         timers[9][slot] -= 1
+    return ref
 
 
 @kernel(inline=True)
@@ -912,10 +925,9 @@ def next_due(timers, slot, before_ms):  # type: ignore[no-untyped-def]
                 best = d
                 best_k = k
     if timers[9][slot] > 0:
-        width = timers[5][WIDTH]
-        for k in range(width):
-            h = _spill_position(timers, slot * width + k)
-            if timers[10][h] != NO_ENTRY:
+        for k in range(timers[5][WIDTH]):
+            h = _spill_entry(timers, slot, k)
+            if h >= 0:
                 d = timers[11][h]
                 if d < before_ms and (d < best or (d == best and k < best_k)):
                     best = d
