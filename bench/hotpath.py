@@ -15,7 +15,7 @@ watermarks and routing are the engine's own) and a blackhole trigger sink, on on
   routing; rules = shard state and rules), the rest being bytewax, the filters and the sinks;
 * state bytes per contact at `--state-contacts` contacts: a state built through the real
   operators (`DecodingPartition` -> `ShardLogic`, no bytewax), then every object it holds counted
-  (numpy arrays by their allocated size, the contact index dict and id strings, the heap, the
+  (numpy arrays by their allocated size, the contact index and ids, the timers, the
   events kept for timers, the source's dedupe rings), excluding the shared rule plan; the same at
   each size of `--state-sweep`, without the breakdown.
 """

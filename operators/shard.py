@@ -1,11 +1,11 @@
-"""The per-shard rule operator: all contacts of one virtual shard, columnar, one timer heap.
+"""The per-shard rule operator: all contacts of one virtual shard, columnar, one timer table.
 
 Each shard is one bytewax stateful key. Its logic owns:
 
 * `ContactIndex`: contact id -> slot;
 * per-contact columns (`Columns`, numpy, slot-major): the contact clock, score values and update
   times, timer deadlines and the summaries of the events that armed them;
-* one `TimerTable` heap for the whole shard;
+* one `TimerTable` for the whole shard (pending timers, the bounds that find due ones, kept events);
 * state most contacts never have, in hash tables (operators/sparse.py): `CountRings`, the recent
   times of count rules, and `SuppressionTimes`, the `unless` last-seen and last firing times.
 
@@ -170,14 +170,14 @@ class ShardState:
         self.columns.ensure(len(self.index))
         effect_ids = self.effects.ids(batch.bits)
         summaries = batch.summaries
-        self.timers.reserve(n * max(1, self.timers.n_timers), n, summaries.total_bytes(), len(self.index))
+        self.timers.reserve(n, summaries.total_bytes(), len(self.index))
         events = (slots, batch.times, batch.watermarks, effect_ids, summaries.data, summaries.starts, summaries.ends)
         self._firing_batch = batch
         self._make_room(out)
         i = 0
         while True:
             i = _apply_events(self._state(), self.timers.arrays(), self.plan_arrays, self.effects.as_tuple(), events,
-                              self.firings.arrays(), i, len(self.index), self._per_event, self._puts_per_event)
+                              self.firings.arrays(), i, self._per_event, self._puts_per_event)
             if i == n:
                 break
             self._make_room(out)
@@ -217,15 +217,18 @@ class ShardState:
         while not _fire_due(self._state(), self.timers.arrays(), self.plan_arrays, self.firings.arrays(), bound,
                             len(self.index)):
             self._make_room(out)
+        self.timers.release_due()
 
     def _make_room(self, out: list[Any]) -> None:
         """Room for one more event in every table the compiled loops fill (what they stop for): a full
-        firings table has its records written, the suppression and spill tables and the count pool grow."""
+        firings table has its records written, the suppression and spill tables, the count pool and the
+        due buffer grow."""
         if int(self.firings.count[0]) + self._per_event > self.firings.capacity:
             self._drain(out)
         self.suppression.make_room(self._puts_per_event)
         self.counts.make_room()
         self.timers.make_spill_room(self.timers.width)
+        self.timers.make_due_room()
 
     def end_of_input(self, marker: EndOfInput, out: list[Any]) -> ShardEnd:
         """Fire every timer with deadline <= the largest event time of the input."""
@@ -508,20 +511,22 @@ def _fire_timer(state, tm, plan, out, deadline, slot, k):  # type: ignore[no-unt
 
 @kernel
 def _fire_due(state, tm, plan, out, bound, size):  # type: ignore[no-untyped-def]
-    """Fire pending timers with a deadline below `bound`, in order; False when `out` or the suppression
-    times filled up first."""
+    """Fire pending timers with a deadline below `bound`, in order; False when `out`, the suppression
+    times or the due buffer filled up first."""
     capacity = len(out[0])
     while True:
         if out[8][0] >= capacity or not sparse.room(state[4], 1):
             return False
-        d, slot, k = timers.pop_due(tm, bound)
-        if k < 0:
+        d, slot, k = timers.pop_due(tm, bound, size)
+        if k == -1:
             return True
+        if k < 0:
+            return False
         _fire_timer(state, tm, plan, out, d, slot, k)
 
 
 @kernel
-def _apply_events(state, tm, plan, effects, events, out, first, size, per_event, puts_per_event):  # type: ignore[no-untyped-def]
+def _apply_events(state, tm, plan, effects, events, out, first, per_event, puts_per_event):  # type: ignore[no-untyped-def]
     """Apply events first.. in order; returns the index of the first event not applied (all: len),
     stopping early when `out` might not hold another event's firings, or the suppression times, count
     rings or spilled timers what another event may add."""
@@ -567,7 +572,7 @@ def _apply_events(state, tm, plan, effects, events, out, first, size, per_event,
             if action == SEQ_START:  # (re)starts: also what cancelling and then starting would leave
                 if stored < 0:
                     stored = timers.store_event(tm, data, start, length)
-                timers.arm(tm, slot, timer_of[trig], now + within[trig], stored, size)
+                timers.arm(tm, slot, timer_of[trig], now + within[trig], stored)
             else:
                 timers.cancel(tm, slot, timer_of[trig])
         for s in range(len(half_life)):
@@ -584,7 +589,7 @@ def _apply_events(state, tm, plan, effects, events, out, first, size, per_event,
                     if stored < 0:
                         stored = timers.store_event(tm, data, start, length)
                     timers.arm(tm, slot, timer_of[trig], scores.crossing_time(after, now, half_life[s], threshold[trig]),
-                               stored, size)
+                               stored)
                 elif timers.cancel(tm, slot, timer_of[trig]) >= 0:  # it was pending: the score fell below
                     firing[fires] = trig
                     fires += 1

@@ -1,4 +1,4 @@
-"""One timer structure per shard: the contacts' pending timers, a min-heap, and the events they keep.
+"""One timer structure per shard: the contacts' pending timers, the bounds that find the due ones, and the events they keep.
 
 A contact's pending timers are held in its row, INLINE (2) of them: each place names its timer rule
 (`timer_rule`, FREE when empty), its deadline and its event; more spill into the shard's spill table
@@ -7,17 +7,16 @@ fires or is cancelled), and `timer_spilled` counts them. With the example rules 
 of the contacts have one timer pending, 37% two, 11% three and 0.2% more: a deadline and a reference
 for each of the 5 timer rules took 71.5 B/contact (allocated, at that size), the row of 2 and the
 spill table take 42.7: 19.1 deadlines, 9.5 references, 3.6 rules and counts, 10.5 spill table.
-A timer's deadline (`deadline_of`; NONE when it is not pending) is the truth; the heap is an index for
-the watermark path and may hold stale entries, which are dropped when popped. Its invariant: every
-pending timer has a heap entry at or before its deadline. So arming a timer that is not pending,
-or re-arming it earlier, pushes; re-arming it later (an `inactive_for` rule re-arms on every event)
-pushes nothing, and the earlier entry, once popped and found stale, re-pushes the current deadline.
-Entries of cancelled timers and superseded ones are dropped when popped; the heap is rebuilt from
-the deadlines whenever it doubles, so it stays within twice the pending timers. (A column of the
-deadline each timer's live entry has, which would spare some of those pushes, cost 8 bytes per
-contact and timer rule.) A heap entry is 12 bytes, in two arrays: an int64 deadline and a uint32
-naming the timer as slot x (timer rules) + k, so entries are ordered as (deadline, slot, k); a shard
-may hold 2^32 / (timer rules) contacts. (An int64 there was 8 of the state benchmark's bytes per contact.)
+A timer's deadline (`deadline_of`; NONE when it is not pending) is the truth. The watermark path
+finds due timers through `block_min`: for each block of BLOCK (64) consecutive slots, a lower bound
+of its pending timers' deadlines (NONE: none pending). Arming lowers it and nothing raises it but a
+scan: `pop_due` scans the blocks whose bound is below the watermark, collects their due timers into
+a buffer sorted by (deadline, slot, k), which the caller fires in turn, and sets each scanned
+block's bound to the exact minimum of what stays pending. A cancelled or re-armed timer leaves its
+block's bound low until the next scan, which costs a block's rows once. A min-heap of 12-byte
+entries, one per arm that lowered a timer's deadline and at most twice the pending timers, took
+22.4 B/contact of the state benchmark's 337.3 at 1M contacts; the bounds take 1/8 byte, and the
+buffer holds one watermark step's due timers.
 
 Each pending timer keeps the summary of the event that armed it (the trigger record's `event`,
 packed: engine/summaries.py) in the shard's event arena, an append-only byte buffer of records (a uint32
@@ -25,8 +24,8 @@ length, the summary, padding to 8 bytes); a timer's event is a uint32 reference 
 units, 4 bytes per timer instead of an int64 offset and an int32 length. One event arming
 several timers is stored once. Re-arms leave old records behind; `compact_events` copies the live
 ones into a new arena once the garbage is a quarter of the live bytes, so the arena stays within
-about 1.25x what pending timers keep. The heap is derived: snapshots leave it out and `restore` rebuilds
-it from the deadlines. A contact's earliest deadline is found by scanning its row, and the spill
+about 1.25x what pending timers keep. The block bounds are derived: snapshots leave them out and `restore`
+computes them from the deadlines. A contact's earliest deadline is found by scanning its row, and the spill
 table only for a contact that spilled (`next_due`), at each of its events: the row is in cache
 anyway, since an `inactive_for` rule re-arms on every event, and a column of minimums cost 8 bytes
 per contact.
@@ -42,10 +41,11 @@ between batches) stay in their record. `compact_events` compacts both buffers to
 either holds garbage.
 
 The compiled functions take the table as one tuple, `TimerTable.arrays()`: (deadline, event,
-heap_deadline, heap_ref, arena, meta, shared, shared_index, rule, spilled, spill_keys,
-spill_deadline, spill_event), where meta holds the heap size, the pending count, the arena's used
-bytes, the heap size that triggers a rebuild, the shared buffer's used bytes and its records, the
-index's hash seed, the number of timer rules, and the spill table's used entries and hash shift.
+block_min, due, arena, meta, shared, shared_index, rule, spilled, spill_keys, spill_deadline,
+spill_event), where `due` is the buffer of due timers (deadline, slot x timer rules + k) and meta
+holds the buffer's used entries, the pending count, the arena's used bytes, the buffer's next entry
+to fire, the shared buffer's used bytes and its records, the index's hash seed, the number of timer
+rules, the spill table's used entries and hash shift, and the block a collection resumes at.
 
 Bytewax's own per-key timers are not used: with one key per contact the runtime scans every key
 with a timer on every activation (see BYTEWAX-NOTES.md).
@@ -66,10 +66,11 @@ from operators.contacts import Columns, grown
 from rules.model import MAX_TIMER_TRIGGERS
 
 NONE = np.iinfo(np.int64).max
-COMPACT_MIN = 1024
-MAX_HEAP_REF = 1 << 32  # a heap entry's uint32 names its timer as slot x timer rules + k
-(HEAP_SIZE, PENDING, ARENA_USED, COMPACT_AT, SHARED_USED, SHARED_RECORDS, HASH_SEED, WIDTH, SPILL_USED,
- SPILL_SHIFT) = range(10)
+BLOCK_SHIFT = 6
+BLOCK = 1 << BLOCK_SHIFT  # the slots of a block, which has one lower bound of its deadlines
+DUE_MIN = 1024  # the due buffer's entries, at least (and at least a block's worth of timers)
+(DUE_USED, PENDING, ARENA_USED, DUE_NEXT, SHARED_USED, SHARED_RECORDS, HASH_SEED, WIDTH, SPILL_USED,
+ SPILL_SHIFT, DUE_SCAN) = range(11)
 INLINE = 2  # timers a contact holds in its row; more spill into the shard's table of spilled timers
 FREE = 255  # an inline place holding no timer (so a rule set has at most 255 timer rules)
 SPILL_MIN = 64  # the spill table's first size (a power of two, at most 3/4 full)
@@ -103,13 +104,14 @@ class TimerTable:
         columns.add("timer_deadline", np.int64, NONE, inline)
         columns.add("timer_event", np.uint32, 0, inline)  # the arming event's arena record, in ALIGN units
         columns.add("timer_spilled", np.uint8, 0)  # how many of the contact's timers are in the spill table
-        self.heap_deadline = np.zeros(COMPACT_MIN, np.int64)
-        self.heap_ref = np.zeros(COMPACT_MIN, np.uint32)
+        self.block_min = np.full(1, NONE, np.int64)
+        self._due_min = max(DUE_MIN, BLOCK * self.width)
+        self.due = np.zeros((self._due_min, 2), np.int64)
         self.arena = np.zeros(ARENA_MIN, np.uint8)
         # The shared index's hash is seeded per table (the index is rebuilt on restore, never saved):
         # properties crafted to collide in one process do not collide in another.
         seed = int.from_bytes(os.urandom(8), "little") >> 1
-        self.meta = np.array([0, 0, 0, COMPACT_MIN, 0, 0, seed, self.width, 0, 0], np.int64)
+        self.meta = np.array([0, 0, 0, 0, 0, 0, seed, self.width, 0, 0, 0], np.int64)
         self.shared = np.zeros(SHARED_MIN, np.uint8)
         self.shared_index = np.full(INDEX_MIN, NO_ENTRY, np.int64)
         self._allocate_spill(SPILL_MIN)
@@ -119,7 +121,7 @@ class TimerTable:
         self._where = np.zeros(self.width, np.int64)
 
     def _allocate_spill(self, capacity: int) -> None:
-        self.spill_keys = np.full(capacity, NO_ENTRY, np.int64)  # slot x timer rules + k, as heap entries name timers
+        self.spill_keys = np.full(capacity, NO_ENTRY, np.int64)  # slot x timer rules + k, as the due buffer names timers
         self.spill_deadline = np.zeros(capacity, np.int64)
         self.spill_event = np.zeros(capacity, np.uint32)
         self.meta[SPILL_USED] = 0
@@ -127,7 +129,7 @@ class TimerTable:
 
     def arrays(self) -> tuple[Any, ...]:
         a = self.columns.arrays
-        return (a["timer_deadline"], a["timer_event"], self.heap_deadline, self.heap_ref, self.arena, self.meta,
+        return (a["timer_deadline"], a["timer_event"], self.block_min, self.due, self.arena, self.meta,
                 self.shared, self.shared_index, a["timer_rule"], a["timer_spilled"], self.spill_keys,
                 self.spill_deadline, self.spill_event)
 
@@ -155,17 +157,29 @@ class TimerTable:
         order = np.argsort(keys, kind="stable")
         return keys[order], self.spill_deadline[live][order], self.spill_event[live][order]
 
-    def reserve(self, pushes: int, events: int, event_bytes: int, size: int) -> None:
-        """Room for `pushes` more heap entries and `events` more arena records of `event_bytes` in all
-        (`size`: the contacts, for a compaction that makes the room)."""
-        if size * self.width > MAX_HEAP_REF:
-            raise MemoryError("a shard's timers outnumber its heap's 32-bit references: use more --shards")
-        used = int(self.meta[HEAP_SIZE])
-        need = used + pushes + 1
-        if need > len(self.heap_deadline):
-            cap = max(need, len(self.heap_deadline) * 5 // 4)  # (doubling left it half empty on average)
-            self.heap_deadline = grown(self.heap_deadline, cap, used)
-            self.heap_ref = grown(self.heap_ref, cap, used)
+    def make_due_room(self) -> None:
+        """Room in the due buffer for one more block's timers (`pop_due` stops for it)."""
+        used = int(self.meta[DUE_USED])
+        if used + BLOCK * self.width > len(self.due):
+            due = np.zeros((max(2 * len(self.due), used + BLOCK * self.width), 2), np.int64)
+            due[:used] = self.due[:used]
+            self.due = due
+
+    def release_due(self) -> None:
+        """Give back a due buffer that a burst of due timers grew (call it when it is empty)."""
+        assert self.meta[DUE_NEXT] == self.meta[DUE_USED] and self.meta[DUE_SCAN] == 0
+        if len(self.due) > self._due_min:
+            self.due = np.zeros((self._due_min, 2), np.int64)
+        self.meta[DUE_USED] = self.meta[DUE_NEXT] = 0
+
+    def reserve(self, events: int, event_bytes: int, size: int) -> None:
+        """Block bounds for `size` contacts and room for `events` more arena records of `event_bytes` in
+        all (`size` also tells a compaction which contacts to walk)."""
+        blocks = (size + BLOCK - 1) >> BLOCK_SHIFT
+        if blocks > len(self.block_min):
+            block_min = np.full(blocks + blocks // 4 + 1, NONE, np.int64)
+            block_min[: len(self.block_min)] = self.block_min
+            self.block_min = block_min
         extra = event_bytes + events * RECORD_OVERHEAD
         if int(self.meta[ARENA_USED]) + extra > len(self.arena):
             self.compact_events(size)
@@ -301,18 +315,11 @@ class TimerTable:
         return int(self.meta[ARENA_USED] + self.meta[SHARED_USED])
 
     def nbytes(self) -> int:
-        """The heap, the arena and the shared properties (the columns are counted with the shard's
-        other columns)."""
-        return int(self.heap_deadline.nbytes + self.heap_ref.nbytes + self.arena.nbytes + self.shared.nbytes
+        """The block bounds, the due buffer, the arena, the shared properties and the spill table (the
+        columns are counted with the shard's other columns)."""
+        return int(self.block_min.nbytes + self.due.nbytes + self.arena.nbytes + self.shared.nbytes
                    + self.shared_index.nbytes + self.spill_keys.nbytes + self.spill_deadline.nbytes
                    + self.spill_event.nbytes)
-
-    def entries(self) -> list[tuple[int, int, int]]:
-        """The heap's entries as (deadline, slot, k), in order (for inspection)."""
-        n = int(self.meta[HEAP_SIZE])
-        width = self.width
-        return sorted((int(d), int(r) // width, int(r) % width)
-                      for d, r in zip(self.heap_deadline[:n], self.heap_ref[:n], strict=True))
 
     def snapshot(self, size: int, copy: bool = True) -> dict[str, Any]:
         """The arena's live part and the spilled timers, by key (the columns go with the shard's other
@@ -325,8 +332,8 @@ class TimerTable:
                 "spill_keys": keys, "spill_deadline": deadlines, "spill_event": events}
 
     def restore(self, size: int, snap: dict[str, Any]) -> None:
-        """The arena and the spilled timers; then the derived state (pending count, heap), after the
-        columns were restored."""
+        """The arena and the spilled timers; then the derived state (pending count, block bounds), after
+        the columns were restored."""
         arena = snap["arena"]
         self.arena = np.zeros(max(ARENA_MIN, len(arena) + len(arena) // 4), np.uint8)
         self.arena[: len(arena)] = arena
@@ -349,8 +356,9 @@ class TimerTable:
         rules = self.columns.arrays["timer_rule"]
         pending = int(np.count_nonzero(rules[:size] != FREE)) + len(keys)
         self.meta[PENDING] = pending
-        self.reserve(pending, 0, 0, size)
-        compact(self.arrays(), size)
+        self.block_min = np.full(1, NONE, np.int64)
+        self.reserve(0, 0, size)
+        _bound_blocks(self.arrays(), size)
 
 
 # -- the event arena ------------------------------------------------------------------------------------
@@ -646,85 +654,118 @@ def _records_from_offsets(deadline, offsets, lengths, arena, refs, new):  # type
     return at
 
 
-# -- the heap -------------------------------------------------------------------------------------------
+# -- the block bounds and the due buffer ---------------------------------------------------------------
 
 
 @kernel(inline=True)
-def _less(hd, hr, i, j):  # type: ignore[no-untyped-def]
-    return hd[i] < hd[j] or (hd[i] == hd[j] and hr[i] < hr[j])
+def _lower_bound(timers, slot, at_ms):  # type: ignore[no-untyped-def]
+    block_min = timers[2]
+    b = slot >> BLOCK_SHIFT
+    if at_ms < block_min[b]:
+        block_min[b] = at_ms
 
 
-@kernel
-def _sift_down(hd, hr, i, n):  # type: ignore[no-untyped-def]
+@kernel(inline=True)
+def _scan_block(timers, b, bound, size, n):  # type: ignore[no-untyped-def]
+    """Append the due timers (deadline < bound) of block b to the due buffer from entry n; (the new n,
+    the least deadline of the block's timers that are not due)."""
+    deadline, due, rule, spilled, spill_deadline = timers[0], timers[3], timers[8], timers[9], timers[11]
+    width = timers[5][WIDTH]
+    low = NONE
+    for s in range(b << BLOCK_SHIFT, min((b + 1) << BLOCK_SHIFT, size)):
+        for j in range(rule.shape[1]):
+            if rule[s, j] != FREE:
+                d = deadline[s, j]
+                if d < bound:
+                    due[n, 0] = d
+                    due[n, 1] = s * width + rule[s, j]
+                    n += 1
+                elif d < low:
+                    low = d
+        if spilled[s] > 0:
+            for k in range(width):
+                h = _spill_entry(timers, s, k)
+                if h >= 0:
+                    d = spill_deadline[h]
+                    if d < bound:
+                        due[n, 0] = d
+                        due[n, 1] = s * width + k
+                        n += 1
+                    elif d < low:
+                        low = d
+    return n, low
+
+
+@kernel(inline=True)
+def _due_less(due, i, j):  # type: ignore[no-untyped-def]
+    return due[i, 0] < due[j, 0] or (due[i, 0] == due[j, 0] and due[i, 1] < due[j, 1])
+
+
+@kernel(inline=True)
+def _due_swap(due, i, j):  # type: ignore[no-untyped-def]
+    due[i, 0], due[j, 0] = due[j, 0], due[i, 0]
+    due[i, 1], due[j, 1] = due[j, 1], due[i, 1]
+
+
+@kernel(inline=True)
+def _sift_down(due, i, n):  # type: ignore[no-untyped-def]
     while True:
         child = 2 * i + 1
         if child >= n:
             return
-        if child + 1 < n and _less(hd, hr, child + 1, child):
+        if child + 1 < n and _due_less(due, child, child + 1):
             child += 1
-        if not _less(hd, hr, child, i):
+        if not _due_less(due, i, child):
             return
-        hd[i], hd[child] = hd[child], hd[i]
-        hr[i], hr[child] = hr[child], hr[i]
+        _due_swap(due, i, child)
         i = child
 
 
+@kernel
+def _sort_due(due, n):  # type: ignore[no-untyped-def]
+    """Sort due[:n] by (deadline, slot x timer rules + k), in place (kernels allocate nothing): a heapsort."""
+    for i in range(n // 2 - 1, -1, -1):
+        _sift_down(due, i, n)
+    for end in range(n - 1, 0, -1):
+        _due_swap(due, 0, end)
+        _sift_down(due, 0, end)
+
+
 @kernel(inline=True)
-def heap_push(timers, deadline, ref):  # type: ignore[no-untyped-def]
-    hd, hr, meta = timers[2], timers[3], timers[5]
-    i = meta[HEAP_SIZE]
-    meta[HEAP_SIZE] = i + 1
-    hd[i] = deadline
-    hr[i] = ref
-    while i > 0:
-        parent = (i - 1) // 2
-        if not _less(hd, hr, i, parent):
-            break
-        hd[i], hd[parent] = hd[parent], hd[i]
-        hr[i], hr[parent] = hr[parent], hr[i]
-        i = parent
+def _collect_due(timers, bound, size):  # type: ignore[no-untyped-def]
+    """Fill the due buffer with every pending timer whose deadline is below `bound`, in firing order
+    (deadline, slot, k), bounding each scanned block anew; False when the buffer needs room first
+    (`make_due_room`; the next call resumes at the block it stopped at)."""
+    block_min, due, meta = timers[2], timers[3], timers[5]
+    room = BLOCK * meta[WIDTH]
+    n = meta[DUE_USED]
+    for b in range(meta[DUE_SCAN], (size + BLOCK - 1) >> BLOCK_SHIFT):
+        if block_min[b] < bound:
+            if n + room > len(due):
+                meta[DUE_USED] = n
+                meta[DUE_SCAN] = b
+                return False
+            n, low = _scan_block(timers, b, bound, size, n)
+            block_min[b] = low
+    meta[DUE_SCAN] = 0
+    meta[DUE_NEXT] = 0
+    meta[DUE_USED] = n
+    _sort_due(due, n)
+    return True
 
 
 @kernel
-def heap_pop(timers):  # type: ignore[no-untyped-def]
-    hd, hr, meta = timers[2], timers[3], timers[5]
-    d = hd[0]
-    r = np.int64(hr[0])
-    n = meta[HEAP_SIZE] - 1
-    meta[HEAP_SIZE] = n
-    hd[0] = hd[n]
-    hr[0] = hr[n]
-    _sift_down(hd, hr, 0, n)
-    return d, r
-
-
-@kernel
-def compact(timers, size):  # type: ignore[no-untyped-def]
-    """Rebuild the heap from the deadlines: one entry per pending timer.
-
-    Re-arms to an earlier deadline (a `falls_below` score lowered by negative points) leave
-    superseded entries behind; rebuilding when the heap has doubled keeps it within twice the
-    pending timers at amortised O(1) per push.
-    """
-    deadline, hd, hr, meta, rule, keys, spill_deadline = timers[0], timers[2], timers[3], timers[5], timers[8], \
-        timers[10], timers[11]
-    width = meta[WIDTH]
-    n = 0
+def _bound_blocks(timers, size):  # type: ignore[no-untyped-def]
+    """Every block's bound, exact, from the deadlines (the bounds were NONE)."""
+    deadline, rule, keys, spill_deadline = timers[0], timers[8], timers[10], timers[11]
+    width = timers[5][WIDTH]
     for s in range(size):
         for j in range(rule.shape[1]):
             if rule[s, j] != FREE:
-                hd[n] = deadline[s, j]
-                hr[n] = s * width + rule[s, j]
-                n += 1
+                _lower_bound(timers, s, deadline[s, j])
     for h in range(len(keys)):
         if keys[h] != NO_ENTRY:
-            hd[n] = spill_deadline[h]
-            hr[n] = keys[h]
-            n += 1
-    for i in range(n // 2 - 1, -1, -1):
-        _sift_down(hd, hr, i, n)
-    meta[HEAP_SIZE] = n
-    meta[COMPACT_AT] = max(COMPACT_MIN, 2 * n)
+            _lower_bound(timers, keys[h] // width, spill_deadline[h])
 
 
 # -- the spill table ------------------------------------------------------------------------------------
@@ -859,13 +900,12 @@ def event_ref(timers, slot, k):  # type: ignore[no-untyped-def]
 
 
 @kernel(inline=True)
-def arm(timers, slot, k, at_ms, event_ref, size):  # type: ignore[no-untyped-def]
+def arm(timers, slot, k, at_ms, event_ref):  # type: ignore[no-untyped-def]
     """Arm (or re-arm: one call restarts a pending timer) timer k of a contact, keeping the arena
     record `event_ref` (`store_event`) as its event. A new timer that finds the contact's row full
     spills (the caller made room: `spill_room`)."""
     deadline, refs, meta, rule = timers[0], timers[1], timers[5], timers[8]
     where = _find(timers, slot, k)
-    previous = NONE
     if where < 0:
         meta[PENDING] += 1
         for j in range(rule.shape[1]):
@@ -879,18 +919,13 @@ def arm(timers, slot, k, at_ms, event_ref, size):  # type: ignore[no-untyped-def
             meta[SPILL_USED] += 1
             timers[9][slot] += 1
             where = INLINE + h
-    else:
-        previous = _deadline_at(timers, slot, where)
     if where < INLINE:
         deadline[slot, where] = at_ms
         refs[slot, where] = event_ref
     else:
         timers[11][where - INLINE] = at_ms
         timers[12][where - INLINE] = event_ref
-    if at_ms < previous:  # not pending (NONE is the largest int64), or earlier: the heap needs an entry
-        heap_push(timers, at_ms, np.int64(slot) * meta[WIDTH] + k)
-        if meta[HEAP_SIZE] > meta[COMPACT_AT]:
-            compact(timers, size)
+    _lower_bound(timers, slot, at_ms)
 
 
 @kernel(inline=True)
@@ -936,21 +971,27 @@ def next_due(timers, slot, before_ms):  # type: ignore[no-untyped-def]
 
 
 @kernel
-def pop_due(timers, bound):  # type: ignore[no-untyped-def]
-    """The next pending timer with a deadline below `bound`, popped: (deadline, slot, k), or (NONE, -1, -1).
+def pop_due(timers, bound, size):  # type: ignore[no-untyped-def]
+    """The next pending timer with a deadline below `bound`: (deadline, slot, k); (NONE, -1, -1) when
+    there is none, (NONE, -1, -2) when the due buffer needs room (`make_due_room`) first.
 
-    The caller fires and clears it. Stale entries on the way are dropped, or re-pushed at the timer's
-    current deadline when it moved later (the entry kept the heap's invariant for it).
+    The caller fires and cancels each timer before the next call, with the same `bound`, until there is
+    none: the timers collected for the buffer are no longer counted in their blocks' bounds.
     """
-    hd, meta = timers[2], timers[5]
+    due, meta = timers[3], timers[5]
     width = meta[WIDTH]
-    while meta[HEAP_SIZE] > 0 and hd[0] < bound:
-        d, ref = heap_pop(timers)
-        slot = ref // width
-        k = ref % width
-        current = deadline_of(timers, slot, k)
-        if current == d:
+    while True:
+        if meta[DUE_NEXT] == meta[DUE_USED] or meta[DUE_SCAN] > 0:
+            if meta[DUE_SCAN] == 0:
+                meta[DUE_USED] = 0
+            if not _collect_due(timers, bound, size):
+                return NONE, np.int64(-1), np.int64(-2)
+            if meta[DUE_USED] == 0:
+                return NONE, np.int64(-1), np.int64(-1)
+        i = meta[DUE_NEXT]
+        meta[DUE_NEXT] = i + 1
+        d = due[i, 0]
+        slot = due[i, 1] // width
+        k = due[i, 1] % width
+        if deadline_of(timers, slot, k) == d:  # (always, as the shard drives it)
             return d, slot, k
-        if current != NONE and current > d:
-            heap_push(timers, current, ref)
-    return NONE, -1, -1

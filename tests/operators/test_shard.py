@@ -47,7 +47,7 @@ from operators import counts
 from operators.dedupe import Deduplicator
 from operators.finalize import summarize
 from operators.shard import NEVER, SNAPSHOT_VERSION, RecoveryFormatError, ShardLogic, ShardState
-from operators.timers import FREE, NONE, TimerTable
+from operators.timers import BLOCK, DUE_MIN, FREE, NONE, TimerTable
 from rules.compiler import Plan
 
 T0 = 1_795_442_400_000  # 2026-11-23T14:00:00Z
@@ -502,19 +502,19 @@ triggers:
 """
 
 
-def test_inactive_for_rearms_on_every_event_with_a_bounded_heap():
+def test_inactive_for_rearms_on_every_event_holding_nothing_more():
     logic = ShardLogic(_plan(INACTIVE), None)
     read = Source(logic.state.plan)
     outs: list[Any] = []
     # 10k events 1 s apart, in batches of 100 (the watermark advances with every event).
     times = [T0 + 1000 * i for i in range(10_000)]
-    heap_sizes = []
+    due_sizes = []
     for start in range(0, len(times), 100):
         out, _ = logic.on_batch([read(*(ev("u", "Ping", t) for t in times[start:start + 100]))])
         outs.extend(out)
-        heap_sizes.append(len(logic.state.timers.entries()))
+        due_sizes.append(len(logic.state.timers.due))
     assert outs == []
-    assert max(heap_sizes) <= 2
+    assert max(due_sizes) == DUE_MIN
     assert logic.state.timers.pending() == 1
     # A 60 s + 1 ms gap: the timer fires at last + 60 s (path (a)), then re-arms.
     last = times[-1]
@@ -890,7 +890,7 @@ def test_shard_state_snapshot_round_trip_keeps_every_column(contract):
         assert np.array_equal(restored.columns.arrays[name][:size], arr[:size]), name
     pending = _pending_timers(state)
     assert len(pending) > 0 and state.timers.spilled() > 0  # (the contract's rules have 3 timer rules)
-    assert restored.timers.entries() == pending  # the heap is rebuilt: one entry per pending timer
+    assert _bounds(restored) == _exact_bounds(state)  # computed from the deadlines
     # Every pending timer keeps the summary of the event that armed it, byte for byte.
     for _, s, k in pending:
         kept = restored.timers.event(s, k)
@@ -907,6 +907,18 @@ def _pending_timers(state: ShardState) -> list[tuple[int, int, int]]:
     t = state.timers
     return sorted((t.deadline(s, k), s, k) for s in range(len(state.index)) for k in range(t.width)
                   if t.deadline(s, k) != NONE)
+
+
+def _bounds(state: ShardState) -> list[int]:
+    return state.timers.block_min[: (len(state.index) + BLOCK - 1) // BLOCK].tolist()
+
+
+def _exact_bounds(state: ShardState) -> list[int]:
+    """The least deadline of each block's pending timers."""
+    bounds = [NONE] * ((len(state.index) + BLOCK - 1) // BLOCK)
+    for d, s, _ in _pending_timers(state):
+        bounds[s // BLOCK] = min(bounds[s // BLOCK], d)
+    return bounds
 
 
 def _as_format_6(snap: dict, width: int) -> dict:
@@ -940,7 +952,7 @@ def test_a_format_6_snapshot_is_converted_and_resumes_exactly(contract, referenc
     for key, snap in converted.items():  # the same timers, keeping the same events
         state, restored = first.logics[key].state, ShardState.restore(plan, snap)
         assert _pending_timers(restored) == _pending_timers(state)
-        assert restored.timers.entries() == _pending_timers(state)
+        assert _bounds(restored) == _exact_bounds(state)
         assert all(restored.timers.event(s, k) == state.timers.event(s, k) for _, s, k in _pending_timers(state))
     carried = Run(plan, lines, 50, SHARDS, False).carry(first)
     resumed = Run(plan, lines, 50, SHARDS, False, (pickle.loads(pickle.dumps(reader)), converted))

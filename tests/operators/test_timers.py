@@ -1,4 +1,5 @@
-"""operators/timers.py: the per-shard timer table (deadlines per contact and rule, one heap, the event arena)."""
+"""operators/timers.py: the per-shard timer table (pending timers per contact, the block bounds that find
+due ones, the event arena)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from engine.summaries import SHARED_PROPERTIES, pack_parts
 from engine.testing import arena_record
 from operators import timers
 from operators.contacts import Columns
-from operators.timers import COMPACT_MIN, FREE, HEAP_SIZE, NONE, SHARE_FROM, TimerTable
+from operators.timers import BLOCK, DUE_MIN, FREE, NONE, SHARE_FROM, TimerTable
 from rules.model import MAX_TIMER_TRIGGERS
 
 T0 = 1_795_442_400_000
@@ -39,11 +40,12 @@ class _Table:
         self.t = TimerTable(self.columns, n_timers)
         self.size = 0
         self.fired_events: list[bytes] = []  # the events of the timers `fire_due` fired, in order
+        self.largest_due = 0  # the due buffer's largest size while `fire_due` ran
 
     def store(self, event: bytes, properties: bytes = b"") -> int:
         """Append an event (the summary of `_summary(event, properties)`) to the arena; its record's reference."""
         summary = _summary(event, properties)
-        self.t.reserve(0, 1, len(summary), self.size)
+        self.t.reserve(1, len(summary), self.size)
         return int(timers.store_event(self.t.arrays(), np.frombuffer(summary, np.uint8), 0, len(summary)))
 
     def _contact(self, slot: int) -> None:
@@ -56,9 +58,9 @@ class _Table:
         """Arm timer k of `slot`, keeping `event` (or the event already stored at `stored`)."""
         self._contact(slot)
         offset = self.store(event, properties) if stored is None else stored
-        self.t.reserve(1, 0, 0, self.size)
+        self.t.reserve(0, 0, self.size)
         self.t.make_spill_room(1)
-        timers.arm(self.t.arrays(), slot, k, deadline, offset, self.size)
+        timers.arm(self.t.arrays(), slot, k, deadline, offset)
 
     def cancel(self, slot: int, k: int) -> None:
         self._contact(slot)
@@ -89,30 +91,34 @@ class _Table:
             out.append((d, k))
             self.cancel(slot, k)
 
-    def pop_due(self, limit_ms: int, inclusive: bool) -> list[tuple[int, int, int]]:
-        """Every pending (deadline, slot, k) with deadline < limit (<= when inclusive), popped in
-        order; popping does not cancel (the caller fires and cancels)."""
-        return self._pop(limit_ms, inclusive, fire=False)
-
     def fire_due(self, limit_ms: int, inclusive: bool) -> list[tuple[int, int, int]]:
-        """`pop_due` as the shard drives it: each timer cleared as soon as it is popped (fired)."""
-        return self._pop(limit_ms, inclusive, fire=True)
-
-    def _pop(self, limit_ms: int, inclusive: bool, fire: bool) -> list[tuple[int, int, int]]:
+        """Every pending (deadline, slot, k) with deadline < limit (<= when inclusive), in order, each
+        fired (its event read, then cancelled) as the shard does before it asks for the next."""
         bound = limit_ms + 1 if inclusive else limit_ms
         out = []
         while True:
-            d, slot, k = timers.pop_due(self.t.arrays(), bound)
+            d, slot, k = timers.pop_due(self.t.arrays(), bound, self.size)
+            if k == -2:
+                self.t.make_due_room()
+                self.largest_due = max(self.largest_due, len(self.t.due))
+                continue
             if k < 0:
-                assert (d, slot) == (NONE, -1)
+                assert (d, slot, k) == (NONE, -1, -1)
+                self.t.release_due()
                 return out
             out.append((int(d), int(slot), int(k)))
-            if fire:
-                self.fired_events.append(self.event(int(slot), int(k)))  # (no longer kept once it fired)
-                self.cancel(int(slot), int(k))
+            self.fired_events.append(self.event(int(slot), int(k)))  # (no longer kept once it fired)
+            self.cancel(int(slot), int(k))
 
-    def heap_size(self) -> int:
-        return int(self.t.meta[HEAP_SIZE])
+    def bounds(self) -> list[int]:
+        """The lower bound of each block's deadlines."""
+        return [int(b) for b in self.t.block_min[: (self.size + BLOCK - 1) // BLOCK]]
+
+    def check_bounds(self) -> None:
+        """Every block's bound is at or below the deadlines of its contacts' pending timers."""
+        for b, bound in enumerate(self.bounds()):
+            deadlines = [d for s in range(b * BLOCK, min((b + 1) * BLOCK, self.size)) for d in self.deadlines(s)]
+            assert bound <= min(deadlines, default=NONE)
 
     def deadlines(self, slot: int) -> list[int]:
         """The contact's deadline for each timer rule (NONE: not pending)."""
@@ -208,182 +214,177 @@ def test_next_due_changes_nothing():
     assert tt.next_due(0, T0 + 100) == (NONE, -1)
     assert tt.next_due(2, T0 + 10**9) == (NONE, -1)  # a contact without timers
     assert tt.t.pending() == 4
-    assert tt.t.entries() == [(T0 + 10, 1, 0), (T0 + 100, 0, 1), (T0 + 100, 0, 2), (T0 + 300, 0, 0)]
+    assert tt.bounds() == [T0 + 10]  # slots 0 and 1 share block 0
 
 
-def test_pop_due_strict_and_inclusive():
+def test_fire_due_strict_and_inclusive():
     tt = _table()
     tt.arm(0, 0, T0 + 100, b"a")
     tt.arm(1, 0, T0 + 200, b"b")
     tt.arm(2, 0, T0 + 300, b"c")
     # Strict: deadline < limit.
-    assert tt.pop_due(T0 + 100, inclusive=False) == []
-    assert tt.pop_due(T0 + 200, inclusive=False) == [(T0 + 100, 0, 0)]
+    assert tt.fire_due(T0 + 100, inclusive=False) == []
+    assert tt.fire_due(T0 + 200, inclusive=False) == [(T0 + 100, 0, 0)]
     # Inclusive: deadline <= limit.
-    assert tt.pop_due(T0 + 200, inclusive=True) == [(T0 + 200, 1, 0)]
-    # Popping does not clear: the caller fires and cancels each timer.
-    assert tt.t.pending() == 3
-    assert tt.t.deadline(0, 0) == T0 + 100
-    # A popped timer is not returned again.
-    assert tt.pop_due(T0 + 1000, inclusive=True) == [(T0 + 300, 2, 0)]
-    assert tt.pop_due(T0 + 1000, inclusive=True) == []
+    assert tt.fire_due(T0 + 200, inclusive=True) == [(T0 + 200, 1, 0)]
+    assert tt.t.pending() == 1 and tt.fired_events == [b"a", b"b"]
+    # The scans left the block's bound at what stays pending.
+    assert tt.bounds() == [T0 + 300]
+    assert tt.fire_due(T0 + 1000, inclusive=True) == [(T0 + 300, 2, 0)]
+    assert tt.fire_due(T0 + 1000, inclusive=True) == []
+    assert tt.bounds() == [NONE]
 
 
-def test_pop_due_orders_by_deadline_then_slot_then_rule():
+def test_fire_due_orders_by_deadline_then_slot_then_rule():
     tt = _table()
     tt.arm(3, 1, T0 + 5, b"a")
     tt.arm(2, 0, T0 + 7, b"b")
     tt.arm(1, 2, T0 + 5, b"c")
     tt.arm(1, 0, T0 + 5, b"d")
-    assert tt.pop_due(T0 + 10, inclusive=False) == [
+    assert tt.fire_due(T0 + 10, inclusive=False) == [
         (T0 + 5, 1, 0), (T0 + 5, 1, 2), (T0 + 5, 3, 1), (T0 + 7, 2, 0)]
+    assert tt.fired_events == [b"d", b"c", b"a", b"b"]
 
 
-def test_cancelled_timers_are_skipped():
+def test_cancelled_timers_leave_the_bound_low_until_a_scan():
     tt = _table()
     tt.arm(0, 0, T0 + 100, b"a")
     tt.arm(1, 0, T0 + 150, b"b")
     tt.cancel(0, 0)
-    assert tt.pop_due(T0 + 1000, inclusive=True) == [(T0 + 150, 1, 0)]
-    assert tt.t.entries() == [] and tt.heap_size() == 0
+    assert tt.bounds() == [T0 + 100]
+    assert tt.fire_due(T0 + 120, inclusive=True) == []  # a scan finds nothing due and tightens the bound
+    assert tt.bounds() == [T0 + 150]
+    assert tt.fire_due(T0 + 1000, inclusive=True) == [(T0 + 150, 1, 0)]
+    assert tt.bounds() == [NONE] and tt.t.pending() == 0
 
 
-def test_rearm_to_an_earlier_deadline_leaves_a_stale_entry_that_is_skipped():
+def test_rearm_to_an_earlier_deadline_lowers_the_bound():
     tt = _table()
     tt.arm(0, 0, T0 + 500, b"a")
-    tt.arm(0, 0, T0 + 100, b"b")  # earlier: a new heap entry
-    assert tt.t.entries() == [(T0 + 100, 0, 0), (T0 + 500, 0, 0)]
-    # Only the current deadline is returned; the entry at +500 is stale and dropped.
-    assert tt.pop_due(T0 + 1000, inclusive=True) == [(T0 + 100, 0, 0)]
-    assert tt.t.entries() == []
+    assert tt.bounds() == [T0 + 500]
+    tt.arm(0, 0, T0 + 100, b"b")
+    assert tt.bounds() == [T0 + 100]
+    # Only the current deadline fires, with the event of the last arm.
+    assert tt.fire_due(T0 + 1000, inclusive=True) == [(T0 + 100, 0, 0)]
+    assert tt.fired_events == [b"b"]
 
 
-def test_rearm_to_a_later_deadline_is_re_pushed_when_the_earlier_entry_pops():
+def test_rearm_to_a_later_deadline_fires_at_the_later_one():
     tt = _table()
     tt.arm(0, 0, T0 + 100, b"a")
-    tt.arm(0, 0, T0 + 500, b"b")  # later: no new heap entry
-    assert tt.t.entries() == [(T0 + 100, 0, 0)]
-    # The watermark passes +100: the entry is stale, the current deadline +500 is pushed instead.
-    assert tt.pop_due(T0 + 200, inclusive=False) == []
-    assert tt.t.entries() == [(T0 + 500, 0, 0)]
-    assert tt.pop_due(T0 + 500, inclusive=False) == []
-    assert tt.pop_due(T0 + 500, inclusive=True) == [(T0 + 500, 0, 0)]
+    tt.arm(0, 0, T0 + 500, b"b")
+    assert tt.bounds() == [T0 + 100]  # a bound is lowered by arms and raised only by scans
+    assert tt.fire_due(T0 + 200, inclusive=False) == []
+    assert tt.bounds() == [T0 + 500]
+    assert tt.fire_due(T0 + 500, inclusive=False) == []
+    assert tt.fire_due(T0 + 500, inclusive=True) == [(T0 + 500, 0, 0)]
 
 
-def test_rearm_later_is_found_in_the_same_pop_when_it_is_due_too():
+def test_rearm_later_is_found_in_the_same_pass_when_it_is_due_too():
     tt = _table()
     tt.arm(0, 0, T0 + 100, b"a")
     tt.arm(0, 0, T0 + 500, b"b")
     tt.arm(1, 0, T0 + 300, b"c")
-    # One pop past both: the re-pushed +500 comes after slot 1's +300.
-    assert tt.pop_due(T0 + 600, inclusive=False) == [(T0 + 300, 1, 0), (T0 + 500, 0, 0)]
+    assert tt.fire_due(T0 + 600, inclusive=False) == [(T0 + 300, 1, 0), (T0 + 500, 0, 0)]
 
 
 def test_rearm_to_the_same_deadline_fires_it_once():
     tt = _table()
     tt.arm(0, 0, T0 + 100, b"a")
-    tt.pop_due(T0 + 50, inclusive=False)
-    tt.cancel(0, 0)  # its heap entry stays; arming it again pushes a second one
+    tt.fire_due(T0 + 50, inclusive=False)
+    tt.cancel(0, 0)
     tt.arm(0, 0, T0 + 100, b"b")
-    assert tt.heap_size() == 2 and tt.event(0, 0) == b"b"
+    assert tt.event(0, 0) == b"b"
     assert tt.fire_due(T0 + 200, inclusive=False) == [(T0 + 100, 0, 0)]
-    assert tt.heap_size() == 0
+    assert tt.fired_events == [b"b"]
     with pytest.raises(KeyError, match="not pending"):  # fired: its event is no longer kept
         tt.event(0, 0)
 
 
-def test_a_timer_popped_and_cancelled_then_armed_again_is_queued_again():
+def test_a_timer_fired_then_armed_again_fires_again():
     tt = _table()
     tt.arm(0, 0, T0 + 100, b"a")
-    assert tt.pop_due(T0 + 200, inclusive=False) == [(T0 + 100, 0, 0)]
-    tt.cancel(0, 0)  # fired
-    tt.arm(0, 0, T0 + 300, b"b")  # the next sequence, later than the popped entry
-    assert tt.t.entries() == [(T0 + 300, 0, 0)]
-    assert tt.pop_due(T0 + 300, inclusive=True) == [(T0 + 300, 0, 0)]
+    assert tt.fire_due(T0 + 200, inclusive=False) == [(T0 + 100, 0, 0)]
+    tt.arm(0, 0, T0 + 300, b"b")  # the next sequence
+    assert tt.bounds() == [T0 + 300]
+    assert tt.fire_due(T0 + 300, inclusive=True) == [(T0 + 300, 0, 0)]
+    assert tt.fired_events == [b"a", b"b"]
 
 
-def test_heap_stays_bounded_under_many_rearms():
+def test_many_rearms_hold_no_memory():
     tt = _table()
     # An inactive_for-like timer re-armed 10k times to ever later deadlines while the watermark
-    # follows 1 s behind: the heap never holds more than 2 entries.
-    sizes = []
+    # follows 1 s behind: nothing is queued, nothing grows.
     for i in range(10_000):
         tt.arm(0, 0, T0 + i * 10 + 1000, b"e")
-        assert tt.pop_due(T0 + i * 10, inclusive=False) == []
-        sizes.append(tt.heap_size())
-    assert max(sizes) <= 2
-    # Without any pop, re-arms to later deadlines push nothing at all.
+        assert tt.fire_due(T0 + i * 10, inclusive=False) == []
+    # The bound stays at the first deadline until the watermark passes it; that scan sets it to the deadline
+    # then, 1 s on: a scan every 101 re-arms, the last at i = 9,999.
+    assert len(tt.t.due) == DUE_MIN and tt.bounds() == [T0 + 9_999 * 10 + 1000]
+    # Cancel and re-arm (a sequence restarted by A after B), and re-arms to ever earlier deadlines
+    # (a falls_below score lowered by negative points): the timer fires once, at its last deadline.
     tt2 = _table()
-    for i in range(10_000):
-        tt2.arm(0, 0, T0 + i, b"e")
-    assert tt2.heap_size() == 1
-    # Cancel and re-arm (a sequence restarted by A after B) pushes each time (nothing remembers the
-    # cancelled timer's entry): the heap is rebuilt from the deadlines whenever it doubles past
-    # COMPACT_MIN, and the timer still fires once, at its last deadline.
-    sizes = []
     for i in range(10_000):
         tt2.cancel(0, 0)
         tt2.arm(0, 0, T0 + 10_000 + i, b"e")
-        sizes.append(tt2.heap_size())
-    assert max(sizes) == COMPACT_MIN
-    assert tt2.fire_due(T0 + 20_000, inclusive=False) == [(T0 + 19_999, 0, 0)]
-    assert tt2.heap_size() == 0
+    for i in range(10_000):
+        tt2.arm(0, 0, T0 + 10_000_000 - i, b"e")
+    assert tt2.t.pending() == 1 and tt2.bounds() == [T0 + 10_000]
+    assert tt2.fire_due(T0 + 10_000_000, inclusive=False) == [(T0 + 10_000_000 - 9_999, 0, 0)]
+    assert tt2.bounds() == [NONE]
 
 
-def test_successive_bounds_pop_consecutive_windows_in_order():
-    # What end of input reports and fires: with the timers up to one bound popped, the next bound
-    # pops exactly those in (previous bound, next bound), in order.
+def test_successive_bounds_fire_consecutive_windows_in_order():
+    # What end of input reports and fires: with the timers up to one bound fired, the next bound
+    # fires exactly those in (previous bound, next bound), in order.
     tt = _table()
     tt.arm(0, 0, T0 + 100, b"a")
     tt.arm(0, 1, T0 + 200, b"b")
     tt.arm(1, 0, T0 + 300, b"c")
     tt.arm(2, 2, T0 + 150, b"d")
-    assert tt.pop_due(T0 + 100, inclusive=True) == [(T0 + 100, 0, 0)]
-    assert tt.pop_due(T0 + 299, inclusive=True) == [(T0 + 150, 2, 2), (T0 + 200, 0, 1)]
-    assert tt.pop_due(T0 + 300, inclusive=True) == [(T0 + 300, 1, 0)]
-    assert tt.t.pending() == 4
-    assert tt.t.entries() == []
+    assert tt.fire_due(T0 + 100, inclusive=True) == [(T0 + 100, 0, 0)]
+    assert tt.fire_due(T0 + 299, inclusive=True) == [(T0 + 150, 2, 2), (T0 + 200, 0, 1)]
+    assert tt.fire_due(T0 + 300, inclusive=True) == [(T0 + 300, 1, 0)]
+    assert tt.t.pending() == 0 and tt.fired_events == [b"a", b"d", b"b", b"c"]
 
 
-def test_restore_rebuilds_the_heap_from_the_deadlines():
-    tt = _table()
+def test_restore_computes_the_bounds_from_the_deadlines():
+    tt = _table(capacity=200)
     tt.arm(0, 0, T0 + 100, b"a")
-    tt.arm(0, 0, T0 + 400, b"a2")  # later: the heap keeps the stale +100 entry
+    tt.arm(0, 0, T0 + 400, b"a2")  # later: the live bound stays at +100
     tt.arm(1, 1, T0 + 50, b"b")
     tt.arm(2, 2, T0 + 70, b"gone")
     tt.cancel(2, 2)
+    tt.arm(130, 0, T0 + 20, b"c")
+    tt.arm(130, 0, T0 + 600, b"c2")
+    assert tt.bounds() == [T0 + 50, NONE, T0 + 20]
     # The arena first (it compacts, which moves the timers' offsets), then the columns.
-    arena = tt.t.snapshot(3)
-    cols = tt.columns.snapshot(3)
+    arena = tt.t.snapshot(131)
+    cols = tt.columns.snapshot(131)
     # Only what pending timers keep, as records (length, bytes, padding to 8), in contact order.
-    assert arena["arena"].tobytes() == arena_record(_summary(b"a2")) + arena_record(_summary(b"b"))
+    assert arena["arena"].tobytes() == (arena_record(_summary(b"a2")) + arena_record(_summary(b"b"))
+                                        + arena_record(_summary(b"c2")))
     assert arena["shared"].tobytes() == b""
     # Later changes to the live table do not reach the snapshot.
     tt.arm(2, 0, T0 + 10, b"c")
     tt.cancel(1, 1)
     snap = pickle.loads(pickle.dumps({"columns": cols, "timers": arena}))
-    restored_columns = Columns(2)
-    other = TimerTable(restored_columns, 3)
-    restored_columns.restore(snap["columns"], 3)
-    other.restore(3, snap["timers"])
-    assert other.entries() == [(T0 + 50, 1, 1), (T0 + 400, 0, 0)]  # one entry per pending timer
-    assert other.pending() == 2
-    assert (_payload(other.event(1, 1)), _payload(other.event(0, 0))) == (b"b", b"a2")
-    assert [int(timers.next_due(other.arrays(), s, NONE)[0]) for s in range(4)] == [T0 + 400, T0 + 50, NONE, NONE]
-    got = []
-    while True:
-        d, slot, k = timers.pop_due(other.arrays(), T0 + 1001)
-        if k < 0:
-            break
-        got.append((int(d), int(slot), int(k)))
-    assert got == [(T0 + 50, 1, 1), (T0 + 400, 0, 0)]
+    restored = _Table(capacity=2)
+    restored.size = 131
+    restored.columns.restore(snap["columns"], 131)
+    restored.t.restore(131, snap["timers"])
+    assert restored.bounds() == [T0 + 50, NONE, T0 + 600]  # exact
+    assert restored.t.pending() == 3
+    assert [restored.event(s, k) for s, k in ((1, 1), (0, 0), (130, 0))] == [b"b", b"a2", b"c2"]
+    assert [restored.next_for(s) for s in (0, 1, 2, 130)] == [T0 + 400, T0 + 50, NONE, T0 + 600]
+    assert restored.fire_due(T0 + 1000, inclusive=False) == [(T0 + 50, 1, 1), (T0 + 400, 0, 0), (T0 + 600, 130, 0)]
 
 
 def test_a_restored_table_continues_like_the_live_one():
     live = _table(n_timers=2, capacity=4)
     rng = random.Random(3)
     for i in range(200):
-        live.arm(rng.randrange(40), rng.randrange(2), T0 + rng.randrange(10_000), b"x%d" % i)
+        live.arm(rng.randrange(400), rng.randrange(2), T0 + rng.randrange(10_000), b"x%d" % i)
     arena = live.t.snapshot(live.size)
     cols = live.columns.snapshot(live.size)
     restored = _Table(n_timers=2, capacity=4)
@@ -391,8 +392,9 @@ def test_a_restored_table_continues_like_the_live_one():
     restored.columns.restore(pickle.loads(pickle.dumps(cols)), live.size)
     restored.t.restore(live.size, pickle.loads(pickle.dumps(arena)))
     restored.check_next()
+    restored.check_bounds()
     for i in range(100):  # the same later operations on both
-        slot, k, d = rng.randrange(45), rng.randrange(2), T0 + rng.randrange(20_000)
+        slot, k, d = rng.randrange(450), rng.randrange(2), T0 + rng.randrange(20_000)
         for tt in (live, restored):
             tt.arm(slot, k, d, b"y%d" % i)
     fired = []
@@ -403,17 +405,19 @@ def test_a_restored_table_continues_like_the_live_one():
     assert live.t.pending() == restored.t.pending()
 
 
-def test_heap_entries_order_as_deadline_slot_k():
+def test_due_timers_of_many_blocks_order_as_deadline_slot_k():
     tt = _table(n_timers=3, capacity=512)
-    # Slot 300 and k 2 above their deadline-mates; a deadline before 1970 orders first too.
+    # Slot 300 and k 2 above their deadline-mates; a deadline before 1970 orders first too. Slots 5 and
+    # 7 are in block 0, 300 in block 4, 511 in block 7.
     tt.arm(300, 2, T0, b"a")
     tt.arm(7, 1, T0, b"b")
     tt.arm(7, 0, T0, b"c")
     tt.arm(511, 0, T0 - 1, b"d")
     tt.arm(5, 0, -5, b"e")
-    assert tt.t.entries() == [(-5, 5, 0), (T0 - 1, 511, 0), (T0, 7, 0), (T0, 7, 1), (T0, 300, 2)]
-    assert tt.pop_due(T0, inclusive=False) == [(-5, 5, 0), (T0 - 1, 511, 0)]
-    assert tt.pop_due(T0, inclusive=True) == [(T0, 7, 0), (T0, 7, 1), (T0, 300, 2)]
+    assert tt.bounds() == [-5, NONE, NONE, NONE, T0, NONE, NONE, T0 - 1]
+    assert tt.fire_due(T0, inclusive=False) == [(-5, 5, 0), (T0 - 1, 511, 0)]
+    assert tt.bounds() == [T0, NONE, NONE, NONE, T0, NONE, NONE, NONE]
+    assert tt.fire_due(T0, inclusive=True) == [(T0, 7, 0), (T0, 7, 1), (T0, 300, 2)]
 
 
 def test_more_timer_rules_than_the_loader_allows_are_refused():
@@ -422,29 +426,20 @@ def test_more_timer_rules_than_the_loader_allows_are_refused():
         _table(n_timers=256)
 
 
-def test_the_largest_rule_number_and_a_large_slot_survive_the_heap_entry():
-    # 255 timer rules: an entry names its timer as slot * 255 + k; slot 70_000 is above 16 bits. Its
-    # third timer (rule 0) spills, keyed as the heap names it.
+def test_the_largest_rule_number_and_a_large_slot_fire_in_order():
+    # 255 timer rules: the due buffer names a timer as slot * 255 + k; slot 70_000 is above 16 bits. Its
+    # third timer (rule 0) spills, keyed the same way.
     tt = _table(n_timers=255, capacity=4)
     tt.arm(70_000, 254, T0 + 2, b"a")
     tt.arm(70_000, 253, T0 + 2, b"b")
     tt.arm(70_000, 0, T0 + 3, b"d")
     tt.arm(69_999, 254, T0 + 1, b"c")
     assert tt.t.spilled() == 1 and tt.t.spill_keys.max() == 70_000 * 255
-    assert tt.t.entries() == [(T0 + 1, 69_999, 254), (T0 + 2, 70_000, 253), (T0 + 2, 70_000, 254),
-                              (T0 + 3, 70_000, 0)]
+    assert tt.bounds()[70_000 // BLOCK] == T0 + 1 and len(tt.bounds()) == 70_001 // BLOCK + 1
     assert (tt.event(70_000, 254), tt.event(70_000, 0)) == (b"a", b"d")
     assert tt.fire_due(T0 + 3, inclusive=True) == [(T0 + 1, 69_999, 254), (T0 + 2, 70_000, 253),
                                                    (T0 + 2, 70_000, 254), (T0 + 3, 70_000, 0)]
     assert tt.t.pending() == tt.t.spilled() == 0
-
-
-def test_a_shard_with_more_timers_than_a_heap_entry_can_name_is_refused():
-    # 2^32 // 255 contacts of 255 timer rules: their timers' numbers fit a uint32; one more contact's do not.
-    tt = _table(n_timers=255, capacity=4)
-    tt.t.reserve(0, 0, 0, (1 << 32) // 255)
-    with pytest.raises(MemoryError, match="use more --shards"):
-        tt.t.reserve(0, 0, 0, (1 << 32) // 255 + 1)
 
 
 def test_a_table_without_timer_rules():
@@ -452,43 +447,29 @@ def test_a_table_without_timer_rules():
     assert tt.t.pending() == 0
     assert tt.next_for(0) == NONE
     assert tt.due_for_contact(0, T0) == []
-    assert tt.pop_due(T0, inclusive=True) == []
-    assert tt.t.entries() == []
+    assert tt.fire_due(T0, inclusive=True) == []
+    assert tt.bounds() == [NONE]
 
 
-def test_heap_stays_bounded_under_many_rearms_to_earlier_deadlines():
-    tt = _table()
-    # A falls_below timer whose score is lowered by 10k negative updates: each crossing is a bit
-    # earlier than the last, so each re-arm pushes. The heap is rebuilt from the deadlines
-    # whenever it doubles past COMPACT_MIN: it never holds more than that many entries here.
-    sizes = []
-    for i in range(10_000):
-        tt.arm(0, 0, T0 + 10_000_000 - i, b"e")
-        sizes.append(tt.heap_size())
-    assert tt.t.pending() == 1
-    assert max(sizes) == COMPACT_MIN == 1024
-    assert tt.t.deadline(0, 0) == T0 + 10_000_000 - 9_999
-    # The rebuilt heap still fires the current deadline exactly once.
-    assert tt.pop_due(T0 + 10_000_000, inclusive=False) == [(T0 + 10_000_000 - 9_999, 0, 0)]
-
-
-def test_heap_stays_within_twice_the_pending_timers_for_many_contacts():
-    # 3000 contacts x 2 timers, each re-armed earlier and later 10 times in random order: the heap
-    # stays within 2 x pending + COMPACT_MIN entries, and the pops are exactly the deadlines.
+def test_a_burst_of_due_timers_grows_the_due_buffer_and_gives_it_back():
+    # 3000 contacts x 2 timers, each re-armed earlier and later 10 times in random order, all due at
+    # once: far more than the buffer's first DUE_MIN entries. They fire exactly in order.
     rng = random.Random(11)
     tt = _table(n_timers=2, capacity=4)
     ops = [(s, k) for s in range(3000) for k in range(2)] * 10
     rng.shuffle(ops)
     for slot, k in ops:
         tt.arm(slot, k, T0 + rng.randrange(-500_000, 500_000), b"e")
-        assert tt.heap_size() <= 2 * tt.t.pending() + COMPACT_MIN
     assert tt.t.pending() == 6000
     tt.check_next()
+    tt.check_bounds()
     expected = sorted((tt.t.deadline(s, k), s, k) for s in range(3000) for k in range(2))
     assert tt.fire_due(T0 + 10**9, inclusive=False) == expected
+    assert tt.largest_due >= 6000 and len(tt.t.due) == DUE_MIN
+    assert tt.bounds() == [NONE] * ((3000 + BLOCK - 1) // BLOCK)
 
 
-@pytest.mark.parametrize(("n_timers", "contacts", "spills"), [(3, 50, 3), (6, 20, 15), (12, 30, 15)])
+@pytest.mark.parametrize(("n_timers", "contacts", "spills"), [(3, 50, 3), (6, 20, 15), (12, 30, 15), (3, 300, 1)])
 def test_random_operations_match_a_brute_force_model(n_timers, contacts, spills):
     # arm / cancel / fire by watermark (pop_due, then cancel, as the shard does) / fire by event
     # (next_due, then cancel) against a dict of deadlines. Contacts hold up to n_timers timers, 2 in
@@ -515,8 +496,12 @@ def test_random_operations_match_a_brute_force_model(n_timers, contacts, spills)
             expected = sorted((d, s, kk) for (s, kk), (d, _) in model.items() if d < watermark)
             got = []
             while True:
-                d, s, kk = timers.pop_due(tt.t.arrays(), watermark)
+                d, s, kk = timers.pop_due(tt.t.arrays(), watermark, tt.size)
+                if kk == -2:
+                    tt.t.make_due_room()
+                    continue
                 if kk < 0:
+                    tt.t.release_due()
                     break
                 got.append((int(d), int(s), int(kk)))
                 assert tt.event(int(s), int(kk)) == model[(int(s), int(kk))][1]
@@ -537,8 +522,8 @@ def test_random_operations_match_a_brute_force_model(n_timers, contacts, spills)
         per_contact = Counter(s for s, _ in model)
         assert sum(max(0, n - 2) for n in per_contact.values()) <= tt.t.spilled() <= len(model)
         most_spilled = max(most_spilled, tt.t.spilled())
-        # At most a few hundred timers here, so the rebuild threshold stays COMPACT_MIN: one push over it at most.
-        assert tt.heap_size() <= COMPACT_MIN + 1
+        if step % 50 == 0:
+            tt.check_bounds()
         if step % 500 == 0:
             tt.check_next()
             # Compacting the arena keeps every pending timer's event.
@@ -577,7 +562,7 @@ def test_spilled_timers_grow_the_spill_table_and_leave_it_when_they_go():
             assert all(tt.t.deadline(s, kk) == d for (s, kk), d in model.items())
             assert tt.t.pending() == len(model)
     assert tt.t.pending() == tt.t.spilled() == 0 and not tt.columns.arrays["timer_spilled"].any()
-    assert tt.pop_due(T0 + 10**6, inclusive=False) == []
+    assert tt.fire_due(T0 + 10**6, inclusive=False) == []
     # The snapshot taken with all of them pending restores them all, spilled ones included.
     restored = _Table(n_timers=6)
     restored.size = 300
@@ -618,17 +603,17 @@ def test_compact_events_keeps_only_what_pending_timers_hold():
     assert tt.event(3, 0) == b"later" and tt.t.event_bytes() == 96 + 40
 
 
-def test_reserve_grows_the_arena_and_the_heap_keeping_their_contents():
+def test_reserve_grows_the_arena_and_the_block_bounds_keeping_their_contents():
     tt = _table(n_timers=1, capacity=4)
     big = bytes(range(256)) * 400  # 100 KiB: more than the initial 64 KiB arena
     tt.arm(0, 0, T0, b"small")
     tt.arm(1, 0, T0 + 1, big)
     assert tt.event(0, 0) == b"small" and tt.event(1, 0) == big
     assert len(tt.t.arena) >= 5 + len(big)
-    for slot in range(2, 2000):  # more heap entries than the initial 1024
+    for slot in range(2, 2000):  # 32 blocks
         tt.arm(slot, 0, T0 - slot, b"e")
     assert tt.t.pending() == 2000
-    assert tt.pop_due(T0 - 1995, inclusive=True)[:3] == [(T0 - 1999, 1999, 0), (T0 - 1998, 1998, 0),
+    assert tt.fire_due(T0 - 1995, inclusive=True)[:3] == [(T0 - 1999, 1999, 0), (T0 - 1998, 1998, 0),
                                                          (T0 - 1997, 1997, 0)]
 
 
