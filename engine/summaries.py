@@ -38,7 +38,8 @@ from engine.rawmem import copy_bytes, load_u32, load_u64, store_u64
 from engine.times import format_iso_bytes, parse_time
 
 __all__ = ["HEADER", "JSON_OVERHEAD", "NO_SHARED", "SHARED_PROPERTIES", "SHARED_REF", "from_json", "pack",
-           "pack_parts", "packed_length", "properties_span", "summary_json", "write_header", "write_json"]
+           "pack_parts", "packed_length", "properties_span", "stored_length", "summary_json", "write_header",
+           "write_json"]
 
 HEADER: Final = 24
 SHARED_PROPERTIES: Final = 1
@@ -144,6 +145,16 @@ def packed_length(src, start):  # type: ignore[no-untyped-def]
     sizes = load_u64(src, start + 8)
     return (HEADER + np.int64((first >> _S16) & _MASK16) + np.int64((first >> _S32) & _MASK16)
             + np.int64(sizes & _MASK32) + np.int64(sizes >> _S32))
+
+
+@kernel(inline=True)
+def stored_length(src, start):  # type: ignore[no-untyped-def]
+    """The bytes the summary at src[start:] takes as stored: its packed length, less its properties
+    for a SHARED_REF when they are shared."""
+    length = packed_length(src, start)
+    if src[start + 1] & SHARED_PROPERTIES:
+        length += SHARED_REF - np.int64(load_u64(src, start + 8) & _MASK32)
+    return length
 
 
 @kernel(inline=True)

@@ -108,10 +108,15 @@ def free_port() -> int:
 
 
 def arena_record(data: bytes) -> bytes:
-    """`data` as operators/timers.py stores a record (in its arena or its shared buffer): the length
-    (u32, little-endian), the bytes, padding to 8 bytes."""
+    """`data` as operators/timers.py stores a record of its shared buffer (and, up to snapshot format 7,
+    of its arena): the length (u32, little-endian), the bytes, padding to 8 bytes."""
     record = len(data).to_bytes(4, "little") + data
     return record + bytes(-len(record) % 8)
+
+
+def kept_record(summary: bytes) -> bytes:
+    """A packed summary as operators/timers.py keeps it in its arena: the bytes, padding to 4 bytes."""
+    return summary + bytes(-len(summary) % 4)
 
 
 def free_port_block(n: int) -> int:

@@ -66,7 +66,7 @@ from operators.timers import TimerTable
 from rules.compiler import RISES_ABOVE, SEQ_START, EffectTable, Plan, PlanArrays, per_thread
 
 NEVER = np.iinfo(np.int64).min
-SNAPSHOT_VERSION = 7
+SNAPSHOT_VERSION = 8
 
 # Where a firing's causing event is: the batch (event index) or the timer arena (offset).
 FROM_BATCH, FROM_ARENA = 0, 1
@@ -349,6 +349,10 @@ class ShardState:
         if version == 6:  # a deadline and a reference for every contact and timer rule
             snap = {**snap, "columns": dict(snap["columns"]), "version": SNAPSHOT_VERSION}
             snap["timers"] = {**snap["timers"], **TimerTable.from_dense(snap["columns"])}
+            version = 7
+        if version == 7:  # arena records with a length of their own, padded to 8
+            snap = {**snap, "columns": dict(snap["columns"]), "version": SNAPSHOT_VERSION}
+            snap["timers"] = TimerTable.from_legacy_records(snap["columns"], snap["timers"])
         if snap.get("version") != SNAPSHOT_VERSION:
             raise RecoveryFormatError(
                 f"this recovery directory holds shard state of format {snap.get('version', 1)}, written by an "
@@ -504,7 +508,7 @@ def _fire(state, plan, out, slot, trigger, at_ms, by_timer, source, offset, leng
 
 @kernel(inline=True)
 def _fire_timer(state, tm, plan, out, deadline, slot, k):  # type: ignore[no-untyped-def]
-    offset = timers.cancel(tm, slot, k) * timers.ALIGN + timers.HEADER
+    offset = timers.cancel(tm, slot, k) * timers.ALIGN
     length = summaries.packed_length(tm[4], offset)
     _fire(state, plan, out, slot, plan[13][k], deadline, 1, FROM_ARENA, offset, length)
 

@@ -19,9 +19,11 @@ entries, one per arm that lowered a timer's deadline and at most twice the pendi
 buffer holds one watermark step's due timers.
 
 Each pending timer keeps the summary of the event that armed it (the trigger record's `event`,
-packed: engine/summaries.py) in the shard's event arena, an append-only byte buffer of records (a uint32
-length, the summary, padding to 8 bytes); a timer's event is a uint32 reference to it in 8-byte
-units, 4 bytes per timer instead of an int64 offset and an int32 length. One event arming
+packed: engine/summaries.py) in the shard's event arena, an append-only byte buffer of records (the
+summary as stored, padding to 4 bytes: its header gives its length); a timer's event is a uint32
+reference to it in 4-byte units, 4 bytes per timer instead of an int64 offset and an int32 length.
+(Up to snapshot format 7 a record also had a uint32 length of its own and was padded to 8: 5.6 more
+bytes per record, 8.6 B/contact of the state benchmark at 1M contacts.) One event arming
 several timers is stored once. Re-arms leave old records behind; `compact_events` copies the live
 ones into a new arena once the garbage is a quarter of the live bytes, so the arena stays within
 about 1.25x what pending timers keep. The block bounds are derived: snapshots leave them out and `restore`
@@ -74,9 +76,12 @@ DUE_MIN = 1024  # the due buffer's entries, at least (and at least a block's wor
 INLINE = 2  # timers a contact holds in its row; more spill into the shard's table of spilled timers
 FREE = 255  # an inline place holding no timer (so a rule set has at most 255 timer rules)
 SPILL_MIN = 64  # the spill table's first size (a power of two, at most 3/4 full)
-ALIGN = 8  # arena records start at multiples of 8: a uint32 reference then addresses 32 GiB
-HEADER = 4  # a record is its length (uint32, little-endian), then the summary's bytes
-RECORD_OVERHEAD = HEADER + ALIGN - 1  # the most a record takes beyond its summary
+ALIGN = 4  # arena records (a summary as stored) start at multiples of 4: a uint32 reference addresses 16 GiB
+RECORD_OVERHEAD = ALIGN - 1  # the most a record takes beyond its summary
+# Shared properties are records of a uint32 length, then the bytes, padded to 8 (as the arena's were up to
+# snapshot format 7: LEGACY_ALIGN, LEGACY_HEADER).
+SHARED_ALIGN = LEGACY_ALIGN = summaries.SHARED_ALIGN
+SHARED_HEADER = LEGACY_HEADER = summaries.SHARED_RECORD_HEADER
 ARENA_MIN = 1 << 16
 COMPACT_ABOVE = 1 << 20  # arena bytes below which garbage is left alone
 # An arena that reached it fills up to COMPACT_ABOVE again after each compaction: it keeps this much
@@ -88,7 +93,6 @@ SHARE_FROM = 16
 SHARED_MIN = ARENA_MIN
 INDEX_MIN = 1 << 10
 NO_ENTRY = -1
-assert ALIGN == summaries.SHARED_ALIGN and HEADER == summaries.SHARED_RECORD_HEADER
 assert MAX_TIMER_TRIGGERS <= FREE
 
 
@@ -190,13 +194,13 @@ class TimerTable:
         if int(self.meta[ARENA_USED]) + extra > ALIGN * (1 << 32):
             self.compact_events(size, force=True)
             if int(self.meta[ARENA_USED]) + extra > ALIGN * (1 << 32):
-                raise MemoryError("a shard's pending timers keep more than 32 GiB of events: use more --shards")
+                raise MemoryError("a shard's pending timers keep more than 16 GiB of events: use more --shards")
         # Shared properties that find no room stay in their records (`store_event`): the shared buffer
         # grows by a quarter once it is 7/8 full, and its index doubles once it is 9/16 full, instead
         # of making room for every event's. (In the state bench the buffer took 23.9 B/contact so,
         # 34.4 growing by half at 3/4 and 45.8 doubling; the hot path did not tell them apart.)
         used = int(self.meta[SHARED_USED])
-        if 8 * used > 7 * len(self.shared) and len(self.shared) * 5 // 4 <= ALIGN * (1 << 32):
+        if 8 * used > 7 * len(self.shared) and len(self.shared) * 5 // 4 <= SHARED_ALIGN * (1 << 32):
             self.shared = grown(self.shared, len(self.shared) * 5 // 4, used)
         if 16 * int(self.meta[SHARED_RECORDS]) > 9 * len(self.shared_index):
             self._index_shared(2 * len(self.shared_index))
@@ -212,7 +216,7 @@ class TimerTable:
         ref = event_ref(self.arrays(), slot, k)
         if ref < 0:
             raise KeyError(f"timer {k} of slot {slot} is not pending")
-        at = ALIGN * int(ref) + HEADER
+        at = ALIGN * int(ref)
         out = np.zeros(summaries.packed_length(self.arena, at) + 8, np.uint8)
         end = _expand(self.arena, at, self.shared, out)
         return out[:end].tobytes()
@@ -256,7 +260,7 @@ class TimerTable:
         offsets = columns.pop("timer_event_offset")
         lengths = columns.pop("timer_event_length")
         pending = deadline != NONE
-        bound = int(lengths[pending].sum()) + RECORD_OVERHEAD * int(pending.sum())
+        bound = int(lengths[pending].sum()) + (LEGACY_HEADER + LEGACY_ALIGN - 1) * int(pending.sum())
         refs = np.zeros(deadline.shape, np.uint32)
         new = np.zeros(max(bound, 1), np.uint8)
         used = _records_from_offsets(deadline, offsets, lengths, arena, refs, new)
@@ -276,19 +280,37 @@ class TimerTable:
         new = bytearray()
         placed: dict[int, int] = {}
         for s, k in zip(*np.nonzero(deadline != NONE), strict=True):
-            old = ALIGN * int(refs[s, k])
+            old = LEGACY_ALIGN * int(refs[s, k])
             if old not in placed:
-                length = int.from_bytes(raw[old:old + HEADER], "little")
+                length = int.from_bytes(raw[old:old + LEGACY_HEADER], "little")
                 if shared is None:  # (the records of formats 3 and 4 are JSON)
-                    event = convert(raw[old + HEADER:old + HEADER + length])
+                    event = convert(raw[old + LEGACY_HEADER:old + LEGACY_HEADER + length])
                 else:
-                    expanded = np.zeros(summaries.packed_length(arena, old + HEADER) + 8, np.uint8)
-                    event = convert(expanded[:_expand(arena, old + HEADER, shared, expanded)].tobytes())
-                placed[old] = len(new) // ALIGN
-                new += len(event).to_bytes(HEADER, "little") + event
-                new += bytes(-len(new) % ALIGN)
+                    expanded = np.zeros(summaries.packed_length(arena, old + LEGACY_HEADER) + 8, np.uint8)
+                    event = convert(expanded[:_expand(arena, old + LEGACY_HEADER, shared, expanded)].tobytes())
+                placed[old] = len(new) // LEGACY_ALIGN
+                new += len(event).to_bytes(LEGACY_HEADER, "little") + event
+                new += bytes(-len(new) % LEGACY_ALIGN)
             refs[s, k] = placed[old]
         return {"arena": np.frombuffer(bytes(new), np.uint8).copy()}
+
+    @staticmethod
+    def from_legacy_records(columns: dict[str, np.ndarray], timers: dict[str, Any]) -> dict[str, Any]:
+        """Snapshot format 7 (arena records of a uint32 length, the summary, padding to 8; references
+        in 8-byte units) as this format: the references in `columns` and the spilled timers' are
+        replaced; the timers' snapshot with the new arena is returned."""
+        arena = timers["arena"]
+        new = np.zeros(len(arena), np.uint8)
+        moved = np.full(len(arena) // LEGACY_ALIGN + 1, -1, np.int64)  # a legacy record's new reference
+        used = _unframe_records(arena, len(arena), new, moved)
+        pending = columns["timer_rule"] != FREE
+        refs = moved[columns["timer_event"][pending]]
+        spill_refs = moved[np.asarray(timers["spill_event"], np.int64)]
+        if (refs < 0).any() or (spill_refs < 0).any():
+            raise ValueError("a pending timer of the snapshot refers to no record of its arena")
+        columns["timer_event"] = columns["timer_event"].copy()
+        columns["timer_event"][pending] = refs
+        return {**timers, "arena": new[:used].copy(), "spill_event": spill_refs.astype(np.uint32)}
 
     @staticmethod
     def from_dense(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -365,9 +387,9 @@ class TimerTable:
 
 
 @kernel(inline=True)
-def record_length(arena, at):  # type: ignore[no-untyped-def]
-    """The summary length of the record at byte `at`."""
-    return load_u32(arena, at)
+def record_length(buf, at):  # type: ignore[no-untyped-def]
+    """The length of the shared (or legacy) record at byte `at`."""
+    return load_u32(buf, at)
 
 
 @kernel(inline=True)
@@ -376,10 +398,16 @@ def _aligned(n):  # type: ignore[no-untyped-def]
 
 
 @kernel(inline=True)
+def _shared_aligned(n):  # type: ignore[no-untyped-def]
+    return (n + SHARED_ALIGN - 1) // SHARED_ALIGN * SHARED_ALIGN
+
+
+@kernel(inline=True)
 def _write_record(dst, at, src, start, length):  # type: ignore[no-untyped-def]
-    """Write src[start:start + length] as a record at byte `at` of dst; where the next record goes."""
+    """Write src[start:start + length] as a shared (or legacy) record at byte `at` of dst; where the next
+    record goes."""
     store_u32(dst, at, length)
-    return _aligned(copy_bytes(dst, at + HEADER, src, start, length))
+    return _shared_aligned(copy_bytes(dst, at + SHARED_HEADER, src, start, length))
 
 
 _MIX = np.uint64(0x9E3779B97F4A7C15)
@@ -444,8 +472,8 @@ def _index_slot(index, shared, data, start, length, h):  # type: ignore[no-untyp
     while index[i] != NO_ENTRY:
         entry = index[i]
         if entry >> 32 == tag:
-            at = (entry & _REF_MASK) * ALIGN
-            if record_length(shared, at) == length and _same_bytes(shared, at + HEADER, data, start, length):
+            at = (entry & _REF_MASK) * SHARED_ALIGN
+            if record_length(shared, at) == length and _same_bytes(shared, at + SHARED_HEADER, data, start, length):
                 return i, entry & _REF_MASK
         i = (i + 1) & mask
     return i, np.int64(-1)
@@ -461,12 +489,12 @@ def _shared_ref(timers, data, start, length):  # type: ignore[no-untyped-def]
     if ref >= 0:
         return ref
     at = meta[SHARED_USED]
-    if at + HEADER + length + ALIGN > len(shared) or 4 * (meta[SHARED_RECORDS] + 1) > 3 * len(index):
+    if at + SHARED_HEADER + length + SHARED_ALIGN > len(shared) or 4 * (meta[SHARED_RECORDS] + 1) > 3 * len(index):
         return -1
     meta[SHARED_USED] = _write_record(shared, at, data, start, length)
     meta[SHARED_RECORDS] += 1
-    index[i] = (_tag(h) << 32) | (at // ALIGN)
-    return at // ALIGN
+    index[i] = (_tag(h) << 32) | (at // SHARED_ALIGN)
+    return at // SHARED_ALIGN
 
 
 @kernel(inline=True)
@@ -478,11 +506,10 @@ def store_event(timers, data, start, length):  # type: ignore[no-untyped-def]
     properties, n = summaries.properties_span(data, start)
     ref = _shared_ref(timers, data, properties, n) if n >= SHARE_FROM else -1
     if ref < 0:
-        meta[ARENA_USED] = _write_record(arena, at, data, start, length)
+        meta[ARENA_USED] = _aligned(copy_bytes(arena, at, data, start, length))
         return at // ALIGN
-    store_u32(arena, at, length - n + summaries.SHARED_REF)
-    end = copy_bytes(arena, at + HEADER, data, start, properties - start)
-    arena[at + HEADER + 1] |= summaries.SHARED_PROPERTIES
+    end = copy_bytes(arena, at, data, start, properties - start)
+    arena[at + 1] |= summaries.SHARED_PROPERTIES
     store_u32(arena, end, ref)
     end = copy_bytes(arena, end + summaries.SHARED_REF, data, properties + n, start + length - properties - n)
     meta[ARENA_USED] = _aligned(end)
@@ -495,11 +522,11 @@ def _expand(arena, start, shared, out):  # type: ignore[no-untyped-def]
     properties, n = summaries.properties_span(arena, start)
     shares = arena[start + 1] & summaries.SHARED_PROPERTIES
     stored = summaries.SHARED_REF if shares else n
-    rest = start + record_length(arena, start - HEADER) - properties - stored
+    rest = start + summaries.stored_length(arena, start) - properties - stored
     end = copy_bytes(out, 0, arena, start, properties - start)
     out[1] &= ~np.uint8(summaries.SHARED_PROPERTIES)
     if shares:
-        end = copy_bytes(out, end, shared, load_u32(arena, properties) * ALIGN + HEADER, n)
+        end = copy_bytes(out, end, shared, load_u32(arena, properties) * SHARED_ALIGN + SHARED_HEADER, n)
     else:
         end = copy_bytes(out, end, arena, properties, n)
     return copy_bytes(out, end, arena, properties + stored, rest)
@@ -573,7 +600,7 @@ def _live_bytes(timers, row, where, size):  # type: ignore[no-untyped-def]
         n = _pending_of(timers, s, row, where)
         for i in range(n):
             if _kept_earlier(row, i) < 0:
-                total += _aligned(HEADER + record_length(arena, np.int64(row[i]) * ALIGN))
+                total += _aligned(summaries.stored_length(arena, np.int64(row[i]) * ALIGN))
     return total
 
 
@@ -596,18 +623,32 @@ def _move_records(timers, new, row, where, size, new_shared):  # type: ignore[no
                 continue
             old = np.int64(row[i]) * ALIGN
             _set_ref(timers, s, where[i], at // ALIGN)
-            end = _aligned(copy_bytes(new, at, arena, old, HEADER + record_length(arena, old)))
-            if new[at + HEADER + 1] & summaries.SHARED_PROPERTIES:
-                properties, n_bytes = summaries.properties_span(new, at + HEADER)
-                source = load_u32(new, properties) * ALIGN
+            end = _aligned(copy_bytes(new, at, arena, old, summaries.stored_length(arena, old)))
+            if new[at + 1] & summaries.SHARED_PROPERTIES:
+                properties, n_bytes = summaries.properties_span(new, at)
+                source = load_u32(new, properties) * SHARED_ALIGN
                 if record_length(shared, source) != _MOVED:  # the first live record that refers to it
-                    moved_to = shared_at // ALIGN
-                    shared_at = _write_record(new_shared, shared_at, shared, source + HEADER, n_bytes)
-                    store_u32(shared, source + HEADER, moved_to)
+                    moved_to = shared_at // SHARED_ALIGN
+                    shared_at = _write_record(new_shared, shared_at, shared, source + SHARED_HEADER, n_bytes)
+                    store_u32(shared, source + SHARED_HEADER, moved_to)
                     store_u32(shared, source, _MOVED)
-                store_u32(new, properties, load_u32(shared, source + HEADER))
+                store_u32(new, properties, load_u32(shared, source + SHARED_HEADER))
             at = end
     return at, shared_at
+
+
+@kernel
+def _unframe_records(legacy, used, new, moved):  # type: ignore[no-untyped-def]
+    """Copy the legacy records of legacy[:used] into `new` as records of this format, in order, noting
+    each one's new reference at moved[its legacy reference]; returns the bytes used in `new`."""
+    at = 0
+    new_at = 0
+    while at < used:
+        n = record_length(legacy, at)
+        moved[at // LEGACY_ALIGN] = new_at // ALIGN
+        new_at = _aligned(copy_bytes(new, new_at, legacy, at + LEGACY_HEADER, n))
+        at = _shared_aligned(at + LEGACY_HEADER + n)
+    return new_at
 
 
 @kernel
@@ -615,7 +656,7 @@ def _count_records(buf, used):  # type: ignore[no-untyped-def]
     n = 0
     at = 0
     while at < used:
-        at = _aligned(at + HEADER + record_length(buf, at))
+        at = _shared_aligned(at + SHARED_HEADER + record_length(buf, at))
         n += 1
     return n
 
@@ -628,13 +669,13 @@ def _index_records(shared, used, index, seed):  # type: ignore[no-untyped-def]
     at = 0
     while at < used:
         n = record_length(shared, at)
-        h = _properties_hash(shared, at + HEADER, n, seed)
+        h = _properties_hash(shared, at + SHARED_HEADER, n, seed)
         i = _home(index, h)
         while index[i] != NO_ENTRY:
             i = (i + 1) & mask
-        index[i] = (_tag(h) << 32) | (at // ALIGN)
+        index[i] = (_tag(h) << 32) | (at // SHARED_ALIGN)
         count += 1
-        at = _aligned(at + HEADER + n)
+        at = _shared_aligned(at + SHARED_HEADER + n)
     return count
 
 
@@ -649,7 +690,7 @@ def _records_from_offsets(deadline, offsets, lengths, arena, refs, new):  # type
             if j >= 0:
                 refs[s, k] = refs[s, j]
                 continue
-            refs[s, k] = at // ALIGN
+            refs[s, k] = at // LEGACY_ALIGN
             at = _write_record(new, at, arena, offsets[s, k], np.int64(lengths[s, k]))
     return at
 

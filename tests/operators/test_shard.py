@@ -22,7 +22,7 @@ import numpy as np
 import orjson
 import pytest
 
-from engine import metrics
+from engine import metrics, summaries
 from engine.decode import EventBatch, decode_lines
 from engine.hashing import digests
 from engine.records import (
@@ -921,8 +921,53 @@ def _exact_bounds(state: ShardState) -> list[int]:
     return bounds
 
 
+def _as_format_7(snap: dict) -> dict:
+    """A shard snapshot as format 7 wrote it: each arena record a uint32 length, the summary, padding to 8,
+    referred to in 8-byte units."""
+    arena = snap["timers"]["arena"]
+    legacy = bytearray()
+    moved = {}
+    at = 0
+    while at < len(arena):
+        n = int(summaries.stored_length(arena, at))
+        moved[at // 4] = len(legacy) // 8
+        legacy += n.to_bytes(4, "little") + arena[at:at + n].tobytes()
+        legacy += bytes(-len(legacy) % 8)
+        at += n + -n % 4
+    columns = dict(snap["columns"])
+    refs = columns["timer_event"] = columns["timer_event"].copy()
+    pending = columns["timer_rule"] != FREE
+    refs[pending] = [moved[r] for r in refs[pending].tolist()]
+    timers = {**snap["timers"], "arena": np.frombuffer(bytes(legacy), np.uint8).copy(),
+              "spill_event": np.array([moved[r] for r in snap["timers"]["spill_event"].tolist()], np.uint32)}
+    return {**snap, "version": 7, "columns": columns, "timers": timers}
+
+
+def test_a_format_7_snapshot_is_converted_and_resumes_exactly(contract, reference):
+    plan, lines = contract
+    first = Run(plan, lines, batch_size=50, shards=SHARDS, broadcast=False).run(10)
+    reader, shards = first.snapshot()
+    current = {key: unpack(pickle.loads(pickle.dumps(snap))) for key, snap in shards.items()}
+    converted = {key: _as_format_7(snap) for key, snap in current.items()}
+    assert sum(first.logics[key].state.timers.spilled() for key in shards) > 0
+    # A record took a length of its own and padding to 8, not 4.
+    assert all(len(converted[key]["timers"]["arena"]) > len(snap["timers"]["arena"])
+               for key, snap in current.items() if len(snap["timers"]["arena"]))
+    for key, snap in converted.items():
+        state, restored = first.logics[key].state, ShardState.restore(plan, snap)
+        assert _pending_timers(restored) == _pending_timers(state)
+        assert all(restored.timers.event(s, k) == state.timers.event(s, k) for _, s, k in _pending_timers(state))
+        # The arena a snapshot of this format holds, byte for byte, and the same references.
+        again = restored.snapshot()
+        assert again["timers"]["arena"].tobytes() == current[key]["timers"]["arena"].tobytes()
+        assert np.array_equal(again["columns"]["timer_event"], current[key]["columns"]["timer_event"])
+    carried = Run(plan, lines, 50, SHARDS, False).carry(first)
+    resumed = Run(plan, lines, 50, SHARDS, False, (pickle.loads(pickle.dumps(reader)), converted))
+    assert resumed.carry(carried).run().result() == reference
+
+
 def _as_format_6(snap: dict, width: int) -> dict:
-    """A shard snapshot as format 6 wrote it: a deadline and a record reference for every contact and
+    """A format-7 shard snapshot as format 6 wrote it: a deadline and a record reference for every contact and
     each of the `width` timer rules (NONE where none is pending), nothing spilled."""
     columns = dict(snap["columns"])
     rule, deadline, refs = columns.pop("timer_rule"), columns.pop("timer_deadline"), columns.pop("timer_event")
@@ -947,7 +992,7 @@ def test_a_format_6_snapshot_is_converted_and_resumes_exactly(contract, referenc
     first = Run(plan, lines, batch_size=50, shards=SHARDS, broadcast=False).run(10)
     reader, shards = first.snapshot()
     width = len(plan.timer_triggers)
-    converted = {key: _as_format_6(unpack(pickle.loads(pickle.dumps(snap))), width) for key, snap in shards.items()}
+    converted = {key: _as_format_6(_as_format_7(unpack(pickle.loads(pickle.dumps(snap)))), width) for key, snap in shards.items()}
     assert sum(first.logics[key].state.timers.spilled() for key in shards) > 0
     for key, snap in converted.items():  # the same timers, keeping the same events
         state, restored = first.logics[key].state, ShardState.restore(plan, snap)
@@ -990,7 +1035,7 @@ def test_a_format_5_snapshot_is_converted_and_resumes_exactly(contract, referenc
     first = Run(plan, lines, batch_size=50, shards=SHARDS, broadcast=False).run(10)
     reader, shards = first.snapshot()
     width = len(plan.timer_triggers)
-    converted = {key: _as_format_5(_as_format_6(unpack(pickle.loads(pickle.dumps(snap))), width))
+    converted = {key: _as_format_5(_as_format_6(_as_format_7(unpack(pickle.loads(pickle.dumps(snap)))), width))
                  for key, snap in shards.items()}
     assert sum(int((snap["columns"]["last_fired"] != NEVER).sum()) for snap in converted.values()) > 0
     assert sum(int((snap["columns"]["count_times"] != counts.EMPTY).sum()) for snap in converted.values()) > 0
@@ -1027,7 +1072,7 @@ def test_a_format_4_snapshot_is_converted_and_resumes_exactly(contract, referenc
     first = Run(plan, lines, batch_size=50, shards=SHARDS, broadcast=False).run(10)
     reader, shards = first.snapshot()
     width = len(plan.timer_triggers)
-    converted = {key: _as_format_4(_as_format_5(_as_format_6(unpack(pickle.loads(pickle.dumps(snap))), width)))
+    converted = {key: _as_format_4(_as_format_5(_as_format_6(_as_format_7(unpack(pickle.loads(pickle.dumps(snap)))), width)))
                  for key, snap in shards.items()}
     some = next(s for s in converted.values() if len(s["timers"]["arena"]))
     assert some["timers"]["arena"][4:16].tobytes() == b'{"messageId"'  # JSON, as format 4 kept it
@@ -1065,7 +1110,7 @@ def test_a_format_3_snapshot_is_converted_and_resumes_exactly(contract, referenc
     first = Run(plan, lines, batch_size=50, shards=SHARDS, broadcast=False).run(10)
     reader, shards = first.snapshot()
     width = len(plan.timer_triggers)
-    converted = {key: _as_format_3(_as_format_4(_as_format_5(_as_format_6(unpack(pickle.loads(pickle.dumps(snap))),
+    converted = {key: _as_format_3(_as_format_4(_as_format_5(_as_format_6(_as_format_7(unpack(pickle.loads(pickle.dumps(snap)))),
                                                                           width))))
                  for key, snap in shards.items()}
     assert sum(int((snap["columns"]["timer_event_length"] > 0).sum()) for snap in converted.values()) > 0

@@ -12,7 +12,7 @@ import pytest
 
 from engine.summaries import HEADER as SUMMARY_HEADER
 from engine.summaries import SHARED_PROPERTIES, pack_parts
-from engine.testing import arena_record
+from engine.testing import arena_record, kept_record
 from operators import timers
 from operators.contacts import Columns
 from operators.timers import BLOCK, DUE_MIN, FREE, NONE, SHARE_FROM, TimerTable
@@ -361,9 +361,9 @@ def test_restore_computes_the_bounds_from_the_deadlines():
     # The arena first (it compacts, which moves the timers' offsets), then the columns.
     arena = tt.t.snapshot(131)
     cols = tt.columns.snapshot(131)
-    # Only what pending timers keep, as records (length, bytes, padding to 8), in contact order.
-    assert arena["arena"].tobytes() == (arena_record(_summary(b"a2")) + arena_record(_summary(b"b"))
-                                        + arena_record(_summary(b"c2")))
+    # Only what pending timers keep, as records (the summary, padding to 4), in contact order.
+    assert arena["arena"].tobytes() == (kept_record(_summary(b"a2")) + kept_record(_summary(b"b"))
+                                        + kept_record(_summary(b"c2")))
     assert arena["shared"].tobytes() == b""
     # Later changes to the live table do not reach the snapshot.
     tt.arm(2, 0, T0 + 10, b"c")
@@ -586,21 +586,21 @@ def test_compact_events_keeps_only_what_pending_timers_hold():
     tt.arm(1, 2, T0 + 4, b"one event, two timers", stored=shared)
     tt.arm(2, 1, T0 + 5, b"cancelled")
     tt.cancel(2, 1)
-    # A record is 4 bytes of length, the summary (24 bytes of header and the payload), padding to a
-    # multiple of 8: payloads of 13 -> 48, 6 -> 40, 21 -> 56, 9 -> 40.
-    assert tt.t.event_bytes() == 48 + 40 + 56 + 40
+    # A record is the summary (24 bytes of header and the payload), padding to a multiple of 4:
+    # payloads of 13 -> 40, 6 -> 32, 21 -> 48, 9 -> 36.
+    assert tt.t.event_bytes() == 40 + 32 + 48 + 36
     tt.t.compact_events(tt.size)  # far below the threshold: nothing moves
-    assert tt.t.event_bytes() == 184
+    assert tt.t.event_bytes() == 156
     tt.t.compact_events(tt.size, force=True)
     # The shared event is stored once; the old version and the cancelled timer's event are gone.
-    assert tt.t.event_bytes() == 40 + 56
+    assert tt.t.event_bytes() == 32 + 48
     assert [tt.event(0, 0), tt.event(1, 0), tt.event(1, 2)] == [
         b"second", b"one event, two timers", b"one event, two timers"]
     refs = [int(timers.event_ref(tt.t.arrays(), s, k)) for s, k in ((0, 0), (1, 0), (1, 2))]
-    assert refs == [0, 5, 5]  # in 8-byte units
-    # Arming after the compaction appends after the live bytes.
+    assert refs == [0, 8, 8]  # in 4-byte units
+    # Arming after the compaction appends after the live bytes: a payload of 5 -> 32.
     tt.arm(3, 0, T0 + 6, b"later")
-    assert tt.event(3, 0) == b"later" and tt.t.event_bytes() == 96 + 40
+    assert tt.event(3, 0) == b"later" and tt.t.event_bytes() == 80 + 32
 
 
 def test_reserve_grows_the_arena_and_the_block_bounds_keeping_their_contents():
@@ -632,13 +632,13 @@ def test_long_properties_are_stored_once_and_given_back_in_place():
     assert [tt.t.event(s, 0) for s in range(3)] == [_summary(b"a", PRICING), _summary(b"bb", PRICING),
                                                     _summary(b"c", b'{"i":1}')]
     # Records: the header (its flag set), a 4-byte reference in place of the properties, the payload:
-    # 24 + 4 + 1 -> 40 and 24 + 4 + 2 -> 40; the short properties stay: 24 + 7 + 1 -> 40.
+    # 24 + 4 + 1 -> 32 and 24 + 4 + 2 -> 32; the short properties stay: 24 + 7 + 1 -> 32.
     arena = tt.t.arena
-    assert (arena[5], arena[45], arena[85]) == (SHARED_PROPERTIES, SHARED_PROPERTIES, 0)
-    assert arena[28:32].tobytes() == arena[68:72].tobytes() == b"\0\0\0\0"  # both refer to record 0
+    assert (arena[1], arena[33], arena[65]) == (SHARED_PROPERTIES, SHARED_PROPERTIES, 0)
+    assert arena[24:28].tobytes() == arena[56:60].tobytes() == b"\0\0\0\0"  # both refer to record 0
     assert tt.t.shared[:tt.t.meta[timers.SHARED_USED]].tobytes() == arena_record(PRICING)
     assert int(tt.t.meta[timers.SHARED_RECORDS]) == 1 and int((tt.t.shared_index != timers.NO_ENTRY).sum()) == 1
-    assert tt.t.event_bytes() == 120 + len(arena_record(PRICING))
+    assert tt.t.event_bytes() == 96 + len(arena_record(PRICING))
 
 
 def test_compaction_keeps_the_shared_properties_pending_timers_refer_to():
@@ -698,7 +698,7 @@ def test_new_properties_stay_in_their_record_when_the_shared_buffer_is_full():
     tt.t.meta[timers.SHARED_USED] = len(tt.t.shared) - 16
     summary = _summary(b"a", PRICING)
     ref = int(timers.store_event(tt.t.arrays(), np.frombuffer(summary, np.uint8), 0, len(summary)))
-    assert tt.t.arena[8 * ref:8 * ref + 4 + len(summary)].tobytes() == arena_record(summary)[:4 + len(summary)]
+    assert tt.t.arena[4 * ref:4 * ref + len(summary)].tobytes() == summary
     assert int(tt.t.meta[timers.SHARED_RECORDS]) == 0
 
 
