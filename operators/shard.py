@@ -522,9 +522,9 @@ def _fire_due(state, tm, plan, out, bound, size):  # type: ignore[no-untyped-def
         if out[8][0] >= capacity or not sparse.room(state[4], 1):
             return False
         d, slot, k = timers.pop_due(tm, bound, size)
-        if k == -1:
+        if k == timers.NOT_DUE:
             return True
-        if k < 0:
+        if k == timers.NEEDS_ROOM:
             return False
         _fire_timer(state, tm, plan, out, d, slot, k)
 

@@ -64,13 +64,14 @@ import numpy as np
 from engine import summaries
 from engine.compiled import kernel
 from engine.rawmem import copy_bytes, load_prefix, load_u32, load_u64, store_u32
-from operators.contacts import Columns, grown
+from operators.contacts import Columns, grown, next_capacity
 from rules.model import MAX_TIMER_TRIGGERS
 
 NONE = np.iinfo(np.int64).max
 BLOCK_SHIFT = 6
 BLOCK = 1 << BLOCK_SHIFT  # the slots of a block, which has one lower bound of its deadlines
 DUE_MIN = 1024  # the due buffer's entries, at least (and at least a block's worth of timers)
+NOT_DUE, NEEDS_ROOM = -1, -2  # what `pop_due` gives as k when it gives no timer
 (DUE_USED, PENDING, ARENA_USED, DUE_NEXT, SHARED_USED, SHARED_RECORDS, HASH_SEED, WIDTH, SPILL_USED,
  SPILL_SHIFT, DUE_SCAN) = range(11)
 INLINE = 2  # timers a contact holds in its row; more spill into the shard's table of spilled timers
@@ -185,7 +186,7 @@ class TimerTable:
         all (`size` also tells a compaction which contacts to walk)."""
         blocks = (size + BLOCK - 1) >> BLOCK_SHIFT
         if blocks > len(self.block_min):
-            block_min = np.full(blocks + blocks // 4 + 1, NONE, np.int64)
+            block_min = np.full(next_capacity(len(self.block_min), blocks), NONE, np.int64)
             block_min[: len(self.block_min)] = self.block_min
             self.block_min = block_min
         extra = event_bytes + events * RECORD_OVERHEAD
@@ -713,6 +714,16 @@ def _lower_bound(timers, slot, at_ms):  # type: ignore[no-untyped-def]
 
 
 @kernel(inline=True)
+def _take_if_due(due, n, low, d, ref, bound):  # type: ignore[no-untyped-def]
+    """Timer `ref` of deadline d into due[n] if d < bound; (the new n, the least deadline not due)."""
+    if d < bound:
+        due[n, 0] = d
+        due[n, 1] = ref
+        return n + 1, low
+    return n, min(low, d)
+
+
+@kernel(inline=True)
 def _scan_block(timers, b, bound, size, n):  # type: ignore[no-untyped-def]
     """Append the due timers (deadline < bound) of block b to the due buffer from entry n; (the new n,
     the least deadline of the block's timers that are not due)."""
@@ -722,24 +733,12 @@ def _scan_block(timers, b, bound, size, n):  # type: ignore[no-untyped-def]
     for s in range(b << BLOCK_SHIFT, min((b + 1) << BLOCK_SHIFT, size)):
         for j in range(rule.shape[1]):
             if rule[s, j] != FREE:
-                d = deadline[s, j]
-                if d < bound:
-                    due[n, 0] = d
-                    due[n, 1] = s * width + rule[s, j]
-                    n += 1
-                elif d < low:
-                    low = d
+                n, low = _take_if_due(due, n, low, deadline[s, j], s * width + rule[s, j], bound)
         if spilled[s] > 0:
             for k in range(width):
                 h = _spill_entry(timers, s, k)
                 if h >= 0:
-                    d = spill_deadline[h]
-                    if d < bound:
-                        due[n, 0] = d
-                        due[n, 1] = s * width + k
-                        n += 1
-                    elif d < low:
-                        low = d
+                    n, low = _take_if_due(due, n, low, spill_deadline[h], s * width + k, bound)
     return n, low
 
 
@@ -1019,8 +1018,8 @@ def next_due(timers, slot, before_ms):  # type: ignore[no-untyped-def]
 
 @kernel
 def pop_due(timers, bound, size):  # type: ignore[no-untyped-def]
-    """The next pending timer with a deadline below `bound`: (deadline, slot, k); (NONE, -1, -1) when
-    there is none, (NONE, -1, -2) when the due buffer needs room (`make_due_room`) first.
+    """The next pending timer with a deadline below `bound`: (deadline, slot, k); (NONE, -1, NOT_DUE)
+    when there is none, (NONE, -1, NEEDS_ROOM) when the due buffer needs room (`make_due_room`) first.
 
     The caller fires and cancels each timer before the next call, with the same `bound`, until there is
     none: the timers collected for the buffer are no longer counted in their blocks' bounds.
@@ -1032,9 +1031,9 @@ def pop_due(timers, bound, size):  # type: ignore[no-untyped-def]
             if meta[DUE_SCAN] == 0:
                 meta[DUE_USED] = 0
             if not _collect_due(timers, bound, size):
-                return NONE, np.int64(-1), np.int64(-2)
+                return NONE, np.int64(-1), np.int64(NEEDS_ROOM)
             if meta[DUE_USED] == 0:
-                return NONE, np.int64(-1), np.int64(-1)
+                return NONE, np.int64(-1), np.int64(NOT_DUE)
         i = meta[DUE_NEXT]
         meta[DUE_NEXT] = i + 1
         d = due[i, 0]

@@ -98,12 +98,12 @@ class _Table:
         out = []
         while True:
             d, slot, k = timers.pop_due(self.t.arrays(), bound, self.size)
-            if k == -2:
+            if k == timers.NEEDS_ROOM:
                 self.t.make_due_room()
                 self.largest_due = max(self.largest_due, len(self.t.due))
                 continue
             if k < 0:
-                assert (d, slot, k) == (NONE, -1, -1)
+                assert (d, slot, k) == (NONE, -1, timers.NOT_DUE)
                 self.t.release_due()
                 return out
             out.append((int(d), int(slot), int(k)))
@@ -494,20 +494,12 @@ def test_random_operations_match_a_brute_force_model(n_timers, contacts, spills)
         elif op < 0.85:
             watermark += rng.randrange(0, 400)
             expected = sorted((d, s, kk) for (s, kk), (d, _) in model.items() if d < watermark)
-            got = []
-            while True:
-                d, s, kk = timers.pop_due(tt.t.arrays(), watermark, tt.size)
-                if kk == -2:
-                    tt.t.make_due_room()
-                    continue
-                if kk < 0:
-                    tt.t.release_due()
-                    break
-                got.append((int(d), int(s), int(kk)))
-                assert tt.event(int(s), int(kk)) == model[(int(s), int(kk))][1]
-                tt.cancel(int(s), int(kk))
-                del model[(int(s), int(kk))]
+            fired_before = len(tt.fired_events)
+            got = tt.fire_due(watermark, inclusive=False)
             assert got == expected
+            assert tt.fired_events[fired_before:] == [model[(s, kk)][1] for _, s, kk in got]
+            for _, s, kk in got:
+                del model[(s, kk)]
             fired_by_watermark += len(got)
         else:
             limit = watermark + rng.randrange(0, 2000)
