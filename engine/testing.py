@@ -12,6 +12,7 @@ import contextlib
 import os
 import signal
 import socket
+import struct
 import subprocess
 import tempfile
 import time
@@ -25,6 +26,7 @@ import orjson
 import redis
 from bytewax.testing import run_main
 
+from engine import summaries
 from engine.config import RunConfig
 from engine.dataflow import build_flow
 from engine.decode import BatchDecoder, EventBatch, split_lines
@@ -114,9 +116,38 @@ def arena_record(data: bytes) -> bytes:
     return record + bytes(-len(record) % 8)
 
 
-def kept_record(summary: bytes) -> bytes:
-    """A packed summary as operators/timers.py keeps it in its arena: the bytes, padding to 4 bytes."""
-    return summary + bytes(-len(summary) % 4)
+def kept_record(summary: bytes, name_ref: int | None = None, properties_ref: int | None = None) -> bytes:
+    """A packed summary as operators/timers.py keeps it in its arena: in the kept form (engine/summaries.py),
+    its name or properties replaced by a reference to a shared record where given, padding to 4 bytes.
+    Written from the layout, apart from the compiled `write_kept`, so that tests check one against the other."""
+    call, _, id_len, name_len, _, properties_len, traits_len, time_ms = struct.unpack_from("<BBHHHIIq", summary)
+    at = summaries.HEADER
+    message_id = summary[at:at + id_len]
+    name = summary[at + id_len:at + id_len + name_len]
+    at += id_len + name_len
+    properties, traits = summary[at:at + properties_len], summary[at + properties_len:at + properties_len + traits_len]
+    flags = call
+    if len(message_id) > 2 and message_id[:1] == b'"':
+        flags |= summaries.ID_UNQUOTED
+        message_id = message_id[1:-1]
+    if name_ref is not None:
+        flags |= summaries.NAME_SHARED
+        name = name_ref.to_bytes(4, "little")
+    if properties_ref is not None:
+        flags |= summaries.PROPERTIES_SHARED
+        properties = properties_ref.to_bytes(4, "little")
+    kept_name = 0 if name_ref is not None else len(name)
+    kept_properties = 0 if properties_ref is not None else len(properties)
+    if (len(message_id) > 0xFF or kept_name > 0xFF or kept_properties > 0xFFFF or len(traits) > 0xFFFF
+            or not -(1 << 47) <= time_ms < 1 << 47):
+        header = struct.pack("<BHHIIq", flags | summaries.WIDE, len(message_id), kept_name, kept_properties,
+                             len(traits), time_ms)
+    else:
+        header = struct.pack("<BBBH", flags | (summaries.HAS_TRAITS if traits else 0), len(message_id), kept_name,
+                             kept_properties) + time_ms.to_bytes(6, "little", signed=True)
+        header += struct.pack("<H", len(traits)) if traits else b""
+    record = header + message_id + name + properties + traits
+    return record + bytes(-len(record) % 4)
 
 
 def free_port_block(n: int) -> int:

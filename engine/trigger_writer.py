@@ -26,8 +26,7 @@ from engine.blake2 import blake2b_128_hex
 from engine.compiled import kernel
 from engine.rawmem import copy_bytes
 from engine.records import TriggerRecords
-from engine.summaries import JSON_OVERHEAD
-from engine.summaries import write_json as summary_json
+from engine.summaries import JSON_OVERHEAD, kept_json, write_json
 from engine.times import format_iso_bytes
 
 __all__ = ["TriggerWriter"]
@@ -101,8 +100,8 @@ class TriggerWriter:
               id_offsets: npt.NDArray[np.uint32], emitted_at: bytes) -> TriggerRecords:
         """The records of firings i: trigger[i] fired for the contact in `slot[i]` at `at[i]`, with score
         values scores[i]; its event's packed summary is at event_start[i] (event_length[i] bytes) in `events`
-        (the batch's summaries) when source[i] is 0, in `kept` (the events timers keep, their shared
-        properties in `shared`) when it is 1; event_length[i] is the summary's length with its properties.
+        (the batch's summaries) when source[i] is 0; when it is 1, a kept summary in `kept` (the events timers
+        keep, their shared parts in `shared`), and event_length[i] is its length as a packed summary.
         Contact ids are id_data[id_offsets[s]:id_offsets[s + 1]]; `emitted_at` is ISO-8601 (24 bytes)."""
         total, bound, longest_contact = _sizes(trigger, slot, event_length, id_offsets, self._channels_of,
                                                self._record_bytes)
@@ -250,9 +249,9 @@ def _write_records(trigger, slot, at, by_timer, source, event_start, event_lengt
                 pos = _put(score_parts, score_part_offsets, n_scores, out, pos)
             pos = _put(parts, part_offsets, _EVENT, out, pos)
             if source[i] == 0:
-                pos = summary_json(events, event_start[i], shared, out, pos)
+                pos = write_json(events, event_start[i], out, pos)
             else:
-                pos = summary_json(kept, event_start[i], shared, out, pos)
+                pos = kept_json(kept, event_start[i], shared, out, pos)
             pos = _put(parts, part_offsets, _END, out, pos)
             ends[k] = pos
             out_at[k] = at[i]

@@ -66,7 +66,7 @@ from operators.timers import TimerTable
 from rules.compiler import RISES_ABOVE, SEQ_START, EffectTable, Plan, PlanArrays, per_thread
 
 NEVER = np.iinfo(np.int64).min
-SNAPSHOT_VERSION = 8
+SNAPSHOT_VERSION = 9
 
 # Where a firing's causing event is: the batch (event index) or the timer arena (offset).
 FROM_BATCH, FROM_ARENA = 0, 1
@@ -353,6 +353,10 @@ class ShardState:
         if version == 7:  # arena records with a length of their own, padded to 8
             snap = {**snap, "columns": dict(snap["columns"]), "version": SNAPSHOT_VERSION}
             snap["timers"] = TimerTable.from_legacy_records(snap["columns"], snap["timers"])
+            version = 8
+        if version == 8:  # arena records that are packed summaries
+            snap = {**snap, "columns": dict(snap["columns"]), "version": SNAPSHOT_VERSION}
+            snap["timers"] = TimerTable.from_packed_records(snap["columns"], snap["timers"])
         if snap.get("version") != SNAPSHOT_VERSION:
             raise RecoveryFormatError(
                 f"this recovery directory holds shard state of format {snap.get('version', 1)}, written by an "
@@ -509,7 +513,7 @@ def _fire(state, plan, out, slot, trigger, at_ms, by_timer, source, offset, leng
 @kernel(inline=True)
 def _fire_timer(state, tm, plan, out, deadline, slot, k):  # type: ignore[no-untyped-def]
     offset = timers.cancel(tm, slot, k) * timers.ALIGN
-    length = summaries.packed_length(tm[4], offset)
+    length = summaries.kept_packed_length(tm[4], offset, tm[6])
     _fire(state, plan, out, slot, plan[13][k], deadline, 1, FROM_ARENA, offset, length)
 
 
@@ -575,7 +579,7 @@ def _apply_events(state, tm, plan, effects, events, out, first, per_event, puts_
             trig = sequence_triggers[q]
             if action == SEQ_START:  # (re)starts: also what cancelling and then starting would leave
                 if stored < 0:
-                    stored = timers.store_event(tm, data, start, length)
+                    stored = timers.store_event(tm, data, start)
                 timers.arm(tm, slot, timer_of[trig], now + within[trig], stored)
             else:
                 timers.cancel(tm, slot, timer_of[trig])
@@ -591,7 +595,7 @@ def _apply_events(state, tm, plan, effects, events, out, first, per_event, puts_
                         fires += 1
                 elif after >= threshold[trig]:
                     if stored < 0:
-                        stored = timers.store_event(tm, data, start, length)
+                        stored = timers.store_event(tm, data, start)
                     timers.arm(tm, slot, timer_of[trig], scores.crossing_time(after, now, half_life[s], threshold[trig]),
                                stored)
                 elif timers.cancel(tm, slot, timer_of[trig]) >= 0:  # it was pending: the score fell below

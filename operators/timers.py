@@ -18,13 +18,14 @@ entries, one per arm that lowered a timer's deadline and at most twice the pendi
 22.4 B/contact of the state benchmark's 337.3 at 1M contacts; the bounds take 1/8 byte, and the
 buffer holds one watermark step's due timers.
 
-Each pending timer keeps the summary of the event that armed it (the trigger record's `event`,
-packed: engine/summaries.py) in the shard's event arena, an append-only byte buffer of records (the
-summary as stored, padding to 4 bytes: its header gives its length); a timer's event is a uint32
-reference to it in 4-byte units, 4 bytes per timer instead of an int64 offset and an int32 length.
-(Up to snapshot format 7 a record also had a uint32 length of its own and was padded to 8: the state
-benchmark's pending timers kept 65.7 live bytes per contact at 1M contacts, now 60.8.) One event arming
-several timers is stored once. Re-arms leave old records behind; `compact_events` copies the live
+Each pending timer keeps the summary of the event that armed it (the trigger record's `event`) in the
+shard's event arena, an append-only byte buffer of records: the summary in the kept form
+(engine/summaries.py: a header of 11 bytes where a packed summary has 24, the message id without its
+quotes, a shared name), padding to 4 bytes. A timer's event is a uint32 reference to it in 4-byte
+units. The state benchmark's pending timers kept 65.7 live bytes per contact at 1M contacts when a record
+was a length of its own, the packed summary and padding to 8 (snapshot formats up to 7), 60.8 as the
+packed summary padded to 4 (format 8), 38.6 in the kept form (format 9). One event arming several
+timers is stored once. Re-arms leave old records behind; `compact_events` copies the live
 ones into a new arena once the garbage is a quarter of the live bytes, so the arena stays within
 about 1.25x what pending timers keep. The block bounds are derived: snapshots leave them out and `restore`
 computes them from the deadlines. A contact's earliest deadline is found by scanning its row, and the spill
@@ -32,14 +33,15 @@ table only for a contact that spilled (`next_due`), at each of its events: the r
 anyway, since an `inactive_for` rule re-arms on every event, and a column of minimums cost 8 bytes
 per contact.
 
-Properties are shared: a shop's pages and products repeat, and an `inactive_for` rule keeps nearly
-every contact's last event, so most kept summaries carry properties that other kept summaries carry
-too. Properties of at least SHARE_FROM bytes go, once, into a second buffer of records (`shared`),
-found through an open-addressing table of int64s (`shared_index`: 31 bits of their hash above their
-record's reference, one load per probe) and compared byte for byte; the kept summary holds a
-4-byte reference instead (flag SHARED_PROPERTIES, engine/summaries.py). A page view's record went
-from 120 to 48 bytes. New properties that find the shared buffer or its index full (both grow
-between batches) stay in their record. `compact_events` compacts both buffers together, when
+Properties and event names are shared: a shop's pages and products repeat, and an `inactive_for`
+rule keeps nearly every contact's last event, so most kept summaries carry properties that other kept
+summaries carry too, and nearly all carry one of a few names. Properties of at least SHARE_FROM bytes
+and names of at least SHARE_NAME_FROM go, once, into a second buffer of records (`shared`), found
+through an open-addressing table of int64s (`shared_index`: 31 bits of their hash above their record's
+reference, one load per probe) and compared byte for byte; the kept summary holds a 4-byte reference
+instead (flags PROPERTIES_SHARED, NAME_SHARED). A page view's record went from 120 to 48 bytes with
+shared properties, and to 32 in the kept form. New parts that find the shared buffer or its index full
+(both grow between batches) stay in their record. `compact_events` compacts both buffers together, when
 either holds garbage.
 
 The compiled functions take the table as one tuple, `TimerTable.arrays()`: (deadline, event,
@@ -95,6 +97,9 @@ ARENA_REFILL = COMPACT_ABOVE + COMPACT_ABOVE // 4
 # Properties shorter than this stay in their summary: sharing them saves at most 12 bytes a record
 # and costs a shared record and an index entry (about 21 bytes).
 SHARE_FROM = 16
+# Event names (JSON strings) from this length are shared: a shop sends a few dozen names, so their
+# shared records cost next to nothing, and "Product Viewed" takes 4 bytes instead of 16.
+SHARE_NAME_FROM = 8
 SHARED_MIN = ARENA_MIN
 INDEX_MIN = 1 << 10
 NO_ENTRY = -1
@@ -224,8 +229,8 @@ class TimerTable:
         if ref < 0:
             raise KeyError(f"timer {k} of slot {slot} is not pending")
         at = ALIGN * int(ref)
-        out = np.zeros(summaries.packed_length(self.arena, at) + 8, np.uint8)
-        end = _expand(self.arena, at, self.shared, out)
+        out = np.zeros(summaries.kept_packed_length(self.arena, at, self.shared) + 8, np.uint8)
+        end = summaries.expand_kept(self.arena, at, self.shared, out)
         return out[:end].tobytes()
 
     def deadline(self, slot: int, k: int) -> int:
@@ -294,7 +299,7 @@ class TimerTable:
                     event = convert(raw[old + LEGACY_HEADER:old + LEGACY_HEADER + length])
                 else:
                     expanded = np.zeros(summaries.packed_length(arena, old + LEGACY_HEADER) + 8, np.uint8)
-                    event = convert(expanded[:_expand(arena, old + LEGACY_HEADER, shared, expanded)].tobytes())
+                    event = convert(expanded[:_expand_packed(arena, old + LEGACY_HEADER, shared, expanded)].tobytes())
                 placed[old] = len(new) // LEGACY_ALIGN
                 new += len(event).to_bytes(LEGACY_HEADER, "little") + event
                 new += bytes(-len(new) % LEGACY_ALIGN)
@@ -318,6 +323,33 @@ class TimerTable:
         columns["timer_event"] = columns["timer_event"].copy()
         columns["timer_event"][pending] = refs
         return {**timers, "arena": new[:used].copy(), "spill_event": spill_refs.astype(np.uint32)}
+
+    @staticmethod
+    def from_packed_records(columns: dict[str, np.ndarray], timers: dict[str, Any]) -> dict[str, Any]:
+        """Snapshot format 8 (arena records that are packed summaries, their properties shared where
+        flagged) as this format: the references in `columns` and the spilled timers' are replaced;
+        the timers' snapshot with the new arena and shared buffer is returned."""
+        packed = timers["arena"]
+        packed_shared = timers.get("shared", np.zeros(0, np.uint8))  # (formats before 6 share nothing)
+        # Kept records are never longer than packed ones, with room to share every part.
+        arena = np.zeros(len(packed) + 8, np.uint8)
+        shared = np.zeros(len(packed_shared) + len(packed) + SHARED_ALIGN, np.uint8)
+        index = np.full(INDEX_MIN, NO_ENTRY, np.int64)
+        while 3 * len(index) < 4 * (_count_records(packed_shared, len(packed_shared)) + len(packed) // ALIGN + 1):
+            index = np.full(2 * len(index), NO_ENTRY, np.int64)
+        meta = np.zeros(DUE_SCAN + 1, np.int64)
+        moved = np.full(len(packed) // ALIGN + 1, -1, np.int64)
+        scratch = np.zeros(len(packed) + len(packed_shared) + summaries.HEADER, np.uint8)
+        _keep_packed_records(packed, len(packed), packed_shared, arena, meta, shared, index, scratch, moved)
+        pending = columns["timer_rule"] != FREE
+        refs = moved[columns["timer_event"][pending]]
+        spill_refs = moved[np.asarray(timers["spill_event"], np.int64)]
+        if (refs < 0).any() or (spill_refs < 0).any():
+            raise ValueError("a pending timer of the snapshot refers to no record of its arena")
+        columns["timer_event"] = columns["timer_event"].copy()
+        columns["timer_event"][pending] = refs
+        return {**timers, "arena": arena[: meta[ARENA_USED]].copy(), "shared": shared[: meta[SHARED_USED]].copy(),
+                "spill_event": spill_refs.astype(np.uint32)}
 
     @staticmethod
     def from_dense(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -487,10 +519,9 @@ def _index_slot(index, shared, data, start, length, h):  # type: ignore[no-untyp
 
 
 @kernel(inline=True)
-def _shared_ref(timers, data, start, length):  # type: ignore[no-untyped-def]
-    """The shared record of the properties data[start:start + length] (added if new), or -1 when they
-    are new and find no room."""
-    meta, shared, index = timers[5], timers[6], timers[7]
+def _share(meta, shared, index, data, start, length):  # type: ignore[no-untyped-def]
+    """The shared record of the bytes data[start:start + length] (added if new), or -1 when they are
+    new and find no room."""
     h = _properties_hash(data, start, length, meta[HASH_SEED])
     i, ref = _index_slot(index, shared, data, start, length, h)
     if ref >= 0:
@@ -505,31 +536,42 @@ def _shared_ref(timers, data, start, length):  # type: ignore[no-untyped-def]
 
 
 @kernel(inline=True)
-def store_event(timers, data, start, length):  # type: ignore[no-untyped-def]
-    """Append the summary data[start:start + length] to the arena as a record, sharing its properties
-    when they are long enough; its reference (for `arm`)."""
-    arena, meta = timers[4], timers[5]
+def _store(arena, meta, shared, index, data, start):  # type: ignore[no-untyped-def]
+    """Append the packed summary at data[start:] to the arena as a kept summary, its name and its
+    properties shared when they are long enough; its reference."""
+    name_at, name = summaries.name_span(data, start)
+    properties_at, properties = summaries.properties_span(data, start)
+    name_ref = _share(meta, shared, index, data, name_at, name) if name >= SHARE_NAME_FROM else -1
+    properties_ref = _share(meta, shared, index, data, properties_at, properties) if properties >= SHARE_FROM else -1
     at = meta[ARENA_USED]
-    properties, n = summaries.properties_span(data, start)
-    ref = _shared_ref(timers, data, properties, n) if n >= SHARE_FROM else -1
-    if ref < 0:
-        meta[ARENA_USED] = _aligned(copy_bytes(arena, at, data, start, length))
-        return at // ALIGN
-    end = copy_bytes(arena, at, data, start, properties - start)
-    arena[at + 1] |= summaries.SHARED_PROPERTIES
-    store_u32(arena, end, ref)
-    end = copy_bytes(arena, end + summaries.SHARED_REF, data, properties + n, start + length - properties - n)
-    meta[ARENA_USED] = _aligned(end)
+    meta[ARENA_USED] = _aligned(summaries.write_kept(arena, at, data, start, name_ref, properties_ref))
     return at // ALIGN
 
 
+@kernel(inline=True)
+def store_event(timers, data, start):  # type: ignore[no-untyped-def]
+    """Keep the packed summary at data[start:] in the arena (`_store`); its reference (for `arm`)."""
+    return _store(timers[4], timers[5], timers[6], timers[7], data, start)
+
+
+@kernel(inline=True)
+def _packed_stored_length(src, start):  # type: ignore[no-untyped-def]
+    """The bytes a packed summary took in the arena of snapshot formats 6 to 8: its packed length, less
+    its properties for a SHARED_REF when they were shared."""
+    length = summaries.packed_length(src, start)
+    if src[start + 1] & summaries.SHARED_PROPERTIES:
+        length += summaries.SHARED_REF - summaries.properties_span(src, start)[1]
+    return length
+
+
 @kernel
-def _expand(arena, start, shared, out):  # type: ignore[no-untyped-def]
-    """The kept summary at arena[start:] with its properties in place, at out[0:]; returns its end."""
+def _expand_packed(arena, start, shared, out):  # type: ignore[no-untyped-def]
+    """A packed summary as the arena of snapshot formats 6 to 8 kept it (at arena[start:]), with its
+    properties in place, at out[0:]; returns its end."""
     properties, n = summaries.properties_span(arena, start)
     shares = arena[start + 1] & summaries.SHARED_PROPERTIES
     stored = summaries.SHARED_REF if shares else n
-    rest = start + summaries.stored_length(arena, start) - properties - stored
+    rest = start + _packed_stored_length(arena, start) - properties - stored
     end = copy_bytes(out, 0, arena, start, properties - start)
     out[1] &= ~np.uint8(summaries.SHARED_PROPERTIES)
     if shares:
@@ -607,17 +649,32 @@ def _live_bytes(timers, row, where, size):  # type: ignore[no-untyped-def]
         n = _pending_of(timers, s, row, where)
         for i in range(n):
             if _kept_earlier(row, i) < 0:
-                total += _aligned(summaries.stored_length(arena, np.int64(row[i]) * ALIGN))
+                total += _aligned(summaries.kept_length(arena, np.int64(row[i]) * ALIGN))
     return total
+
+
+@kernel(inline=True)
+def _move_shared(shared, new_shared, record, ref_at, shared_at):  # type: ignore[no-untyped-def]
+    """Point the reference at record[ref_at:] to its shared record's copy in new_shared, copying the
+    record there first unless an earlier reference did (which left in the shared buffer a forwarding
+    reference: its length MOVED, its new reference in its first 4 bytes, since a shared part has at
+    least SHARE_NAME_FROM bytes). Returns the bytes used in new_shared."""
+    source = load_u32(record, ref_at) * SHARED_ALIGN
+    n = record_length(shared, source)
+    if n != _MOVED:
+        moved_to = shared_at // SHARED_ALIGN
+        shared_at = _write_record(new_shared, shared_at, shared, source + SHARED_HEADER, n)
+        store_u32(shared, source + SHARED_HEADER, moved_to)
+        store_u32(shared, source, _MOVED)
+    store_u32(record, ref_at, load_u32(shared, source + SHARED_HEADER))
+    return shared_at
 
 
 @kernel
 def _move_records(timers, new, row, where, size, new_shared):  # type: ignore[no-untyped-def]
     """Copy the records of pending timers into `new` (no sort: a record is shared only within a
-    contact), and the shared properties they refer to into `new_shared`, leaving in the shared
-    buffer a forwarding reference for each (its length MOVED, its new reference in its first 4
-    bytes: shared properties have at least SHARE_FROM bytes). Returns the bytes used in `new` and in
-    `new_shared`."""
+    contact), and the shared parts they refer to into `new_shared`. Returns the bytes used in `new`
+    and in `new_shared`."""
     arena, shared = timers[4], timers[6]
     at = 0
     shared_at = 0
@@ -630,18 +687,27 @@ def _move_records(timers, new, row, where, size, new_shared):  # type: ignore[no
                 continue
             old = np.int64(row[i]) * ALIGN
             _set_ref(timers, s, where[i], at // ALIGN)
-            end = _aligned(copy_bytes(new, at, arena, old, summaries.stored_length(arena, old)))
-            if new[at + 1] & summaries.SHARED_PROPERTIES:
-                properties, n_bytes = summaries.properties_span(new, at)
-                source = load_u32(new, properties) * SHARED_ALIGN
-                if record_length(shared, source) != _MOVED:  # the first live record that refers to it
-                    moved_to = shared_at // SHARED_ALIGN
-                    shared_at = _write_record(new_shared, shared_at, shared, source + SHARED_HEADER, n_bytes)
-                    store_u32(shared, source + SHARED_HEADER, moved_to)
-                    store_u32(shared, source, _MOVED)
-                store_u32(new, properties, load_u32(shared, source + SHARED_HEADER))
+            end = _aligned(copy_bytes(new, at, arena, old, summaries.kept_length(arena, old)))
+            name_ref, properties_ref = summaries.kept_refs(new, at)
+            if name_ref >= 0:
+                shared_at = _move_shared(shared, new_shared, new, name_ref, shared_at)
+            if properties_ref >= 0:
+                shared_at = _move_shared(shared, new_shared, new, properties_ref, shared_at)
             at = end
     return at, shared_at
+
+
+@kernel
+def _keep_packed_records(packed, used, packed_shared, arena, meta, shared, index, scratch, moved):  # type: ignore[no-untyped-def]
+    """Keep the records of packed[:used] (an arena of snapshot format 8: packed summaries, their
+    properties in packed_shared where flagged, padded to 4) as kept summaries, in order, noting each
+    one's new reference at moved[its old reference]."""
+    at = 0
+    while at < used:
+        moved[at // ALIGN] = meta[ARENA_USED] // ALIGN
+        _expand_packed(packed, at, packed_shared, scratch)
+        _store(arena, meta, shared, index, scratch, 0)
+        at += _aligned(_packed_stored_length(packed, at))
 
 
 @kernel

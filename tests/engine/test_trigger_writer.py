@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from engine.blake2 import blake2b_128_hex
 from engine.blobs import Blobs
 from engine.records import RecordWriter, TriggerOut, TriggerRecords, each_record
-from engine.summaries import HEADER, SHARED_PROPERTIES, pack, summary_json
-from engine.testing import arena_record
+from engine.summaries import pack, summary_json
+from engine.testing import arena_record, kept_record
 from engine.times import format_time
 from engine.trigger_writer import TriggerWriter
 
@@ -48,16 +48,6 @@ scores = st.one_of(st.sampled_from([0.0, -0.0, 1e-7, 1e22, 1.5, 0.1 + 0.2, 12.0,
                    st.floats(allow_nan=False, allow_infinity=False))
 
 
-def _shared(summary: bytes, ref: int) -> bytes:
-    """`summary` with its properties replaced by a reference to record `ref` (in 8-byte units) of the
-    shared buffer, as operators/timers.py keeps it."""
-    message_id, name = (int.from_bytes(summary[k:k + 2], "little") for k in (2, 4))
-    properties = int.from_bytes(summary[8:12], "little")
-    at = HEADER + message_id + name
-    return (summary[:1] + bytes([SHARED_PROPERTIES]) + summary[2:at] + ref.to_bytes(4, "little")
-            + summary[at + properties:])
-
-
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, len(TRIGGERS) - 1), contacts,
                           st.integers(0, 253_402_300_799_999), st.booleans(), st.booleans(),
@@ -70,11 +60,13 @@ def test_records_are_record_writers_bytes(firings: list[tuple], n_scores: int) -
     index = Blobs.of(c.encode("utf-8", "surrogatepass") for c in ids)
     batch_events = [pack({"messageId": f"m-{i}", "type": "page", "properties": {"i": i}}, "Page Viewed", 1000 + i)
                     for i in range(len(firings))]
-    kept_events = [pack({"event": "E\u00e9", "traits": {"n": "\u00e9"}, "properties": {"sku": f"p-{i % 2}"}},
-                        "E\u00e9", 2000 + i) for i in range(len(firings))]
-    # Timers keep the odd ones with their properties shared (record 1 of `shared`, after a record of 16 bytes).
-    shared = np.frombuffer(arena_record(b"0123456789ab") + arena_record(b'{"sku":"p-1"}'), np.uint8)
-    kept = Blobs.of([_shared(e, 2) if i % 2 else e for i, e in enumerate(kept_events)])
+    kept_events = [pack({"messageId": f"k-{i}", "event": "E\u00e9 long name", "traits": {"n": "\u00e9"},
+                         "properties": {"sku": f"p-{i % 2}"}}, "E\u00e9 long name", 2000 + i) for i in range(len(firings))]
+    # Timers keep them in the kept form; the odd ones with their properties shared (record 2 of `shared`, after
+    # a record of 16 bytes) and every third with its name shared (record 5).
+    shared = np.frombuffer(arena_record(b"0123456789ab") + arena_record(b'{"sku":"p-1"}')
+                           + arena_record('"E\u00e9 long name"'.encode()), np.uint8)
+    kept = Blobs.of([kept_record(e, 5 if i % 3 == 0 else None, 2 if i % 2 else None) for i, e in enumerate(kept_events)])
     batch = Blobs.of(batch_events)
     n = len(firings)
     values = np.array([f[5] for f in firings], np.float64).reshape(n, 2)

@@ -43,7 +43,7 @@ from engine.sources import DLQ_KEY, END_KEY, DecodingPartition, ReaderState, blo
 from engine.summaries import summary_json
 from engine.testing import event_batch, plan_of, run_rules
 from engine.times import parse_time
-from operators import counts
+from operators import counts, timers
 from operators.dedupe import Deduplicator
 from operators.finalize import summarize
 from operators.shard import NEVER, SNAPSHOT_VERSION, RecoveryFormatError, ShardLogic, ShardState
@@ -921,26 +921,84 @@ def _exact_bounds(state: ShardState) -> list[int]:
     return bounds
 
 
+def _remapped(snap: dict, arena: bytes, moved: dict[int, int], version: int) -> dict:
+    """`snap` with the arena `arena`, its timers' record references mapped through `moved`, and `version`."""
+    columns = dict(snap["columns"])
+    refs = columns["timer_event"] = columns["timer_event"].copy()
+    pending = columns["timer_rule"] != FREE
+    refs[pending] = [moved[r] for r in refs[pending].tolist()]
+    kept = {**snap["timers"], "arena": np.frombuffer(arena, np.uint8).copy(),
+            "spill_event": np.array([moved[r] for r in snap["timers"]["spill_event"].tolist()], np.uint32)}
+    return {**snap, "version": version, "columns": columns, "timers": kept}
+
+
+def _as_format_8(snap: dict) -> dict:
+    """A shard snapshot as format 8 wrote it: each arena record a packed summary (its properties a reference
+    to a shared record, with the summary's flag SHARED_PROPERTIES, where the kept summary shares them; its name
+    in place), padding to 4."""
+    arena, shared = snap["timers"]["arena"], snap["timers"]["shared"]
+    packed = bytearray()
+    moved = {}
+    at = 0
+    while at < len(arena):
+        out = np.zeros(summaries.kept_packed_length(arena, at, shared) + 8, np.uint8)
+        summary = out[:summaries.expand_kept(arena, at, shared, out)].tobytes()
+        properties_ref = summaries.kept_refs(arena, at)[1]
+        if properties_ref >= 0:
+            properties_at, n = summaries.properties_span(np.frombuffer(summary, np.uint8), 0)
+            summary = (summary[:1] + bytes([summaries.SHARED_PROPERTIES]) + summary[2:properties_at]
+                       + arena[properties_ref:properties_ref + 4].tobytes() + summary[properties_at + n:])
+        moved[at // 4] = len(packed) // 4
+        packed += summary + bytes(-len(summary) % 4)
+        n = int(summaries.kept_length(arena, at))
+        at += n + -n % 4
+    return _remapped(snap, bytes(packed), moved, 8)
+
+
 def _as_format_7(snap: dict) -> dict:
-    """A shard snapshot as format 7 wrote it: each arena record a uint32 length, the summary, padding to 8,
-    referred to in 8-byte units."""
+    """A format-8 shard snapshot as format 7 wrote it: each arena record a uint32 length, the summary, padding
+    to 8, referred to in 8-byte units."""
     arena = snap["timers"]["arena"]
     legacy = bytearray()
     moved = {}
     at = 0
     while at < len(arena):
-        n = int(summaries.stored_length(arena, at))
+        n = int(timers._packed_stored_length(arena, at))
         moved[at // 4] = len(legacy) // 8
         legacy += n.to_bytes(4, "little") + arena[at:at + n].tobytes()
         legacy += bytes(-len(legacy) % 8)
         at += n + -n % 4
-    columns = dict(snap["columns"])
-    refs = columns["timer_event"] = columns["timer_event"].copy()
-    pending = columns["timer_rule"] != FREE
-    refs[pending] = [moved[r] for r in refs[pending].tolist()]
-    timers = {**snap["timers"], "arena": np.frombuffer(bytes(legacy), np.uint8).copy(),
-              "spill_event": np.array([moved[r] for r in snap["timers"]["spill_event"].tolist()], np.uint32)}
-    return {**snap, "version": 7, "columns": columns, "timers": timers}
+    return _remapped(snap, bytes(legacy), moved, 7)
+
+
+def _format_7_of(snap: dict) -> dict:
+    """A packed shard snapshot of this format as format 7 wrote it."""
+    return _as_format_7(_as_format_8(unpack(pickle.loads(pickle.dumps(snap)))))
+
+
+def test_a_format_8_snapshot_is_converted_and_resumes_exactly(contract, reference):
+    plan, lines = contract
+    first = Run(plan, lines, batch_size=50, shards=SHARDS, broadcast=False).run(10)
+    reader, shards = first.snapshot()
+    current = {key: unpack(pickle.loads(pickle.dumps(snap))) for key, snap in shards.items()}
+    converted = {key: _as_format_8(snap) for key, snap in current.items()}
+    # Packed summaries are longer: a header of 24 bytes, quoted ids, names in place.
+    assert all(len(converted[key]["timers"]["arena"]) > len(snap["timers"]["arena"])
+               for key, snap in current.items() if len(snap["timers"]["arena"]))
+    assert any(converted[key]["timers"]["arena"][1] == summaries.SHARED_PROPERTIES for key in converted
+               if len(converted[key]["timers"]["arena"]))
+    for key, snap in converted.items():
+        state, restored = first.logics[key].state, ShardState.restore(plan, snap)
+        assert _pending_timers(restored) == _pending_timers(state)
+        assert all(restored.timers.event(s, k) == state.timers.event(s, k) for _, s, k in _pending_timers(state))
+        # The arena and shared buffer a snapshot of this format holds, byte for byte, and the same references.
+        again = restored.snapshot()
+        for part in ("arena", "shared"):
+            assert again["timers"][part].tobytes() == current[key]["timers"][part].tobytes()
+        assert np.array_equal(again["columns"]["timer_event"], current[key]["columns"]["timer_event"])
+    carried = Run(plan, lines, 50, SHARDS, False).carry(first)
+    resumed = Run(plan, lines, 50, SHARDS, False, (pickle.loads(pickle.dumps(reader)), converted))
+    assert resumed.carry(carried).run().result() == reference
 
 
 def test_a_format_7_snapshot_is_converted_and_resumes_exactly(contract, reference):
@@ -948,7 +1006,7 @@ def test_a_format_7_snapshot_is_converted_and_resumes_exactly(contract, referenc
     first = Run(plan, lines, batch_size=50, shards=SHARDS, broadcast=False).run(10)
     reader, shards = first.snapshot()
     current = {key: unpack(pickle.loads(pickle.dumps(snap))) for key, snap in shards.items()}
-    converted = {key: _as_format_7(snap) for key, snap in current.items()}
+    converted = {key: _as_format_7(_as_format_8(snap)) for key, snap in current.items()}
     assert sum(first.logics[key].state.timers.spilled() for key in shards) > 0
     # A record took a length of its own and padding to 8, not 4.
     assert all(len(converted[key]["timers"]["arena"]) > len(snap["timers"]["arena"])
@@ -976,15 +1034,15 @@ def _as_format_6(snap: dict, width: int) -> dict:
     dense_refs = np.zeros((len(rule), width), np.uint32)
     for s, j in zip(*np.nonzero(rule != FREE), strict=True):
         dense[s, rule[s, j]], dense_refs[s, rule[s, j]] = deadline[s, j], refs[s, j]
-    timers = dict(snap["timers"])
-    for key, d, ref in zip(timers.pop("spill_keys").tolist(), timers.pop("spill_deadline").tolist(),
-                           timers.pop("spill_event").tolist(), strict=True):
+    kept = dict(snap["timers"])
+    for key, d, ref in zip(kept.pop("spill_keys").tolist(), kept.pop("spill_deadline").tolist(),
+                           kept.pop("spill_event").tolist(), strict=True):
         dense[key // width, key % width], dense_refs[key // width, key % width] = d, ref
     columns["timer_deadline"], columns["timer_event"] = dense, dense_refs
     index = dict(snap["index"])  # which held the contacts' digests too
     offsets, data = index["id_offsets"].tolist(), index["id_data"].tobytes()
     index["hashes"] = digests([data[a:b].decode() for a, b in zip(offsets[:-1], offsets[1:], strict=True)])
-    return {**snap, "version": 6, "columns": columns, "timers": timers, "index": index}
+    return {**snap, "version": 6, "columns": columns, "timers": kept, "index": index}
 
 
 def test_a_format_6_snapshot_is_converted_and_resumes_exactly(contract, reference):
@@ -992,7 +1050,7 @@ def test_a_format_6_snapshot_is_converted_and_resumes_exactly(contract, referenc
     first = Run(plan, lines, batch_size=50, shards=SHARDS, broadcast=False).run(10)
     reader, shards = first.snapshot()
     width = len(plan.timer_triggers)
-    converted = {key: _as_format_6(_as_format_7(unpack(pickle.loads(pickle.dumps(snap)))), width) for key, snap in shards.items()}
+    converted = {key: _as_format_6(_format_7_of(snap), width) for key, snap in shards.items()}
     assert sum(first.logics[key].state.timers.spilled() for key in shards) > 0
     for key, snap in converted.items():  # the same timers, keeping the same events
         state, restored = first.logics[key].state, ShardState.restore(plan, snap)
@@ -1035,7 +1093,7 @@ def test_a_format_5_snapshot_is_converted_and_resumes_exactly(contract, referenc
     first = Run(plan, lines, batch_size=50, shards=SHARDS, broadcast=False).run(10)
     reader, shards = first.snapshot()
     width = len(plan.timer_triggers)
-    converted = {key: _as_format_5(_as_format_6(_as_format_7(unpack(pickle.loads(pickle.dumps(snap)))), width))
+    converted = {key: _as_format_5(_as_format_6(_format_7_of(snap), width))
                  for key, snap in shards.items()}
     assert sum(int((snap["columns"]["last_fired"] != NEVER).sum()) for snap in converted.values()) > 0
     assert sum(int((snap["columns"]["count_times"] != counts.EMPTY).sum()) for snap in converted.values()) > 0
@@ -1057,8 +1115,8 @@ def test_a_format_5_snapshot_is_converted_and_resumes_exactly(contract, referenc
 def _as_format_4(snap: dict) -> dict:
     """A format-5 shard snapshot as format 4 wrote it: the events timers keep as their summaries' JSON."""
     columns = dict(snap["columns"])
-    timers = TimerTable.convert_events(columns, snap["timers"]["arena"], summary_json)
-    return {**snap, "version": 4, "columns": columns, "timers": timers}
+    kept = TimerTable.convert_events(columns, snap["timers"]["arena"], summary_json)
+    return {**snap, "version": 4, "columns": columns, "timers": kept}
 
 
 def _same_events(state: ShardState, restored: ShardState) -> None:
@@ -1072,7 +1130,7 @@ def test_a_format_4_snapshot_is_converted_and_resumes_exactly(contract, referenc
     first = Run(plan, lines, batch_size=50, shards=SHARDS, broadcast=False).run(10)
     reader, shards = first.snapshot()
     width = len(plan.timer_triggers)
-    converted = {key: _as_format_4(_as_format_5(_as_format_6(_as_format_7(unpack(pickle.loads(pickle.dumps(snap)))), width)))
+    converted = {key: _as_format_4(_as_format_5(_as_format_6(_format_7_of(snap), width)))
                  for key, snap in shards.items()}
     some = next(s for s in converted.values() if len(s["timers"]["arena"]))
     assert some["timers"]["arena"][4:16].tobytes() == b'{"messageId"'  # JSON, as format 4 kept it
@@ -1110,7 +1168,7 @@ def test_a_format_3_snapshot_is_converted_and_resumes_exactly(contract, referenc
     first = Run(plan, lines, batch_size=50, shards=SHARDS, broadcast=False).run(10)
     reader, shards = first.snapshot()
     width = len(plan.timer_triggers)
-    converted = {key: _as_format_3(_as_format_4(_as_format_5(_as_format_6(_as_format_7(unpack(pickle.loads(pickle.dumps(snap)))),
+    converted = {key: _as_format_3(_as_format_4(_as_format_5(_as_format_6(_format_7_of(snap),
                                                                           width))))
                  for key, snap in shards.items()}
     assert sum(int((snap["columns"]["timer_event_length"] > 0).sum()) for snap in converted.values()) > 0

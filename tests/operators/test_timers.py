@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from engine.summaries import HEADER as SUMMARY_HEADER
-from engine.summaries import SHARED_PROPERTIES, pack_parts
+from engine.summaries import pack_parts
 from engine.testing import arena_record, kept_record
 from operators import timers
 from operators.contacts import Columns
@@ -46,7 +46,7 @@ class _Table:
         """Append an event (the summary of `_summary(event, properties)`) to the arena; its record's reference."""
         summary = _summary(event, properties)
         self.t.reserve(1, len(summary), self.size)
-        return int(timers.store_event(self.t.arrays(), np.frombuffer(summary, np.uint8), 0, len(summary)))
+        return int(timers.store_event(self.t.arrays(), np.frombuffer(summary, np.uint8), 0))
 
     def _contact(self, slot: int) -> None:
         """Slots up to `slot` are in use (the kernels take only slots the shard's index gave out)."""
@@ -578,21 +578,21 @@ def test_compact_events_keeps_only_what_pending_timers_hold():
     tt.arm(1, 2, T0 + 4, b"one event, two timers", stored=shared)
     tt.arm(2, 1, T0 + 5, b"cancelled")
     tt.cancel(2, 1)
-    # A record is the summary (24 bytes of header and the payload), padding to a multiple of 4:
-    # payloads of 13 -> 40, 6 -> 32, 21 -> 48, 9 -> 36.
-    assert tt.t.event_bytes() == 40 + 32 + 48 + 36
+    # A record is the kept summary (11 bytes of header, 2 of traits length, the payload as traits), padding
+    # to a multiple of 4: payloads of 13 -> 28, 6 -> 20, 21 -> 36, 9 -> 24.
+    assert tt.t.event_bytes() == 28 + 20 + 36 + 24
     tt.t.compact_events(tt.size)  # far below the threshold: nothing moves
-    assert tt.t.event_bytes() == 156
+    assert tt.t.event_bytes() == 108
     tt.t.compact_events(tt.size, force=True)
     # The shared event is stored once; the old version and the cancelled timer's event are gone.
-    assert tt.t.event_bytes() == 32 + 48
+    assert tt.t.event_bytes() == 20 + 36
     assert [tt.event(0, 0), tt.event(1, 0), tt.event(1, 2)] == [
         b"second", b"one event, two timers", b"one event, two timers"]
     refs = [int(timers.event_ref(tt.t.arrays(), s, k)) for s, k in ((0, 0), (1, 0), (1, 2))]
-    assert refs == [0, 8, 8]  # in 4-byte units
-    # Arming after the compaction appends after the live bytes: a payload of 5 -> 32.
+    assert refs == [0, 5, 5]  # in 4-byte units
+    # Arming after the compaction appends after the live bytes: a payload of 5 -> 20.
     tt.arm(3, 0, T0 + 6, b"later")
-    assert tt.event(3, 0) == b"later" and tt.t.event_bytes() == 80 + 32
+    assert tt.event(3, 0) == b"later" and tt.t.event_bytes() == 56 + 20
 
 
 def test_reserve_grows_the_arena_and_the_block_bounds_keeping_their_contents():
@@ -623,14 +623,41 @@ def test_long_properties_are_stored_once_and_given_back_in_place():
     tt.arm(2, 0, T0, b"c", properties=b'{"i":1}')
     assert [tt.t.event(s, 0) for s in range(3)] == [_summary(b"a", PRICING), _summary(b"bb", PRICING),
                                                     _summary(b"c", b'{"i":1}')]
-    # Records: the header (its flag set), a 4-byte reference in place of the properties, the payload:
-    # 24 + 4 + 1 -> 32 and 24 + 4 + 2 -> 32; the short properties stay: 24 + 7 + 1 -> 32.
-    arena = tt.t.arena
-    assert (arena[1], arena[33], arena[65]) == (SHARED_PROPERTIES, SHARED_PROPERTIES, 0)
-    assert arena[24:28].tobytes() == arena[56:60].tobytes() == b"\0\0\0\0"  # both refer to record 0
+    # Kept records: the header, a 4-byte reference in place of the properties, the payload (as traits):
+    # 13 + 4 + 1 -> 20 and 13 + 4 + 2 -> 20; the short properties stay: 13 + 7 + 1 -> 24.
+    assert tt.t.arena[:tt.t.meta[timers.ARENA_USED]].tobytes() == (
+        kept_record(_summary(b"a", PRICING), properties_ref=0) + kept_record(_summary(b"bb", PRICING), properties_ref=0)
+        + kept_record(_summary(b"c", b'{"i":1}')))
     assert tt.t.shared[:tt.t.meta[timers.SHARED_USED]].tobytes() == arena_record(PRICING)
     assert int(tt.t.meta[timers.SHARED_RECORDS]) == 1 and int((tt.t.shared_index != timers.NO_ENTRY).sum()) == 1
-    assert tt.t.event_bytes() == 96 + len(arena_record(PRICING))
+    assert tt.t.event_bytes() == 64 + len(arena_record(PRICING))
+
+
+def test_event_names_are_shared_and_message_ids_kept_without_quotes():
+    tt = _table(n_timers=1)
+    viewed = pack_parts(0, b'"m-1"', b'"Product Viewed"', b"", b"", T0)
+    added = pack_parts(0, b'"m-2"', b'"Product Added"', b"", b"", T0)
+    short = pack_parts(0, b'""', b'"Buy"', b"", b"", T0)  # an empty id keeps its quotes; a short name stays
+    for slot, summary in enumerate([viewed, added, pack_parts(0, b'"m-3"', b'"Product Viewed"', b"", b"", T0), short]):
+        tt._contact(slot)
+        tt.t.reserve(1, len(summary), tt.size)
+        timers.arm(tt.t.arrays(), slot, 0, T0, timers.store_event(tt.t.arrays(), np.frombuffer(summary, np.uint8), 0))
+    # 11 + 3 + 4 -> 20 bytes each, against 24 + 5 + 16 (-> 48) as packed summaries.
+    assert tt.t.arena[:tt.t.meta[timers.ARENA_USED]].tobytes() == (
+        kept_record(viewed, name_ref=0) + kept_record(added, name_ref=3)
+        + kept_record(pack_parts(0, b'"m-3"', b'"Product Viewed"', b"", b"", T0), name_ref=0) + kept_record(short))
+    assert len(kept_record(viewed, name_ref=0)) == 20 and len(kept_record(short)) == 20
+    assert tt.t.shared[:tt.t.meta[timers.SHARED_USED]].tobytes() == (arena_record(b'"Product Viewed"')
+                                                                      + arena_record(b'"Product Added"'))
+    assert [tt.t.event(s, 0) for s in range(4)] == [viewed, added, pack_parts(0, b'"m-3"', b'"Product Viewed"', b"",
+                                                                             b"", T0), short]
+    # A compaction moves each shared name once, whichever records refer to it.
+    tt.cancel(0, 0)
+    tt.t.compact_events(tt.size, force=True)
+    assert tt.t.shared[:tt.t.meta[timers.SHARED_USED]].tobytes() == (arena_record(b'"Product Added"')
+                                                                      + arena_record(b'"Product Viewed"'))
+    assert [tt.t.event(s, 0) for s in (1, 2, 3)] == [added, pack_parts(0, b'"m-3"', b'"Product Viewed"', b"", b"", T0),
+                                                     short]
 
 
 def test_compaction_keeps_the_shared_properties_pending_timers_refer_to():
@@ -689,8 +716,9 @@ def test_new_properties_stay_in_their_record_when_the_shared_buffer_is_full():
     # before this event (the kernel stores a batch's events between two reserves).
     tt.t.meta[timers.SHARED_USED] = len(tt.t.shared) - 16
     summary = _summary(b"a", PRICING)
-    ref = int(timers.store_event(tt.t.arrays(), np.frombuffer(summary, np.uint8), 0, len(summary)))
-    assert tt.t.arena[4 * ref:4 * ref + len(summary)].tobytes() == summary
+    ref = int(timers.store_event(tt.t.arrays(), np.frombuffer(summary, np.uint8), 0))
+    kept = kept_record(summary)
+    assert tt.t.arena[4 * ref:4 * ref + len(kept)].tobytes() == kept
     assert int(tt.t.meta[timers.SHARED_RECORDS]) == 0
 
 
