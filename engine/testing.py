@@ -118,7 +118,7 @@ def arena_record(data: bytes) -> bytes:
 
 def kept_record(summary: bytes, name_ref: int | None = None, properties_ref: int | None = None) -> bytes:
     """A packed summary as operators/timers.py keeps it in its arena: in the kept form (engine/summaries.py),
-    its name or properties replaced by a reference to a shared record where given, padding to 4 bytes.
+    its name or properties replaced by a reference to a shared record where given (records are not padded).
     Written from the layout, apart from the compiled `write_kept`, so that tests check one against the other."""
     call, _, id_len, name_len, _, properties_len, traits_len, time_ms = struct.unpack_from("<BBHHHIIq", summary)
     at = summaries.HEADER
@@ -146,8 +146,7 @@ def kept_record(summary: bytes, name_ref: int | None = None, properties_ref: int
         header = struct.pack("<BBBH", flags | (summaries.HAS_TRAITS if traits else 0), len(message_id), kept_name,
                              kept_properties) + time_ms.to_bytes(6, "little", signed=True)
         header += struct.pack("<H", len(traits)) if traits else b""
-    record = header + message_id + name + properties + traits
-    return record + bytes(-len(record) % 4)
+    return header + message_id + name + properties + traits
 
 
 def free_port_block(n: int) -> int:

@@ -170,7 +170,7 @@ class ShardState:
         self.columns.ensure(len(self.index))
         effect_ids = self.effects.ids(batch.bits)
         summaries = batch.summaries
-        self.timers.reserve(n, summaries.total_bytes(), len(self.index))
+        self.timers.reserve(summaries.total_bytes(), len(self.index))
         events = (slots, batch.times, batch.watermarks, effect_ids, summaries.data, summaries.starts, summaries.ends)
         self._firing_batch = batch
         self._make_room(out)
@@ -512,7 +512,7 @@ def _fire(state, plan, out, slot, trigger, at_ms, by_timer, source, offset, leng
 
 @kernel(inline=True)
 def _fire_timer(state, tm, plan, out, deadline, slot, k):  # type: ignore[no-untyped-def]
-    offset = timers.cancel(tm, slot, k) * timers.ALIGN
+    offset = timers.cancel(tm, slot, k)
     length = summaries.kept_packed_length(tm[4], offset, tm[6])
     _fire(state, plan, out, slot, plan[13][k], deadline, 1, FROM_ARENA, offset, length)
 

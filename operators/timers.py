@@ -21,13 +21,13 @@ buffer holds one watermark step's due timers.
 Each pending timer keeps the summary of the event that armed it (the trigger record's `event`) in the
 shard's event arena, an append-only byte buffer of records: the summary in the kept form
 (engine/summaries.py: a header of 11 bytes where a packed summary has 24, the message id without its
-quotes, a shared name), padding to 4 bytes. A timer's event is a uint32 reference to it in 4-byte
-units. The state benchmark's pending timers kept 65.7 live bytes per contact at 1M contacts when a record
-was a length of its own, the packed summary and padding to 8 (snapshot formats up to 7), 60.8 as the
-packed summary padded to 4 (format 8), 38.6 in the kept form (format 9). One event arming several
-timers is stored once. Re-arms leave old records behind; `compact_events` copies the live
-ones into a new arena once the garbage is a quarter of the live bytes, so the arena stays within
-about 1.25x what pending timers keep. The block bounds are derived: snapshots leave them out and `restore`
+quotes, a shared name), one after the other. A timer's event is a uint32 reference to its first byte.
+The state benchmark's pending timers kept 65.7 live bytes per contact at 1M contacts when a record was
+a length of its own, the packed summary and padding to 8 (snapshot formats up to 7), 60.8 as the
+packed summary padded to 4 (format 8), 38.6 in the kept form padded to 4, 37.4 unpadded (format 9).
+One event arming several timers is stored once. Re-arms leave old records behind; `compact_events`
+copies the live ones into a new arena once the garbage is a quarter of the live bytes, so the arena
+stays within about 1.25x what pending timers keep. The block bounds are derived: snapshots leave them out and `restore`
 computes them from the deadlines. A contact's earliest deadline is found by scanning its row, and the spill
 table only for a contact that spilled (`next_due`), at each of its events: the row is in cache
 anyway, since an `inactive_for` rule re-arms on every event, and a column of minimums cost 8 bytes
@@ -79,8 +79,9 @@ NOT_DUE, NEEDS_ROOM = -1, -2  # what `pop_due` gives as k when it gives no timer
 INLINE = 2  # timers a contact holds in its row; more spill into the shard's table of spilled timers
 FREE = 255  # an inline place holding no timer (so a rule set has at most 255 timer rules)
 SPILL_MIN = 64  # the spill table's first size (a power of two, at most 3/4 full)
-ALIGN = 4  # arena records (a summary as stored) start at multiples of 4: a uint32 reference addresses 16 GiB
-RECORD_OVERHEAD = ALIGN - 1  # the most a record takes beyond its summary
+# Arena records are not padded (the kernels load unaligned), so a uint32 reference addresses 4 GiB. Those of
+# snapshot format 8 were padded to 4 and referred to in 4-byte units.
+PACKED_ALIGN = 4
 # Shared properties are records of a uint32 length, then the bytes, padded to 8 (as the arena's were up to
 # snapshot format 7: LEGACY_ALIGN, LEGACY_HEADER).
 SHARED_ALIGN = LEGACY_ALIGN = summaries.SHARED_ALIGN
@@ -116,7 +117,7 @@ class TimerTable:
         inline = min(self.width, INLINE)
         columns.add("timer_rule", np.uint8, FREE, inline)  # the timer rule each inline place holds
         columns.add("timer_deadline", np.int64, NONE, inline)
-        columns.add("timer_event", np.uint32, 0, inline)  # the arming event's arena record, in ALIGN units
+        columns.add("timer_event", np.uint32, 0, inline)  # the arming event's arena record, in bytes
         columns.add("timer_spilled", np.uint8, 0)  # how many of the contact's timers are in the spill table
         self.block_min = np.full(1, NONE, np.int64)
         self._due_min = max(DUE_MIN, BLOCK * self.width)
@@ -186,25 +187,26 @@ class TimerTable:
             self.due = np.zeros((self._due_min, 2), np.int64)
         self.meta[DUE_USED] = self.meta[DUE_NEXT] = 0
 
-    def reserve(self, events: int, event_bytes: int, size: int) -> None:
-        """Block bounds for `size` contacts and room for `events` more arena records of `event_bytes` in
-        all (`size` also tells a compaction which contacts to walk)."""
+    def reserve(self, event_bytes: int, size: int) -> None:
+        """Block bounds for `size` contacts and room for arena records of packed summaries of `event_bytes`
+        in all (a kept summary is never longer than the packed one; `size` also tells a compaction which
+        contacts to walk)."""
         blocks = (size + BLOCK - 1) >> BLOCK_SHIFT
         if blocks > len(self.block_min):
             block_min = np.full(next_capacity(len(self.block_min), blocks), NONE, np.int64)
             block_min[: len(self.block_min)] = self.block_min
             self.block_min = block_min
-        extra = event_bytes + events * RECORD_OVERHEAD
+        extra = event_bytes
         if int(self.meta[ARENA_USED]) + extra > len(self.arena):
             self.compact_events(size)
             need = int(self.meta[ARENA_USED]) + extra
             if need > len(self.arena):
                 step = len(self.arena) if len(self.arena) < COMPACT_ABOVE else len(self.arena) // 4
                 self.arena = grown(self.arena, max(need, len(self.arena) + step), int(self.meta[ARENA_USED]))
-        if int(self.meta[ARENA_USED]) + extra > ALIGN * (1 << 32):
+        if int(self.meta[ARENA_USED]) + extra > 1 << 32:
             self.compact_events(size, force=True)
-            if int(self.meta[ARENA_USED]) + extra > ALIGN * (1 << 32):
-                raise MemoryError("a shard's pending timers keep more than 16 GiB of events: use more --shards")
+            if int(self.meta[ARENA_USED]) + extra > 1 << 32:
+                raise MemoryError("a shard's pending timers keep more than 4 GiB of events: use more --shards")
         # Shared properties that find no room stay in their records (`store_event`): the shared buffer
         # grows by an eighth once it is 15/16 full (a compaction leaves it an eighth of room), and its
         # index doubles once it is 9/16 full, instead of making room for every event's. (In the state
@@ -228,7 +230,7 @@ class TimerTable:
         ref = event_ref(self.arrays(), slot, k)
         if ref < 0:
             raise KeyError(f"timer {k} of slot {slot} is not pending")
-        at = ALIGN * int(ref)
+        at = int(ref)
         out = np.zeros(summaries.kept_packed_length(self.arena, at, self.shared) + 8, np.uint8)
         end = summaries.expand_kept(self.arena, at, self.shared, out)
         return out[:end].tobytes()
@@ -309,7 +311,7 @@ class TimerTable:
     @staticmethod
     def from_legacy_records(columns: dict[str, np.ndarray], timers: dict[str, Any]) -> dict[str, Any]:
         """Snapshot format 7 (arena records of a uint32 length, the summary, padding to 8; references
-        in 8-byte units) as this format: the references in `columns` and the spilled timers' are
+        in 8-byte units) as format 8: the references in `columns` and the spilled timers' are
         replaced; the timers' snapshot with the new arena is returned."""
         arena = timers["arena"]
         new = np.zeros(len(arena), np.uint8)
@@ -335,10 +337,10 @@ class TimerTable:
         arena = np.zeros(len(packed) + 8, np.uint8)
         shared = np.zeros(len(packed_shared) + len(packed) + SHARED_ALIGN, np.uint8)
         index = np.full(INDEX_MIN, NO_ENTRY, np.int64)
-        while 3 * len(index) < 4 * (_count_records(packed_shared, len(packed_shared)) + len(packed) // ALIGN + 1):
+        while 3 * len(index) < 4 * (_count_records(packed_shared, len(packed_shared)) + len(packed) // PACKED_ALIGN + 1):
             index = np.full(2 * len(index), NO_ENTRY, np.int64)
         meta = np.zeros(DUE_SCAN + 1, np.int64)
-        moved = np.full(len(packed) // ALIGN + 1, -1, np.int64)
+        moved = np.full(len(packed) // PACKED_ALIGN + 1, -1, np.int64)
         scratch = np.zeros(len(packed) + len(packed_shared) + summaries.HEADER, np.uint8)
         _keep_packed_records(packed, len(packed), packed_shared, arena, meta, shared, index, scratch, moved)
         pending = columns["timer_rule"] != FREE
@@ -418,7 +420,7 @@ class TimerTable:
         pending = int(np.count_nonzero(rules[:size] != FREE)) + len(keys)
         self.meta[PENDING] = pending
         self.block_min = np.full(1, NONE, np.int64)
-        self.reserve(0, 0, size)
+        self.reserve(0, size)
         _bound_blocks(self.arrays(), size)
 
 
@@ -432,8 +434,8 @@ def record_length(buf, at):  # type: ignore[no-untyped-def]
 
 
 @kernel(inline=True)
-def _aligned(n):  # type: ignore[no-untyped-def]
-    return (n + ALIGN - 1) // ALIGN * ALIGN
+def _packed_aligned(n):  # type: ignore[no-untyped-def]
+    return (n + PACKED_ALIGN - 1) // PACKED_ALIGN * PACKED_ALIGN
 
 
 @kernel(inline=True)
@@ -544,8 +546,8 @@ def _store(arena, meta, shared, index, data, start):  # type: ignore[no-untyped-
     name_ref = _share(meta, shared, index, data, name_at, name) if name >= SHARE_NAME_FROM else -1
     properties_ref = _share(meta, shared, index, data, properties_at, properties) if properties >= SHARE_FROM else -1
     at = meta[ARENA_USED]
-    meta[ARENA_USED] = _aligned(summaries.write_kept(arena, at, data, start, name_ref, properties_ref))
-    return at // ALIGN
+    meta[ARENA_USED] = summaries.write_kept(arena, at, data, start, name_ref, properties_ref)
+    return at
 
 
 @kernel(inline=True)
@@ -649,7 +651,7 @@ def _live_bytes(timers, row, where, size):  # type: ignore[no-untyped-def]
         n = _pending_of(timers, s, row, where)
         for i in range(n):
             if _kept_earlier(row, i) < 0:
-                total += _aligned(summaries.kept_length(arena, np.int64(row[i]) * ALIGN))
+                total += summaries.kept_length(arena, np.int64(row[i]))
     return total
 
 
@@ -685,9 +687,9 @@ def _move_records(timers, new, row, where, size, new_shared):  # type: ignore[no
             if j >= 0:
                 _set_ref(timers, s, where[i], _ref_at(timers, s, where[j]))
                 continue
-            old = np.int64(row[i]) * ALIGN
-            _set_ref(timers, s, where[i], at // ALIGN)
-            end = _aligned(copy_bytes(new, at, arena, old, summaries.kept_length(arena, old)))
+            old = np.int64(row[i])
+            _set_ref(timers, s, where[i], at)
+            end = copy_bytes(new, at, arena, old, summaries.kept_length(arena, old))
             name_ref, properties_ref = summaries.kept_refs(new, at)
             if name_ref >= 0:
                 shared_at = _move_shared(shared, new_shared, new, name_ref, shared_at)
@@ -704,22 +706,22 @@ def _keep_packed_records(packed, used, packed_shared, arena, meta, shared, index
     one's new reference at moved[its old reference]."""
     at = 0
     while at < used:
-        moved[at // ALIGN] = meta[ARENA_USED] // ALIGN
+        moved[at // PACKED_ALIGN] = meta[ARENA_USED]
         _expand_packed(packed, at, packed_shared, scratch)
         _store(arena, meta, shared, index, scratch, 0)
-        at += _aligned(_packed_stored_length(packed, at))
+        at += _packed_aligned(_packed_stored_length(packed, at))
 
 
 @kernel
 def _unframe_records(legacy, used, new, moved):  # type: ignore[no-untyped-def]
-    """Copy the legacy records of legacy[:used] into `new` as records of this format, in order, noting
-    each one's new reference at moved[its legacy reference]; returns the bytes used in `new`."""
+    """Copy the legacy records of legacy[:used] into `new` as records of snapshot format 8, in order,
+    noting each one's new reference at moved[its legacy reference]; returns the bytes used in `new`."""
     at = 0
     new_at = 0
     while at < used:
         n = record_length(legacy, at)
-        moved[at // LEGACY_ALIGN] = new_at // ALIGN
-        new_at = _aligned(copy_bytes(new, new_at, legacy, at + LEGACY_HEADER, n))
+        moved[at // LEGACY_ALIGN] = new_at // PACKED_ALIGN
+        new_at = _packed_aligned(copy_bytes(new, new_at, legacy, at + LEGACY_HEADER, n))
         at = _shared_aligned(at + LEGACY_HEADER + n)
     return new_at
 

@@ -948,10 +948,9 @@ def _as_format_8(snap: dict) -> dict:
             properties_at, n = summaries.properties_span(np.frombuffer(summary, np.uint8), 0)
             summary = (summary[:1] + bytes([summaries.SHARED_PROPERTIES]) + summary[2:properties_at]
                        + arena[properties_ref:properties_ref + 4].tobytes() + summary[properties_at + n:])
-        moved[at // 4] = len(packed) // 4
+        moved[at] = len(packed) // 4
         packed += summary + bytes(-len(summary) % 4)
-        n = int(summaries.kept_length(arena, at))
-        at += n + -n % 4
+        at += int(summaries.kept_length(arena, at))
     return _remapped(snap, bytes(packed), moved, 8)
 
 

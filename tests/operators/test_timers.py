@@ -45,7 +45,7 @@ class _Table:
     def store(self, event: bytes, properties: bytes = b"") -> int:
         """Append an event (the summary of `_summary(event, properties)`) to the arena; its record's reference."""
         summary = _summary(event, properties)
-        self.t.reserve(1, len(summary), self.size)
+        self.t.reserve(len(summary), self.size)
         return int(timers.store_event(self.t.arrays(), np.frombuffer(summary, np.uint8), 0))
 
     def _contact(self, slot: int) -> None:
@@ -58,7 +58,7 @@ class _Table:
         """Arm timer k of `slot`, keeping `event` (or the event already stored at `stored`)."""
         self._contact(slot)
         offset = self.store(event, properties) if stored is None else stored
-        self.t.reserve(0, 0, self.size)
+        self.t.reserve(0, self.size)
         self.t.make_spill_room(1)
         timers.arm(self.t.arrays(), slot, k, deadline, offset)
 
@@ -361,7 +361,7 @@ def test_restore_computes_the_bounds_from_the_deadlines():
     # The arena first (it compacts, which moves the timers' offsets), then the columns.
     arena = tt.t.snapshot(131)
     cols = tt.columns.snapshot(131)
-    # Only what pending timers keep, as records (the summary, padding to 4), in contact order.
+    # Only what pending timers keep, as records (the kept summaries), in contact order.
     assert arena["arena"].tobytes() == (kept_record(_summary(b"a2")) + kept_record(_summary(b"b"))
                                         + kept_record(_summary(b"c2")))
     assert arena["shared"].tobytes() == b""
@@ -578,21 +578,21 @@ def test_compact_events_keeps_only_what_pending_timers_hold():
     tt.arm(1, 2, T0 + 4, b"one event, two timers", stored=shared)
     tt.arm(2, 1, T0 + 5, b"cancelled")
     tt.cancel(2, 1)
-    # A record is the kept summary (11 bytes of header, 2 of traits length, the payload as traits), padding
-    # to a multiple of 4: payloads of 13 -> 28, 6 -> 20, 21 -> 36, 9 -> 24.
-    assert tt.t.event_bytes() == 28 + 20 + 36 + 24
+    # A record is the kept summary: 11 bytes of header, 2 of traits length, the payload (as traits) of 13, 6,
+    # 21, 9 bytes.
+    assert tt.t.event_bytes() == 26 + 19 + 34 + 22
     tt.t.compact_events(tt.size)  # far below the threshold: nothing moves
-    assert tt.t.event_bytes() == 108
+    assert tt.t.event_bytes() == 101
     tt.t.compact_events(tt.size, force=True)
     # The shared event is stored once; the old version and the cancelled timer's event are gone.
-    assert tt.t.event_bytes() == 20 + 36
+    assert tt.t.event_bytes() == 19 + 34
     assert [tt.event(0, 0), tt.event(1, 0), tt.event(1, 2)] == [
         b"second", b"one event, two timers", b"one event, two timers"]
     refs = [int(timers.event_ref(tt.t.arrays(), s, k)) for s, k in ((0, 0), (1, 0), (1, 2))]
-    assert refs == [0, 5, 5]  # in 4-byte units
-    # Arming after the compaction appends after the live bytes: a payload of 5 -> 20.
+    assert refs == [0, 19, 19]  # in bytes
+    # Arming after the compaction appends after the live bytes: a payload of 5 -> 18.
     tt.arm(3, 0, T0 + 6, b"later")
-    assert tt.event(3, 0) == b"later" and tt.t.event_bytes() == 56 + 20
+    assert tt.event(3, 0) == b"later" and tt.t.event_bytes() == 53 + 18
 
 
 def test_reserve_grows_the_arena_and_the_block_bounds_keeping_their_contents():
@@ -624,13 +624,13 @@ def test_long_properties_are_stored_once_and_given_back_in_place():
     assert [tt.t.event(s, 0) for s in range(3)] == [_summary(b"a", PRICING), _summary(b"bb", PRICING),
                                                     _summary(b"c", b'{"i":1}')]
     # Kept records: the header, a 4-byte reference in place of the properties, the payload (as traits):
-    # 13 + 4 + 1 -> 20 and 13 + 4 + 2 -> 20; the short properties stay: 13 + 7 + 1 -> 24.
+    # 13 + 4 + 1 and 13 + 4 + 2; the short properties stay: 13 + 7 + 1.
     assert tt.t.arena[:tt.t.meta[timers.ARENA_USED]].tobytes() == (
         kept_record(_summary(b"a", PRICING), properties_ref=0) + kept_record(_summary(b"bb", PRICING), properties_ref=0)
         + kept_record(_summary(b"c", b'{"i":1}')))
     assert tt.t.shared[:tt.t.meta[timers.SHARED_USED]].tobytes() == arena_record(PRICING)
     assert int(tt.t.meta[timers.SHARED_RECORDS]) == 1 and int((tt.t.shared_index != timers.NO_ENTRY).sum()) == 1
-    assert tt.t.event_bytes() == 64 + len(arena_record(PRICING))
+    assert tt.t.event_bytes() == 18 + 19 + 21 + len(arena_record(PRICING))
 
 
 def test_event_names_are_shared_and_message_ids_kept_without_quotes():
@@ -640,13 +640,13 @@ def test_event_names_are_shared_and_message_ids_kept_without_quotes():
     short = pack_parts(0, b'""', b'"Buy"', b"", b"", T0)  # an empty id keeps its quotes; a short name stays
     for slot, summary in enumerate([viewed, added, pack_parts(0, b'"m-3"', b'"Product Viewed"', b"", b"", T0), short]):
         tt._contact(slot)
-        tt.t.reserve(1, len(summary), tt.size)
+        tt.t.reserve(len(summary), tt.size)
         timers.arm(tt.t.arrays(), slot, 0, T0, timers.store_event(tt.t.arrays(), np.frombuffer(summary, np.uint8), 0))
-    # 11 + 3 + 4 -> 20 bytes each, against 24 + 5 + 16 (-> 48) as packed summaries.
+    # 11 + 3 + 4 = 18 bytes each, against 24 + 5 + 16 = 45 as packed summaries.
     assert tt.t.arena[:tt.t.meta[timers.ARENA_USED]].tobytes() == (
         kept_record(viewed, name_ref=0) + kept_record(added, name_ref=3)
         + kept_record(pack_parts(0, b'"m-3"', b'"Product Viewed"', b"", b"", T0), name_ref=0) + kept_record(short))
-    assert len(kept_record(viewed, name_ref=0)) == 20 and len(kept_record(short)) == 20
+    assert len(kept_record(viewed, name_ref=0)) == 18 and len(kept_record(short)) == 18
     assert tt.t.shared[:tt.t.meta[timers.SHARED_USED]].tobytes() == (arena_record(b'"Product Viewed"')
                                                                       + arena_record(b'"Product Added"'))
     assert [tt.t.event(s, 0) for s in range(4)] == [viewed, added, pack_parts(0, b'"m-3"', b'"Product Viewed"', b"",
@@ -718,7 +718,7 @@ def test_new_properties_stay_in_their_record_when_the_shared_buffer_is_full():
     summary = _summary(b"a", PRICING)
     ref = int(timers.store_event(tt.t.arrays(), np.frombuffer(summary, np.uint8), 0))
     kept = kept_record(summary)
-    assert tt.t.arena[4 * ref:4 * ref + len(kept)].tobytes() == kept
+    assert tt.t.arena[ref:ref + len(kept)].tobytes() == kept
     assert int(tt.t.meta[timers.SHARED_RECORDS]) == 0
 
 
