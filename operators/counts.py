@@ -25,7 +25,7 @@ import numpy.typing as npt
 
 from engine.compiled import kernel
 from operators import sparse
-from operators.contacts import next_capacity
+from operators.contacts import MAX_SLOTS, next_capacity
 from operators.sparse import SparseTable
 
 EMPTY = np.iinfo(np.int64).min
@@ -38,7 +38,7 @@ class CountRings:
 
     def __init__(self, sizes: list[int]) -> None:
         self.sizes = list(sizes)
-        self.table = SparseTable()
+        self.table = SparseTable(MAX_SLOTS * max(len(sizes), 1) - 1)
         self.pool = np.full(POOL_START, EMPTY, np.int64)
         self.pool_used = np.zeros(1, np.int64)
         self._layout = np.array([len(sizes), sum(sizes) + len(sizes)], np.int64)
@@ -80,7 +80,7 @@ class CountRings:
     def restore(self, snap: dict[str, Any]) -> None:
         if list(snap["sizes"]) != self.sizes:
             raise ValueError(f"count rings of sizes {list(snap['sizes'])}, the rules have {self.sizes}")
-        self.table = SparseTable.restore(snap)
+        self.table = SparseTable.restore(snap, self.table.max_key)
         used = len(snap["pool"])
         self.pool = _pool(snap["pool"], max(POOL_START, used + used // 2))
         self.pool_used[0] = used

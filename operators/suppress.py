@@ -7,7 +7,7 @@ distinct matcher) and when each trigger last fired. Most contacts never fire mos
 send an `unless` event (an order, an unsubscribe), so dense columns were mostly NEVER: with the
 example rules at 1M contacts they took 109 of 672 bytes per contact. The times set are kept
 instead in a `SparseTable` (operators/sparse.py) per shard, keyed by `slot * width + column`, the
-unless matchers' columns first, then the triggers'. A time is never removed (a contact's last
+unless matchers' columns first, then the triggers' (uint32 keys for up to 256 columns). A time is never removed (a contact's last
 firing matters for as long as its cooldown, and the table has no cheaper moment to learn that
 than a scan).
 
@@ -24,6 +24,7 @@ import numpy.typing as npt
 
 from engine.compiled import kernel
 from operators import sparse
+from operators.contacts import MAX_SLOTS
 from operators.sparse import SparseTable
 
 NEVER = np.iinfo(np.int64).min
@@ -40,7 +41,7 @@ class SuppressionTimes:
     def __init__(self, n_unless: int, n_triggers: int) -> None:
         self.n_unless = n_unless
         self.width = n_unless + n_triggers
-        self.table = SparseTable()
+        self.table = SparseTable(MAX_SLOTS * max(self.width, 1) - 1)
         self._layout = np.array([self.width, n_unless], np.int64)
 
     def arrays(self) -> tuple[Any, ...]:
@@ -72,7 +73,7 @@ class SuppressionTimes:
         if (snap["width"], snap["unless"]) != (self.width, self.n_unless):
             raise ValueError(f"suppression times of {snap['unless']} unless matchers and width {snap['width']}, "
                              f"the rules have {self.n_unless} and {self.width}")
-        self.table = SparseTable.restore(snap)
+        self.table = SparseTable.restore(snap, self.table.max_key)
 
     @staticmethod
     def from_columns(unless_seen: npt.NDArray[np.int64], last_fired: npt.NDArray[np.int64],

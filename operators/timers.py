@@ -104,6 +104,9 @@ SHARE_NAME_FROM = 8
 SHARED_MIN = ARENA_MIN
 INDEX_MIN = 1 << 10
 NO_ENTRY = -1
+# The spill table's keys, slot x (timer rules) + k, are uint32s: slots are below 2^24 and there are at most
+# 255 timer rules, so no key is NO_SPILL.
+NO_SPILL = 0xFFFFFFFF
 assert MAX_TIMER_TRIGGERS <= FREE
 
 
@@ -136,7 +139,7 @@ class TimerTable:
         self._where = np.zeros(self.width, np.int64)
 
     def _allocate_spill(self, capacity: int) -> None:
-        self.spill_keys = np.full(capacity, NO_ENTRY, np.int64)  # slot x timer rules + k, as the due buffer names timers
+        self.spill_keys = np.full(capacity, NO_SPILL, np.uint32)  # slot x timer rules + k, as the due buffer names timers
         self.spill_deadline = np.zeros(capacity, np.int64)
         self.spill_event = np.zeros(capacity, np.uint32)
         self.meta[SPILL_USED] = 0
@@ -167,7 +170,7 @@ class TimerTable:
         _spill_put_all(self.arrays(), keys, deadlines, events)
 
     def _spill_items(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        live = self.spill_keys != NO_ENTRY
+        live = self.spill_keys != NO_SPILL
         keys = self.spill_keys[live]
         order = np.argsort(keys, kind="stable")
         return keys[order], self.spill_deadline[live][order], self.spill_event[live][order]
@@ -878,7 +881,7 @@ def _bound_blocks(timers, size):  # type: ignore[no-untyped-def]
             if rule[s, j] != FREE:
                 _lower_bound(timers, s, deadline[s, j])
     for h in range(len(keys)):
-        if keys[h] != NO_ENTRY:
+        if keys[h] != NO_SPILL:
             _lower_bound(timers, keys[h] // width, spill_deadline[h])
 
 
@@ -902,7 +905,7 @@ def _spill_position(timers, key):  # type: ignore[no-untyped-def]
     keys = timers[10]
     mask = len(keys) - 1
     h = _spill_home(timers, key)
-    while keys[h] != NO_ENTRY and keys[h] != key:
+    while keys[h] != NO_SPILL and keys[h] != key:
         h = (h + 1) & mask
     return h
 
@@ -911,7 +914,7 @@ def _spill_position(timers, key):  # type: ignore[no-untyped-def]
 def _spill_entry(timers, slot, k):  # type: ignore[no-untyped-def]
     """The spill table entry of the contact's timer k, or -1."""
     h = _spill_position(timers, slot * timers[5][WIDTH] + k)
-    return h if timers[10][h] != NO_ENTRY else np.int64(-1)
+    return h if timers[10][h] != NO_SPILL else np.int64(-1)
 
 
 @kernel(inline=True)
@@ -920,11 +923,11 @@ def _spill_delete(timers, h):  # type: ignore[no-untyped-def]
     mask = len(keys) - 1
     meta[SPILL_USED] -= 1
     while True:
-        keys[h] = NO_ENTRY
+        keys[h] = NO_SPILL
         j = h
         while True:
             j = (j + 1) & mask
-            if keys[j] == NO_ENTRY:
+            if keys[j] == NO_SPILL:
                 return
             home = _spill_home(timers, keys[j])
             # The entry at j may move back to h unless its home lies cyclically in (h, j].

@@ -434,7 +434,7 @@ def test_the_largest_rule_number_and_a_large_slot_fire_in_order():
     tt.arm(70_000, 253, T0 + 2, b"b")
     tt.arm(70_000, 0, T0 + 3, b"d")
     tt.arm(69_999, 254, T0 + 1, b"c")
-    assert tt.t.spilled() == 1 and tt.t.spill_keys.max() == 70_000 * 255
+    assert tt.t.spilled() == 1 and tt.t.spill_keys[tt.t.spill_keys != timers.NO_SPILL].tolist() == [70_000 * 255]
     assert tt.bounds()[70_000 // BLOCK] == T0 + 1 and len(tt.bounds()) == 70_001 // BLOCK + 1
     assert (tt.event(70_000, 254), tt.event(70_000, 0)) == (b"a", b"d")
     assert tt.fire_due(T0 + 3, inclusive=True) == [(T0 + 1, 69_999, 254), (T0 + 2, 70_000, 253),
