@@ -180,16 +180,19 @@ class DigestIndex:
     def slots(self, hashes: npt.NDArray[np.int64]) -> npt.NDArray[np.int32]:
         """The slot of each digest, numbering new ones in first-seen order. The arrays grow when
         a new digest finds them full (a source's batch is mostly known contacts: room made for all
-        of it would grow them early)."""
+        of it would grow them early). The table doubles with the digests it holds, not with their
+        array's capacity: sized by the capacity, it doubled for the state benchmark's 1M contacts
+        once the capacity passed 2^20, for 8.4 B/contact."""
         out = np.empty(len(hashes), np.int32)
         done = 0
         while True:
             done, self.size = _lookup_insert_digest(self.table, self.hashes, self.size, hashes, out, done)
             if done == len(hashes):
                 return out
-            self.hashes = grown(self.hashes, next_capacity(len(self.hashes), len(self.hashes) + 1))
-            if 2 * len(self.hashes) > len(self.table):
-                self.table = np.full(_table_size(len(self.hashes)), EMPTY, np.int32)
+            if self.size == len(self.hashes):
+                self.hashes = grown(self.hashes, next_capacity(len(self.hashes), len(self.hashes) + 1))
+            if 2 * (self.size + 1) > len(self.table):
+                self.table = np.full(_table_size(self.size + 1), EMPTY, np.int32)
                 _rehash(self.table, self.hashes, self.size)
 
     def nbytes(self) -> int:
@@ -206,19 +209,22 @@ class DigestIndex:
         index = cls(next_capacity(1024, n))
         index.hashes[:n] = snap["hashes"]
         index.size = n
+        index.table = np.full(_table_size(max(n, 1024)), EMPTY, np.int32)
         _rehash(index.table, index.hashes, n)
         return index
 
 
 def next_capacity(capacity: int, needed: int) -> int:
-    """What an array of `capacity` elements grows to for `needed`: a quarter more at a time.
+    """What an array of `capacity` elements grows to for `needed`: an eighth more at a time.
 
     Per-contact arrays grow this way, not by doubling, which left them up to half empty: the state
     benchmark measured 386.8 B/contact at 1M contacts, where the shards had just filled a power of
-    two, and 528.1 at 1.2M. An element is copied about 4 times as the array grows, not once; they
-    grow only while new contacts arrive."""
+    two, and 528.1 at 1.2M. Growing by a quarter, the shard columns' capacity was 1.19x their contacts
+    there (1.2x at 0.8, 1.2 and 1.5M); by an eighth it is at most 1.125x, 1.06x on average. An element
+    is copied about 8 times as the array grows, not once: a contact's columns are under 100 bytes, and
+    they grow only while new contacts arrive."""
     while capacity < needed:
-        capacity += max(capacity // 4, 16)
+        capacity += max(capacity // 8, 16)
     return capacity
 
 
@@ -300,7 +306,7 @@ def _lookup_insert(table, id_offsets, id_data, size, keys, data, starts, ends, o
 @kernel
 def _lookup_insert_digest(table, hashes, size, keys, out, start):  # type: ignore[no-untyped-def]
     """Slots of keys start.. into `out`; returns (the first key not done: a new one that found the
-    digests full; the size)."""
+    digests full, or the table half full; the size)."""
     mask = len(table) - 1
     for i in range(start, len(keys)):
         key = keys[i]
@@ -308,7 +314,7 @@ def _lookup_insert_digest(table, hashes, size, keys, out, start):  # type: ignor
         while True:
             s = table[h]
             if s == EMPTY:
-                if size == len(hashes):
+                if size == len(hashes) or 2 * (size + 1) > len(table):
                     return i, size
                 s = size
                 table[h] = s

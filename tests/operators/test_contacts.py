@@ -127,16 +127,16 @@ def test_index_nbytes_counts_its_arrays():
     index = ContactIndex(capacity=8)
     # table (2 x 8 int32) + offsets (9 uint32) + id bytes (16 x 8).
     assert index.nbytes() == 16 * 4 + 9 * 4 + 128
-    # One more than the capacity: the slots grow by 16 (a quarter of 8 is less than the least step),
+    # One more than the capacity: the slots grow by 16 (an eighth of 8 is less than the least step),
     # the table doubles to stay at most half full, the 27 id bytes still fit.
     _slots(index, [f"c-{i}" for i in range(9)])
     assert index.nbytes() == 32 * 4 + 25 * 4 + 128
 
 
-def test_capacities_grow_by_a_quarter():
-    assert [next_capacity(c, c + 1) for c in (8, 64, 1024, 1280)] == [24, 80, 1280, 1600]
+def test_capacities_grow_by_an_eighth():
+    assert [next_capacity(c, c + 1) for c in (8, 64, 1024, 1152)] == [24, 80, 1152, 1296]
     assert next_capacity(1024, 1024) == 1024
-    assert next_capacity(1024, 2001) == 2500  # 1280, 1600, 2000, 2500
+    assert next_capacity(1024, 1500) == 1640  # 1152, 1296, 1458, 1640
 
 
 def test_an_index_snapshot_with_int64_offsets_restores():
@@ -184,8 +184,13 @@ def test_digest_index_numbers_digests_in_first_seen_order_and_keeps_no_ids():
     # Two ids with one digest are one slot here (the id is not compared): the known trade-off.
     assert index.slots(np.array([12345, 12345], np.int64)).tolist() == [3002, 3002]
     # The digests grew only when full, not for every digest of a call: from 4 by 16 (the least step)
-    # or a quarter at a time to 3,722 for 3,003; the table is the power of two at least twice that.
-    assert index.nbytes() == index.table.nbytes + index.hashes.nbytes == 8192 * 4 + 3722 * 8
+    # or an eighth at a time to 3,100 for 3,003; the table is the power of two at least twice 3,003.
+    assert index.nbytes() == index.table.nbytes + index.hashes.nbytes == 8192 * 4 + 3100 * 8
+    # The table follows the digests held, not their capacity: 1,000 digests in an array of 1,075 take
+    # 2,048 entries (sized for the capacity, 4,096).
+    small = DigestIndex(capacity=4)
+    small.slots(many[:1000])
+    assert (len(small.hashes), len(small.table)) == (1075, 2048)
 
 
 def test_digest_index_restores_from_its_snapshot_and_from_a_contact_index_snapshot():
@@ -219,7 +224,7 @@ def test_ensure_within_capacity_keeps_the_arrays():
     assert cols.capacity == 4
 
 
-def test_ensure_grows_by_a_quarter_and_preserves_values_and_fill():
+def test_ensure_grows_by_an_eighth_and_preserves_values_and_fill():
     cols = Columns(capacity=4)
     cols.add("a", np.int64, -1)
     cols.add("b", np.float64, 0.0, width=2)
@@ -234,12 +239,12 @@ def test_ensure_grows_by_a_quarter_and_preserves_values_and_fill():
     assert cols.arrays["b"][4:].tolist() == [[0.0, 0.0]] * 16
     assert cols.arrays["o"][2] == ("event", 1) and cols.arrays["o"][19] is None
     assert cols.ensure(20) is False
-    # 100 slots from capacity 20: 36, 52, 68, then a quarter more: 85, 106.
-    assert cols.ensure(100) is True
-    assert cols.capacity == 106
-    assert cols.arrays["a"].shape == (106,)
+    # 150 slots from capacity 20: 16 at a time (the least step) to 148, then an eighth more: 166.
+    assert cols.ensure(150) is True
+    assert cols.capacity == 166
+    assert cols.arrays["a"].shape == (166,)
     assert cols.arrays["a"][:5].tolist() == [10, 11, 12, 13, -1]
-    assert cols.arrays["b"].shape == (106, 2)
+    assert cols.arrays["b"].shape == (166, 2)
 
 
 def test_columns_snapshot_is_cut_and_copied():

@@ -461,11 +461,11 @@ def test_state_grows_past_the_initial_capacity():
     state = ShardState(plan)
     read = Source(state.plan)
     out: list[Any] = []
-    n = 2501  # > 1024 initial slots: the columns grow by a quarter 5 times (1280, 1600, 2000, 2500, 3125)
+    n = 2501  # > 1024 initial slots: the columns grow by an eighth 8 times (1152, 1296, ..., 2334, 2625)
     state.process(read(*(ev(f"c-{i}", "Added", T0 + i) for i in range(n))), out)
     state.process(read(*(ev(f"c-{i}", "Ping", T0 + n + i) for i in range(0, n, 2))), out)
     assert out == []
-    assert state.columns.capacity == 3125
+    assert state.columns.capacity == 2625
     assert state.timers.pending() == n + (n + 1) // 2
     state.advance_watermark(T0 + CART_W + n, out)  # fires deadlines < T0 + 30 min + n
     assert keys(out) == [("cart", f"c-{i}", T0 + i + CART_W, "email") for i in range(n)]
