@@ -26,8 +26,8 @@ The state benchmark's pending timers kept 65.7 live bytes per contact at 1M cont
 a length of its own, the packed summary and padding to 8 (snapshot formats up to 7), 60.8 as the
 packed summary padded to 4 (format 8), 38.6 in the kept form padded to 4, 37.4 unpadded (format 9).
 One event arming several timers is stored once. Re-arms leave old records behind; `compact_events`
-copies the live ones into a new arena once the garbage is a quarter of the live bytes, so the arena
-stays within about 1.25x what pending timers keep. The block bounds are derived: snapshots leave them out and `restore`
+copies the live ones into a new arena once the garbage is an eighth of the live bytes, so the arena
+stays within about 1.125x what pending timers keep. The block bounds are derived: snapshots leave them out and `restore`
 computes them from the deadlines. A contact's earliest deadline is found by scanning its row, and the spill
 table only for a contact that spilled (`next_due`), at each of its events: the row is in cache
 anyway, since an `inactive_for` rule re-arms on every event, and a column of minimums cost 8 bytes
@@ -95,6 +95,9 @@ COMPACT_ABOVE = 1 << 19
 # An arena that reached it fills up to COMPACT_ABOVE again after each compaction: it keeps this much
 # room (growing back to it cost a shard of the hot path's bench 9 copies after every compaction).
 ARENA_REFILL = COMPACT_ABOVE + COMPACT_ABOVE // 4
+# A compacted arena keeps live // ARENA_ROOM bytes of room, and is compacted again once the garbage of
+# re-arms has filled it (or grows by len // ARENA_ROOM when the live records did).
+ARENA_ROOM = 8
 # Properties shorter than this stay in their summary: sharing them saves at most 12 bytes a record
 # and costs a shared record and an index entry (about 21 bytes).
 SHARE_FROM = 16
@@ -204,7 +207,7 @@ class TimerTable:
             self.compact_events(size)
             need = int(self.meta[ARENA_USED]) + extra
             if need > len(self.arena):
-                step = len(self.arena) if len(self.arena) < COMPACT_ABOVE else len(self.arena) // 4
+                step = len(self.arena) if len(self.arena) < COMPACT_ABOVE else len(self.arena) // ARENA_ROOM
                 self.arena = grown(self.arena, max(need, len(self.arena) + step), int(self.meta[ARENA_USED]))
         if int(self.meta[ARENA_USED]) + extra > 1 << 32:
             self.compact_events(size, force=True)
@@ -244,20 +247,21 @@ class TimerTable:
 
     def compact_events(self, size: int, force: bool = False) -> None:
         """Copy the records pending timers keep, and the properties they share, into new buffers once
-        the arena's garbage is a quarter of its live bytes, or the shared buffer's half (`force`: now).
+        the arena's garbage is an eighth of its live bytes, or the shared buffer's half (`force`: now).
 
-        The new arena holds the live records and a quarter again, so the arena stays within about
-        1.25x its live bytes; the shared buffer, which is small, its live bytes and an eighth again.
-        Every stored byte is copied about four times: at half (1.5x), the state benchmark's arena and
-        shared buffer took 114.6 B/contact at 1M contacts, now 104.6; building 300k contacts spent
-        0.20 s of 16.8 s compacting, now 0.18 s of 16.0 (run one after the other)."""
+        The new arena holds the live records and an eighth again (ARENA_ROOM), so the arena stays within
+        about 1.125x its live bytes; the shared buffer, which is small, its live bytes and an eighth again.
+        With a quarter of room, the state benchmark's arena and shared buffer took 65.4 B/contact at 1M
+        contacts (37.4 and 16.4 live); with an eighth, 60.7. Building those contacts spent 15.1 s
+        compacting instead of 13.4 (of 233 and 226 s, run side by side on a slow machine): compactions
+        come twice as often, but many are the growing arenas' anyway."""
         used = int(self.meta[ARENA_USED])
         shared_used = int(self.meta[SHARED_USED])
-        if not force and ((used < COMPACT_ABOVE or 4 * used < 5 * self._live_after_compaction)
+        if not force and ((used < COMPACT_ABOVE or ARENA_ROOM * used < (ARENA_ROOM + 1) * self._live_after_compaction)
                           and (shared_used < COMPACT_ABOVE or 2 * shared_used < 3 * self._shared_after_compaction)):
             return
         live = _live_bytes(self.arrays(), self._row, self._where, size)
-        new = np.zeros(max(ARENA_MIN, live + live // 4, min(len(self.arena), ARENA_REFILL)), np.uint8)
+        new = np.zeros(max(ARENA_MIN, live + live // ARENA_ROOM, min(len(self.arena), ARENA_REFILL)), np.uint8)
         shared = np.zeros(max(SHARED_MIN, shared_used), np.uint8)
         copied, shared_live = _move_records(self.arrays(), new, self._row, self._where, size, shared)
         assert copied == live
