@@ -29,9 +29,10 @@ or, with WIDE (a part too long for those fields, a time beyond the 48 bits' +-4,
 flags u8, message id u16, name u16, properties u32, traits u32, time i64. Then the parts, where a
 message id that is a JSON string is kept without its quotes (ID_UNQUOTED), and a shared name or
 properties part is a u32 reference (SHARED_REF bytes) to a record of the separate `shared` buffer,
-which holds its length (a shared part's length field is 0). In the state benchmark (1M contacts, the
-example rules), the 24-byte header, the quotes and the names of the events pending timers keep took
-27.6 + 2.3 + 7.4 of their 63.6 bytes per contact.
+which holds its length (a shared part's length field is 0). In the state benchmark's build (the
+example rules; counted at 200k contacts), the 24-byte header, the quotes and the names of the events
+pending timers keep took 27.6 + 2.3 + 7.4 of their 63.6 bytes per contact; at 1M contacts the kept
+form took their 60.8 live bytes to 37.4.
 
 Flag SHARED_PROPERTIES of a packed summary's flags byte marked shared properties in the arenas of
 snapshot formats 6 to 8, which kept packed summaries; they are converted on restore.
@@ -298,26 +299,25 @@ def _shared_part(src, at, shared):  # type: ignore[no-untyped-def]
 
 
 @kernel(inline=True)
+def _kept_part(src, at, n, in_shared, shared):  # type: ignore[no-untyped-def]
+    """(where a kept part's bytes are, how many, where the next part starts) for the part at src[at:]
+    of n bytes, or a reference to a shared record."""
+    if in_shared:
+        part_at, n = _shared_part(src, at, shared)
+        return part_at, n, at + SHARED_REF
+    return at, n, at + n
+
+
+@kernel(inline=True)
 def _kept_spans(src, start, shared):  # type: ignore[no-untyped-def]
     """(call, time, id at, id length, quoted, name at, length, shared, properties at, length, shared,
     traits at, length) of the kept summary at src[start:]: where its parts' bytes are, in src or shared."""
     flags, message_id, name, properties, traits, time_ms, at = _kept_fields(src, start)
     id_at = at
-    at += message_id
-    name_at = at
     name_shared = (flags & NAME_SHARED) != 0
-    if name_shared:
-        name_at, name = _shared_part(src, at, shared)
-        at += SHARED_REF
-    else:
-        at += name
-    properties_at = at
+    name_at, name, at = _kept_part(src, at + message_id, name, name_shared, shared)
     properties_shared = (flags & PROPERTIES_SHARED) != 0
-    if properties_shared:
-        properties_at, properties = _shared_part(src, at, shared)
-        at += SHARED_REF
-    else:
-        at += properties
+    properties_at, properties, at = _kept_part(src, at, properties, properties_shared, shared)
     return (flags & _CALL_BITS, time_ms, id_at, message_id, (flags & ID_UNQUOTED) != 0, name_at, name, name_shared,
             properties_at, properties, properties_shared, at, traits)
 

@@ -324,14 +324,7 @@ class TimerTable:
         new = np.zeros(len(arena), np.uint8)
         moved = np.full(len(arena) // LEGACY_ALIGN + 1, -1, np.int64)  # a legacy record's new reference
         used = _unframe_records(arena, len(arena), new, moved)
-        pending = columns["timer_rule"] != FREE
-        refs = moved[columns["timer_event"][pending]]
-        spill_refs = moved[np.asarray(timers["spill_event"], np.int64)]
-        if (refs < 0).any() or (spill_refs < 0).any():
-            raise ValueError("a pending timer of the snapshot refers to no record of its arena")
-        columns["timer_event"] = columns["timer_event"].copy()
-        columns["timer_event"][pending] = refs
-        return {**timers, "arena": new[:used].copy(), "spill_event": spill_refs.astype(np.uint32)}
+        return {**timers, "arena": new[:used].copy(), "spill_event": _moved_refs(columns, timers, moved)}
 
     @staticmethod
     def from_packed_records(columns: dict[str, np.ndarray], timers: dict[str, Any]) -> dict[str, Any]:
@@ -350,15 +343,8 @@ class TimerTable:
         moved = np.full(len(packed) // PACKED_ALIGN + 1, -1, np.int64)
         scratch = np.zeros(len(packed) + len(packed_shared) + summaries.HEADER, np.uint8)
         _keep_packed_records(packed, len(packed), packed_shared, arena, meta, shared, index, scratch, moved)
-        pending = columns["timer_rule"] != FREE
-        refs = moved[columns["timer_event"][pending]]
-        spill_refs = moved[np.asarray(timers["spill_event"], np.int64)]
-        if (refs < 0).any() or (spill_refs < 0).any():
-            raise ValueError("a pending timer of the snapshot refers to no record of its arena")
-        columns["timer_event"] = columns["timer_event"].copy()
-        columns["timer_event"][pending] = refs
         return {**timers, "arena": arena[: meta[ARENA_USED]].copy(), "shared": shared[: meta[SHARED_USED]].copy(),
-                "spill_event": spill_refs.astype(np.uint32)}
+                "spill_event": _moved_refs(columns, timers, moved)}
 
     @staticmethod
     def from_dense(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -429,6 +415,19 @@ class TimerTable:
         self.block_min = np.full(1, NONE, np.int64)
         self.reserve(0, size)
         _bound_blocks(self.arrays(), size)
+
+
+def _moved_refs(columns: dict[str, np.ndarray], timers: dict[str, Any], moved: np.ndarray) -> np.ndarray:
+    """Replace the references of the pending timers in `columns` by moved[reference] (a snapshot's
+    arena converted: -1 where no record was); the spilled timers' references, mapped the same way."""
+    pending = columns["timer_rule"] != FREE
+    refs = moved[columns["timer_event"][pending]]
+    spill_refs = moved[np.asarray(timers["spill_event"], np.int64)]
+    if (refs < 0).any() or (spill_refs < 0).any():
+        raise ValueError("a pending timer of the snapshot refers to no record of its arena")
+    columns["timer_event"] = columns["timer_event"].copy()
+    columns["timer_event"][pending] = refs
+    return spill_refs.astype(np.uint32)
 
 
 # -- the event arena ------------------------------------------------------------------------------------
