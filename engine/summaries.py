@@ -64,6 +64,7 @@ NO_SHARED: Final = np.zeros(8, np.uint8)  # the `shared` buffer of summaries tha
 CALL_TYPES: Final = ("track", "page", "screen", "identify", "group", "alias")
 _CALL_EVENTS: Final = (None, "Page Viewed", "Screen Viewed", None, None, None)
 TRACK: Final = 0
+_QUOTE: Final = 34  # '"'
 
 
 def _table(parts: list[bytes]) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
@@ -176,17 +177,23 @@ def _copy_part(out, pos, src, shared, at, n, in_shared):  # type: ignore[no-unty
 
 
 @kernel(inline=True)
+def _copy_message_id(out, pos, src, id_at, id_len, quoted):  # type: ignore[no-untyped-def]
+    """The message id's bytes at out[pos:], in quotes when it is kept without them."""
+    if not quoted:
+        return copy_bytes(out, pos, src, id_at, id_len)
+    out[pos] = _QUOTE
+    pos = copy_bytes(out, pos + 1, src, id_at, id_len)
+    out[pos] = _QUOTE
+    return pos + 1
+
+
+@kernel(inline=True)
 def _write_event(src, shared, call, time_ms, id_at, id_len, quoted, name_at, name_len, name_shared,  # type: ignore[no-untyped-def]
                  properties_at, properties_len, properties_shared, traits_at, traits_len, out, pos):
     """The JSON of a summary from its parts (each in `src`, or in `shared` where flagged), at out[pos:]."""
     pos = _put(_PART, out, pos)
-    if quoted:
-        out[pos] = 34
-        pos = copy_bytes(out, pos + 1, src, id_at, id_len)
-        out[pos] = 34
-        pos += 1
-    elif id_len:
-        pos = copy_bytes(out, pos, src, id_at, id_len)
+    if quoted or id_len:
+        pos = _copy_message_id(out, pos, src, id_at, id_len, quoted)
     else:
         pos = _put(_PART + 6, out, pos)
     pos = _put(_PART + 1, out, pos)
@@ -235,7 +242,6 @@ WIDE: Final = 0x80
 KEPT_HEADER: Final = 11
 KEPT_WIDE_HEADER: Final = 21
 _I48: Final = 1 << 47  # the 48-bit time's bound: -_I48 <= time < _I48
-_QUOTE: Final = 34
 
 
 @kernel(inline=True)
@@ -323,6 +329,15 @@ def _kept_spans(src, start, shared):  # type: ignore[no-untyped-def]
 
 
 @kernel(inline=True)
+def _put_part(out, at, src, part_at, n, ref):  # type: ignore[no-untyped-def]
+    """A kept part at out[at:]: a reference to shared record `ref`, or (ref < 0) its n bytes."""
+    if ref < 0:
+        return copy_bytes(out, at, src, part_at, n)
+    store_u32(out, at, ref)
+    return at + SHARED_REF
+
+
+@kernel(inline=True)
 def write_kept(out, pos, src, start, name_ref, properties_ref):  # type: ignore[no-untyped-def]
     """The packed summary at src[start:] in the kept form at out[pos:], its name and properties replaced
     by references to shared records where name_ref, properties_ref >= 0; returns where it ends."""
@@ -372,16 +387,8 @@ def write_kept(out, pos, src, start, name_ref, properties_ref):  # type: ignore[
             at += 2
         out[pos] = flags
     at = copy_bytes(out, at, src, id_at, id_kept)
-    if name_ref >= 0:
-        store_u32(out, at, name_ref)
-        at += SHARED_REF
-    else:
-        at = copy_bytes(out, at, src, name_at, name)
-    if properties_ref >= 0:
-        store_u32(out, at, properties_ref)
-        at += SHARED_REF
-    else:
-        at = copy_bytes(out, at, src, properties_at, properties)
+    at = _put_part(out, at, src, name_at, name, name_ref)
+    at = _put_part(out, at, src, properties_at, properties, properties_ref)
     return copy_bytes(out, at, src, traits_at, traits)
 
 
@@ -398,13 +405,7 @@ def expand_kept(src, start, shared, out):  # type: ignore[no-untyped-def]
     (call, time_ms, id_at, message_id, quoted, name_at, name, name_shared, properties_at, properties, properties_shared,
      traits_at, traits) = _kept_spans(src, start, shared)
     pos = write_header(out, 0, call, message_id + 2 * quoted, name, properties, traits, time_ms)
-    if quoted:
-        out[pos] = _QUOTE
-        pos = copy_bytes(out, pos + 1, src, id_at, message_id)
-        out[pos] = _QUOTE
-        pos += 1
-    else:
-        pos = copy_bytes(out, pos, src, id_at, message_id)
+    pos = _copy_message_id(out, pos, src, id_at, message_id, quoted)
     pos = _copy_part(out, pos, src, shared, name_at, name, name_shared)
     pos = _copy_part(out, pos, src, shared, properties_at, properties, properties_shared)
     return copy_bytes(out, pos, src, traits_at, traits)

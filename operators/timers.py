@@ -202,16 +202,15 @@ class TimerTable:
             block_min = np.full(next_capacity(len(self.block_min), blocks), NONE, np.int64)
             block_min[: len(self.block_min)] = self.block_min
             self.block_min = block_min
-        extra = event_bytes
-        if int(self.meta[ARENA_USED]) + extra > len(self.arena):
+        if int(self.meta[ARENA_USED]) + event_bytes > len(self.arena):
             self.compact_events(size)
-            need = int(self.meta[ARENA_USED]) + extra
+            need = int(self.meta[ARENA_USED]) + event_bytes
             if need > len(self.arena):
                 step = len(self.arena) if len(self.arena) < COMPACT_ABOVE else len(self.arena) // ARENA_ROOM
                 self.arena = grown(self.arena, max(need, len(self.arena) + step), int(self.meta[ARENA_USED]))
-        if int(self.meta[ARENA_USED]) + extra > 1 << 32:
+        if int(self.meta[ARENA_USED]) + event_bytes > 1 << 32:
             self.compact_events(size, force=True)
-            if int(self.meta[ARENA_USED]) + extra > 1 << 32:
+            if int(self.meta[ARENA_USED]) + event_bytes > 1 << 32:
                 raise MemoryError("a shard's pending timers keep more than 4 GiB of events: use more --shards")
         # Shared properties that find no room stay in their records (`store_event`): the shared buffer
         # grows by an eighth once it is 15/16 full (a compaction leaves it an eighth of room), and its

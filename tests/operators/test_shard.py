@@ -921,6 +921,14 @@ def _exact_bounds(state: ShardState) -> list[int]:
     return bounds
 
 
+def _resumed(plan: Plan, lines: list[bytes], first: Run, reader: Any, converted: dict) -> Any:
+    """The result of the run that `first` began, resumed where `first` stopped from its reader state and the
+    `converted` shard snapshots."""
+    carried = Run(plan, lines, 50, SHARDS, False).carry(first)
+    resumed = Run(plan, lines, 50, SHARDS, False, (pickle.loads(pickle.dumps(reader)), converted))
+    return resumed.carry(carried).run().result()
+
+
 def _remapped(snap: dict, arena: bytes, moved: dict[int, int], version: int) -> dict:
     """`snap` with the arena `arena`, its timers' record references mapped through `moved`, and `version`."""
     columns = dict(snap["columns"])
@@ -995,9 +1003,7 @@ def test_a_format_8_snapshot_is_converted_and_resumes_exactly(contract, referenc
         for part in ("arena", "shared"):
             assert again["timers"][part].tobytes() == current[key]["timers"][part].tobytes()
         assert np.array_equal(again["columns"]["timer_event"], current[key]["columns"]["timer_event"])
-    carried = Run(plan, lines, 50, SHARDS, False).carry(first)
-    resumed = Run(plan, lines, 50, SHARDS, False, (pickle.loads(pickle.dumps(reader)), converted))
-    assert resumed.carry(carried).run().result() == reference
+    assert _resumed(plan, lines, first, reader, converted) == reference
 
 
 def test_a_format_7_snapshot_is_converted_and_resumes_exactly(contract, reference):
@@ -1018,9 +1024,7 @@ def test_a_format_7_snapshot_is_converted_and_resumes_exactly(contract, referenc
         again = restored.snapshot()
         assert again["timers"]["arena"].tobytes() == current[key]["timers"]["arena"].tobytes()
         assert np.array_equal(again["columns"]["timer_event"], current[key]["columns"]["timer_event"])
-    carried = Run(plan, lines, 50, SHARDS, False).carry(first)
-    resumed = Run(plan, lines, 50, SHARDS, False, (pickle.loads(pickle.dumps(reader)), converted))
-    assert resumed.carry(carried).run().result() == reference
+    assert _resumed(plan, lines, first, reader, converted) == reference
 
 
 def _as_format_6(snap: dict, width: int) -> dict:
@@ -1056,9 +1060,7 @@ def test_a_format_6_snapshot_is_converted_and_resumes_exactly(contract, referenc
         assert _pending_timers(restored) == _pending_timers(state)
         assert _bounds(restored) == _exact_bounds(state)
         assert all(restored.timers.event(s, k) == state.timers.event(s, k) for _, s, k in _pending_timers(state))
-    carried = Run(plan, lines, 50, SHARDS, False).carry(first)
-    resumed = Run(plan, lines, 50, SHARDS, False, (pickle.loads(pickle.dumps(reader)), converted))
-    assert resumed.carry(carried).run().result() == reference
+    assert _resumed(plan, lines, first, reader, converted) == reference
 
 
 def _as_format_5(snap: dict) -> dict:
@@ -1106,9 +1108,7 @@ def test_a_format_5_snapshot_is_converted_and_resumes_exactly(contract, referenc
                     for k in restored.counts.snapshot()["keys"].tolist()})
         assert restored.suppression.snapshot()["keys"].tolist() == state.suppression.snapshot()["keys"].tolist()
         assert restored.suppression.snapshot()["values"].tolist() == state.suppression.snapshot()["values"].tolist()
-    carried = Run(plan, lines, 50, SHARDS, False).carry(first)
-    resumed = Run(plan, lines, 50, SHARDS, False, (pickle.loads(pickle.dumps(reader)), converted))
-    assert resumed.carry(carried).run().result() == reference
+    assert _resumed(plan, lines, first, reader, converted) == reference
 
 
 def _as_format_4(snap: dict) -> dict:
@@ -1135,9 +1135,7 @@ def test_a_format_4_snapshot_is_converted_and_resumes_exactly(contract, referenc
     assert some["timers"]["arena"][4:16].tobytes() == b'{"messageId"'  # JSON, as format 4 kept it
     for key, snap in converted.items():
         _same_events(first.logics[key].state, ShardState.restore(plan, snap))
-    carried = Run(plan, lines, 50, SHARDS, False).carry(first)
-    resumed = Run(plan, lines, 50, SHARDS, False, (pickle.loads(pickle.dumps(reader)), converted))
-    assert resumed.carry(carried).run().result() == reference
+    assert _resumed(plan, lines, first, reader, converted) == reference
 
 
 def _as_format_3(snap: dict) -> dict:
@@ -1173,9 +1171,7 @@ def test_a_format_3_snapshot_is_converted_and_resumes_exactly(contract, referenc
     assert sum(int((snap["columns"]["timer_event_length"] > 0).sum()) for snap in converted.values()) > 0
     for key, snap in converted.items():  # the same timers, keeping the same events
         _same_events(first.logics[key].state, ShardState.restore(plan, snap))
-    carried = Run(plan, lines, 50, SHARDS, False).carry(first)
-    resumed = Run(plan, lines, 50, SHARDS, False, (pickle.loads(pickle.dumps(reader)), converted))
-    assert resumed.carry(carried).run().result() == reference
+    assert _resumed(plan, lines, first, reader, converted) == reference
 
 
 def test_a_snapshot_of_an_earlier_format_is_refused_with_what_to_do(contract, reference):
