@@ -119,7 +119,7 @@ class ShardState:
         self.index = ContactIndex()
         self.columns = Columns()
         self.columns.add("clock", np.int64, NEVER)
-        ScoreColumns(self.columns, len(plan.scores))
+        self.scores = ScoreColumns(self.columns, len(plan.scores))
         self.counts = CountRings([plan.triggers[t].at_least for t in plan.count_triggers])
         self.timers = TimerTable(self.columns, len(plan.timer_triggers))
         self.suppression = SuppressionTimes(len(plan.unless_matchers), len(plan.triggers))
@@ -154,8 +154,8 @@ class ShardState:
 
     def _state(self) -> tuple[Any, ...]:
         a = self.columns.arrays
-        return (a["clock"], a["score_value"], a["score_last"], self.counts.arrays(), self.suppression.arrays(),
-                self.fired_counts, self.suppressed_counts)
+        return (a["clock"], a["score_value"], a["score_age"], self.scores.arrays(), self.counts.arrays(),
+                self.suppression.arrays(), self.fired_counts, self.suppressed_counts)
 
     def process(self, batch: EventBatch, out: list[Any], flush: bool = True) -> None:
         """Apply a batch of accepted events in order (`batch.watermarks` must be set). `flush=False` leaves
@@ -200,8 +200,8 @@ class ShardState:
 
     def scores_at(self, slot: int, at_ms: int) -> dict[str, float]:
         a = self.columns.arrays
-        return {sp.name: scores.value_at(a["score_value"], a["score_last"], slot, sp.index, at_ms, sp.half_life_ms,
-                                         scores.TWO) for sp in self.plan.scores}
+        return {sp.name: scores.value_at(a["score_value"], a["score_age"], self.scores.arrays(), a["clock"], slot,
+                                         sp.index, at_ms, sp.half_life_ms, scores.TWO) for sp in self.plan.scores}
 
     # -- timers ---------------------------------------------------------------------
 
@@ -226,6 +226,7 @@ class ShardState:
         if int(self.firings.count[0]) + self._per_event > self.firings.capacity:
             self._drain(out)
         self.suppression.make_room(self._puts_per_event)
+        self.scores.make_room()
         self.counts.make_room()
         self.timers.make_spill_room(self.timers.width)
         self.timers.make_due_room()
@@ -291,15 +292,15 @@ class ShardState:
 
     def nbytes(self) -> int:
         """Bytes of state this shard holds (allocated), the rule plan excluded."""
-        return (self.index.nbytes() + self.columns.nbytes() + self.timers.nbytes() + self.counts.nbytes()
-                + self.suppression.nbytes())
+        return (self.index.nbytes() + self.columns.nbytes() + self.scores.nbytes() + self.timers.nbytes()
+                + self.counts.nbytes() + self.suppression.nbytes())
 
     def snapshot(self, copy: bool = True) -> dict[str, Any]:
         """The shard's state; `copy=False` gives views into the live arrays, valid until the next batch
         (for `pack`, which compresses them before returning)."""
         size = len(self.index)
         timers = self.timers.snapshot(size, copy)  # first: it compacts the arena, which moves the timers' offsets
-        columns = self.columns.snapshot(size, copy)
+        columns = self._columns_snapshot(size, copy)
         snap = {
             "version": SNAPSHOT_VERSION,
             "index": self.index.snapshot(copy),
@@ -315,11 +316,18 @@ class ShardState:
         self.observe_size()
         return snap
 
+    def _columns_snapshot(self, size: int, copy: bool) -> dict[str, np.ndarray]:
+        """The columns' first `size` rows, with the scores' last update times where the state keeps ages."""
+        columns = self.columns.snapshot(size, copy)
+        del columns["score_age"]
+        columns["score_last"] = self.scores.lasts(size)
+        return columns
+
     def snapshot_bytes(self) -> int:
         """Bytes a snapshot takes before packing: the columns and the index cut to the contacts, the
         events pending timers keep."""
         size = len(self.index)
-        columns = self.columns.snapshot(size, copy=False)
+        columns = self._columns_snapshot(size, copy=False)
         return (sum(a.nbytes for a in columns.values()) + sum(a.nbytes for a in self.index.snapshot(False).values())
                 + self.timers.event_bytes() + self.counts.snapshot_bytes() + self.suppression.snapshot_bytes())
 
@@ -366,7 +374,10 @@ class ShardState:
         state = cls(plan, contact_states, profile_changes)
         state.index = ContactIndex.restore(snap["index"])
         size = len(state.index)
-        state.columns.restore(snap["columns"], size)
+        columns = dict(snap["columns"])
+        lasts = columns.pop("score_last")
+        state.columns.restore(columns, size)
+        state.scores.restore_lasts(lasts, size)
         state.timers.restore(size, snap["timers"])
         state.counts.restore(snap["counts"])
         state.suppression.restore(snap["suppression"])
@@ -479,7 +490,7 @@ class ShardLogic(StatefulBatchLogic[Any, Any, tuple | None]):
 #
 # Tuples, unpacked by position (see ShardState._state, TimerTable.arrays, PlanArrays, EffectTable,
 # Firings.arrays):
-#   state   (clock, score_value, score_last, count rings, suppression times, fired, suppressed)
+#   state   (clock, score_value, score_age, far score times, count rings, suppression times, fired, suppressed)
 #   plan    PlanArrays fields in order
 #   effects (unless, sequence, add, has, count, empty)
 #   events  (slots, times, watermarks, effect ids, summary data, summary starts, summary ends)
@@ -487,7 +498,7 @@ class ShardLogic(StatefulBatchLogic[Any, Any, tuple | None]):
 
 @kernel(inline=True)
 def _fire(state, plan, out, slot, trigger, at_ms, by_timer, source, offset, length):  # type: ignore[no-untyped-def]
-    times, fired, suppressed = state[4], state[5], state[6]
+    times, fired, suppressed = state[5], state[6], state[7]
     unless, unless_within, cooldown = plan[9], plan[10], plan[11]
     why = suppress.reason(times, slot, trigger, at_ms, unless[trigger], unless_within[trigger], cooldown[trigger])
     if why != suppress.NOT_SUPPRESSED:
@@ -505,9 +516,9 @@ def _fire(state, plan, out, slot, trigger, at_ms, by_timer, source, offset, leng
     o_source[j] = source
     o_offset[j] = offset
     o_length[j] = length
-    values, lasts, half_life, two = state[1], state[2], plan[0], plan[17]
+    clock, values, ages, far, half_life, two = state[0], state[1], state[2], state[3], plan[0], plan[17]
     for s in range(len(half_life)):
-        o_scores[j, s] = scores.value_at(values, lasts, slot, s, at_ms, half_life[s], two)
+        o_scores[j, s] = scores.value_at(values, ages, far, clock, slot, s, at_ms, half_life[s], two)
 
 
 @kernel(inline=True)
@@ -523,7 +534,7 @@ def _fire_due(state, tm, plan, out, bound, size):  # type: ignore[no-untyped-def
     times or the due buffer filled up first."""
     capacity = len(out[0])
     while True:
-        if out[8][0] >= capacity or not sparse.room(state[4], 1):
+        if out[8][0] >= capacity or not sparse.room(state[5], 1):
             return False
         d, slot, k = timers.pop_due(tm, bound, size)
         if k == timers.NOT_DUE:
@@ -538,7 +549,7 @@ def _apply_events(state, tm, plan, effects, events, out, first, per_event, puts_
     """Apply events first.. in order; returns the index of the first event not applied (all: len),
     stopping early when `out` might not hold another event's firings, or the suppression times, count
     rings or spilled timers what another event may add."""
-    clock, values, lasts, rings, times_set = state[0], state[1], state[2], state[3], state[4]
+    clock, values, ages, far, rings, times_set = state[0], state[1], state[2], state[3], state[4], state[5]
     (half_life, lo, hi, st_start, st_trig, kind, threshold, timer_of, within, _unless, _unless_within, _cooldown,
      _count_slot, _timer_trigger, count_size, count_trigger, sequence_triggers, two) = plan
     e_unless, e_sequence, e_add, e_has, e_count, e_empty = effects
@@ -547,7 +558,7 @@ def _apply_events(state, tm, plan, effects, events, out, first, per_event, puts_
     firing = out[9]
     for i in range(first, len(slots)):
         if (out[8][0] + per_event > capacity or not sparse.room(times_set, puts_per_event) or not counts.room(rings)
-                or not timers.spill_room(tm, tm[5][timers.WIDTH])):
+                or not timers.spill_room(tm, tm[5][timers.WIDTH]) or not sparse.room(far, ages.shape[1])):
             return i
         slot = slots[i]
         now = clock[slot]
@@ -561,7 +572,7 @@ def _apply_events(state, tm, plan, effects, events, out, first, per_event, puts_
             if k < 0:
                 break
             _fire_timer(state, tm, plan, out, d, slot, k)
-        clock[slot] = now
+        scores.advance_clock(clock, ages, far, slot, now)
         e = effect_ids[i]
         if e_empty[e]:
             continue
@@ -586,7 +597,7 @@ def _apply_events(state, tm, plan, effects, events, out, first, per_event, puts_
         for s in range(len(half_life)):
             if not e_has[e, s]:
                 continue
-            before, after = scores.update(values, lasts, slot, s, now, half_life[s], e_add[e, s], lo[s], hi[s], two)
+            before, after = scores.update(values, ages, far, clock, slot, s, half_life[s], e_add[e, s], lo[s], hi[s], two)
             for j in range(st_start[s], st_start[s + 1]):
                 trig = st_trig[j]
                 if kind[trig] == RISES_ABOVE:

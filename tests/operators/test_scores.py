@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 import random
 
 import numpy as np
@@ -10,7 +11,7 @@ import numpy as np
 from engine.testing import event_batch, plan_of
 from operators import scores
 from operators.contacts import Columns
-from operators.scores import NEVER, TWO, ScoreColumns, crossing_time
+from operators.scores import AGE_FAR, AGE_NEVER, NEVER, TWO, ScoreColumns, crossing_time
 from operators.shard import ShardState
 
 HOUR = 3_600_000
@@ -73,21 +74,20 @@ def test_decay_is_pythons_formula_bit_for_bit():
 
 def test_value_at_and_update_decay_bit_for_bit_too():
     rng = random.Random(7)
-    cols = Columns(4)
-    ScoreColumns(cols, 1)
-    values, lasts = cols.arrays["score_value"], cols.arrays["score_last"]
+    sc = _Scores(n_scores=1)
     now = T0
-    stored = 0.0
+    stored, last = 0.0, NEVER
     for _ in range(5000):
         now += rng.randint(0, 3 * HOUR)
         add = rng.uniform(-5, 10)
-        expected_before = stored * 2.0 ** (-(now - int(lasts[0, 0])) / HOUR) if int(lasts[0, 0]) != NEVER else 0.0
-        if stored == 0.0 or now == int(lasts[0, 0]):
+        expected_before = stored * 2.0 ** (-(now - last) / HOUR) if last != NEVER else 0.0
+        if stored == 0.0 or now == last:
             expected_before = stored
-        assert scores.value_at(values, lasts, 0, 0, now, float(HOUR), TWO) == expected_before
-        before, after = scores.update(values, lasts, 0, 0, now, float(HOUR), add, -INF, INF, TWO)
-        assert (before, after) == (expected_before, expected_before + add)
-        stored = after
+        sc.advance(0, now)
+        assert sc.value_at(0, 0, now, HOUR) == expected_before
+        assert sc.update(0, 0, now, HOUR, add, -INF, INF) == (expected_before, expected_before + add)
+        assert sc.last_update(0, 0) == (expected_before + add, now)
+        stored, last = expected_before + add, now
 
 
 # -- crossing_time ----------------------------------------------------------------------
@@ -146,33 +146,41 @@ def test_crossing_time_is_the_spec_formula_for_many_inputs():
 
 
 class _Scores:
-    """The two score columns and the compiled functions over them, as the shard kernel uses them."""
+    """The contact clock, the score columns and the compiled functions over them, as the shard kernel uses them."""
 
     def __init__(self, n_scores: int = 2, capacity: int = 4) -> None:
         self.columns = Columns(capacity)
-        ScoreColumns(self.columns, n_scores)
+        self.columns.add("clock", np.int64, NEVER)
+        self.scores = ScoreColumns(self.columns, n_scores)
+
+    def advance(self, slot: int, now_ms: int) -> None:
+        a = self.columns.arrays
+        self.scores.make_room()
+        scores.advance_clock(a["clock"], a["score_age"], self.scores.arrays(), slot, now_ms)
 
     def value_at(self, slot: int, score: int, now_ms: int, half_life_ms: float) -> float:
         a = self.columns.arrays
-        return scores.value_at(a["score_value"], a["score_last"], slot, score, now_ms, float(half_life_ms), TWO)
+        return scores.value_at(a["score_value"], a["score_age"], self.scores.arrays(), a["clock"], slot, score, now_ms,
+                               float(half_life_ms), TWO)
 
     def update(self, slot: int, score: int, now_ms: int, half_life_ms: float, add: float, lo: float,
                hi: float) -> tuple[float, float]:
+        """The update of an event at `now_ms`: the contact's clock moves there first (if it is later)."""
+        self.advance(slot, now_ms)
         a = self.columns.arrays
-        return scores.update(a["score_value"], a["score_last"], slot, score, now_ms, float(half_life_ms), add, lo, hi,
-                             TWO)
+        return scores.update(a["score_value"], a["score_age"], self.scores.arrays(), a["clock"], slot, score,
+                             float(half_life_ms), add, lo, hi, TWO)
 
     def last_update(self, slot: int, score: int) -> tuple[float, int]:
-        a = self.columns.arrays
-        return float(a["score_value"][slot, score]), int(a["score_last"][slot, score])
+        return float(self.columns.arrays["score_value"][slot, score]), int(self.scores.lasts(slot + 1)[slot, score])
 
 
 def test_score_columns_shape_and_fill():
     cols = Columns(4)
     ScoreColumns(cols, 3)
-    v, last = cols.arrays["score_value"], cols.arrays["score_last"]
-    assert (v.shape, v.dtype, last.shape, last.dtype) == ((4, 3), np.float64, (4, 3), np.int64)
-    assert (v == 0.0).all() and (last == NEVER).all()
+    v, age = cols.arrays["score_value"], cols.arrays["score_age"]
+    assert (v.shape, v.dtype, age.shape, age.dtype) == ((4, 3), np.float64, (4, 3), np.uint32)
+    assert (v == 0.0).all() and (age == AGE_NEVER).all()
     assert NEVER == np.iinfo(np.int64).min
     # A rule set without scores still gets one (unused) column, so the kernels' arrays are 2-d.
     cols = Columns(4)
@@ -238,6 +246,74 @@ def test_scores_and_contacts_are_independent():
     assert math.isclose(sc.value_at(1, 1, HOUR, 2.0 * HOUR), 3 / math.sqrt(2), rel_tol=1e-15)
 
 
+def test_an_age_is_the_time_behind_the_contacts_clock():
+    sc = _Scores()
+    sc.update(0, 0, T0, HOUR, 8.0, -INF, INF)
+    ages = sc.columns.arrays["score_age"]
+    assert ages[0].tolist() == [0, AGE_NEVER]
+    # Another event 5 s later that updates only score 1: score 0's age is 5000 ms, its time still T0.
+    sc.update(0, 1, T0 + 5000, HOUR, 2.0, -INF, INF)
+    assert ages[0].tolist() == [5000, 0]
+    assert sc.last_update(0, 0) == (8.0, T0)
+    assert sc.last_update(0, 1) == (2.0, T0 + 5000)
+    # An earlier time does not move the clock back (the shard applies late events at the clock).
+    sc.advance(0, T0)
+    assert (int(sc.columns.arrays["clock"][0]), ages[0].tolist()) == (T0 + 5000, [5000, 0])
+    # Half an hour on: 8 * 2^(-1805 s / 1 h) from T0, exactly as from the stored time.
+    sc.advance(0, T0 + 1_805_000)
+    assert ages[0].tolist() == [1_805_000, 1_800_000]
+    assert sc.value_at(0, 0, T0 + HOUR, HOUR) == 4.0
+    assert sc.value_at(0, 1, T0 + 5000 + HOUR, HOUR) == 1.0
+
+
+def test_an_age_beyond_a_uint32_moves_the_exact_time_into_the_far_table():
+    sc = _Scores()
+    ages = sc.columns.arrays["score_age"]
+    sc.update(0, 0, T0, WEEK, 12.0, -INF, INF)
+    sc.update(0, 1, T0, WEEK, 3.0, -INF, INF)
+    # 2^32 - 3 ms (49.7 days) behind the clock is the oldest age there is.
+    sc.update(0, 1, T0 + 0xFFFFFFFD, WEEK, 1.0, -INF, INF)
+    assert ages[0].tolist() == [0xFFFFFFFD, 0]
+    assert len(sc.scores.far) == 0
+    # One more millisecond and score 0's time goes to the far table, under key slot x 2 + 0.
+    sc.advance(0, T0 + 0xFFFFFFFE)
+    assert ages[0].tolist() == [AGE_FAR, 1]
+    assert sc.scores.far.items()[0].tolist() == [0] and sc.scores.far.get(0, NEVER) == T0
+    assert sc.last_update(0, 0) == (12.0, T0)
+    # Its value is decayed from T0 exactly: 12 * 2^(-(2^32 - 2 + 4 weeks) / 1 week).
+    later = T0 + 0xFFFFFFFE + 4 * WEEK
+    assert sc.value_at(0, 0, later, WEEK) == 12.0 * 2.0 ** (-(0xFFFFFFFE + 4 * WEEK) / WEEK)
+    # The clock moving on leaves a far time alone; an update makes the age 0 again.
+    sc.advance(0, later)
+    assert sc.last_update(0, 0) == (12.0, T0)
+    before = 12.0 * 2.0 ** (-(0xFFFFFFFE + 4 * WEEK) / WEEK)
+    assert sc.update(0, 0, later, WEEK, 5.0, -INF, INF) == (before, before + 5.0)
+    assert ages[0, 0] == 0 and sc.last_update(0, 0) == (before + 5.0, later)
+    # A second contact's far time is keyed by its own slot: 3 x 2 + 1.
+    sc.update(3, 1, T0, WEEK, 6.0, -INF, INF)
+    sc.advance(3, T0 + 60 * 86_400_000)
+    assert sorted(sc.scores.far.items()[0].tolist()) == [0, 7]
+    assert sc.last_update(3, 1) == (6.0, T0) and sc.last_update(3, 0) == (0.0, NEVER)
+
+
+def test_times_round_trip_through_lasts_and_restore_lasts():
+    sc = _Scores(n_scores=3, capacity=8)
+    sc.update(0, 0, T0, HOUR, 1.0, -INF, INF)
+    sc.update(0, 2, T0 + 7, HOUR, 2.0, -INF, INF)
+    sc.update(1, 1, T0 - 90 * 86_400_000, HOUR, 3.0, -INF, INF)
+    sc.update(1, 2, T0, HOUR, 4.0, -INF, INF)  # slot 1, score 1: 90 days back, far
+    sc.advance(2, T0)  # a contact with a clock and no score
+    lasts = sc.scores.lasts(4)
+    assert lasts.tolist() == [[T0, NEVER, T0 + 7], [NEVER, T0 - 90 * 86_400_000, T0], [NEVER] * 3, [NEVER] * 3]
+    restored = _Scores(n_scores=3, capacity=8)
+    restored.columns.restore({"clock": sc.columns.arrays["clock"][:4]}, 4)
+    restored.scores.restore_lasts(lasts, 4)
+    assert restored.columns.arrays["score_age"][:4].tolist() == [[7, AGE_NEVER, 0], [AGE_NEVER, AGE_FAR, 0],
+                                                                 [AGE_NEVER] * 3, [AGE_NEVER] * 3]
+    assert restored.scores.far.items()[0].tolist() == [4] and restored.scores.far.get(4, NEVER) == T0 - 90 * 86_400_000
+    assert (restored.scores.lasts(4) == lasts).all()
+
+
 # -- the clamp applies once, after the sum of all matching points (through a shard) --------
 
 
@@ -270,8 +346,7 @@ def test_clamp_applies_after_the_sum_of_points():
                                   watermarks=[watermark]), out)
 
     def last_update(slot: int) -> tuple[float, int]:
-        a = state.columns.arrays
-        return float(a["score_value"][slot, 0]), int(a["score_last"][slot, 0])
+        return float(state.columns.arrays["score_value"][slot, 0]), int(state.scores.lasts(slot + 1)[slot, 0])
 
     # Big: 0 + (15 - 10) = 5. Clamping after each entry would give min(15, 10) - 10 = 0.
     send("u", "Big", T0, NEVER)
@@ -283,4 +358,53 @@ def test_clamp_applies_after_the_sum_of_points():
     send("w", "Drop", T0, T0 + HOUR)
     assert last_update(1) == (2.0, T0)
     assert state.scores_at(0, T0 + 2 * HOUR) == {"s": 3.75}
+    assert out == []
+
+
+FAR_RULES = """\
+version: 1
+scores:
+  recent:
+    half_life: 1h
+    points:
+      - {event: Page Viewed, add: 1}
+  loyal:
+    half_life: 30d
+    points:
+      - {event: Order Completed, add: 10}
+triggers:
+  t:
+    when: {score: loyal, rises_above: 100}
+"""
+
+
+def test_a_contact_back_after_sixty_days_keeps_its_old_score_exactly_through_a_snapshot():
+    plan = plan_of(FAR_RULES)
+    state = ShardState(plan)
+    out: list = []
+    day = 86_400_000
+
+    def send(name: str, t: int) -> None:
+        state.process(event_batch([{"type": "track", "event": name, "userId": "u", "timestamp": t}], plan,
+                                  watermarks=[t]), out)
+
+    send("Order Completed", T0)
+    send("Page Viewed", T0 + 60 * day)  # only `recent`: `loyal`'s time is 60 days back, in the far table
+    assert state.columns.arrays["score_age"][0].tolist() == [0, AGE_FAR]
+    assert state.scores.lasts(1).tolist() == [[T0 + 60 * day, T0]]
+    # 10 * 2^(-60 d / 30 d) = 2.5, and 1 for `recent` just updated.
+    assert state.scores_at(0, T0 + 60 * day) == {"recent": 1.0, "loyal": 2.5}
+    snap = pickle.loads(pickle.dumps(state.snapshot()))
+    assert snap["columns"]["score_last"].tolist() == [[T0 + 60 * day, T0]] and "score_age" not in snap["columns"]
+    restored = ShardState.restore(plan, snap)
+    assert restored.columns.arrays["score_age"][0].tolist() == [0, AGE_FAR]
+    # 30 days on: `recent` 2^-720 (720 half-lives), `loyal` 10 * 2^-3.
+    expected = {"recent": 2.0 ** -720, "loyal": 1.25}
+    assert restored.scores_at(0, T0 + 90 * day) == state.scores_at(0, T0 + 90 * day) == expected
+    # An order then: 1.25 + 10, its age 0 again, the far time no longer read; 30 days later 11.25 / 2.
+    for shard in (state, restored):
+        shard.process(event_batch([{"type": "track", "event": "Order Completed", "userId": "u",
+                                    "timestamp": T0 + 90 * day}], plan, watermarks=[T0 + 90 * day]), out)
+        assert shard.scores.lasts(1).tolist() == [[T0 + 60 * day, T0 + 90 * day]]
+        assert shard.scores_at(0, T0 + 120 * day)["loyal"] == 5.625
     assert out == []
