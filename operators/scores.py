@@ -3,7 +3,7 @@
 Values live in a (contacts x scores) float64 column. The time of a score's last update is kept as its
 age, a uint32 of milliseconds behind its contact's clock (`score_age`): a score is only ever updated
 at its contact's clock (an event's effective time), so the age is 0 then, and grows when the clock
-moves on (`advance_clock`). A uint32 says 49.7 days; a score left alone for longer while its contact
+moves on (`age`). A uint32 says 49.7 days; a score left alone for longer while its contact
 kept sending events has its exact time moved into a hash table (`far`, operators/sparse.py, keyed by
 `slot * scores + score`) and the age AGE_FAR. Ages of contacts that send nothing never change, so
 the table holds only what came back after seven weeks. Two int64 times per contact were 17.6 of the
@@ -109,25 +109,20 @@ def value_at(values, ages, far, clock, slot, score, now_ms, half_life_ms, two): 
 
 
 @kernel(inline=True)
-def advance_clock(clock, ages, far, slot, now_ms):  # type: ignore[no-untyped-def]
-    """Move the contact's clock to `now_ms` if that is later; its scores' ages grow with it. An age that
-    would pass what a uint32 says moves its time into `far` (the caller keeps room for one per score)."""
-    before = clock[slot]
-    if now_ms <= before:
-        return
-    clock[slot] = now_ms
-    if before == NEVER:  # a new contact: no score was updated yet
-        return
-    step = now_ms - before
+def age(ages, far, slot, before_ms, now_ms):  # type: ignore[no-untyped-def]
+    """The contact's clock moved from `before_ms` to `now_ms` (later; `before_ms` not NEVER): its scores'
+    ages grow by the difference. An age that would pass what a uint32 says moves its time into `far` (the
+    caller keeps room for one per score)."""
+    step = now_ms - before_ms
     for s in range(ages.shape[1]):
-        age = ages[slot, s]
-        if age >= AGE_FAR:
+        current = ages[slot, s]
+        if current >= AGE_FAR:
             continue
-        grown = np.int64(age) + step
+        grown = np.int64(current) + step
         if grown < AGE_FAR:
             ages[slot, s] = grown
         else:
-            sparse.put(far, np.int64(slot) * ages.shape[1] + s, before - np.int64(age))
+            sparse.put(far, np.int64(slot) * ages.shape[1] + s, before_ms - np.int64(current))
             ages[slot, s] = AGE_FAR
 
 

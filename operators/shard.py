@@ -3,8 +3,9 @@
 Each shard is one bytewax stateful key. Its logic owns:
 
 * `ContactIndex`: contact id -> slot;
-* per-contact columns (`Columns`, numpy, slot-major): the contact clock, score values and update
-  times, timer deadlines and the summaries of the events that armed them;
+* per-contact columns (`Columns`, numpy, slot-major): the contact clock, score values and the ages
+  of their updates, the timers in the contact's row (deadlines after the clock, the events that armed
+  them); times are uint32 milliseconds relative to the clock, and snapshots hold them as int64 times;
 * one `TimerTable` for the whole shard (pending timers, the bounds that find due ones, kept events);
 * state most contacts never have, in hash tables (operators/sparse.py): `CountRings`, the recent
   times of count rules, and `SuppressionTimes`, the `unless` last-seen and last firing times.
@@ -319,8 +320,9 @@ class ShardState:
     def _columns_snapshot(self, size: int, copy: bool) -> dict[str, np.ndarray]:
         """The columns' first `size` rows, with the scores' last update times where the state keeps ages."""
         columns = self.columns.snapshot(size, copy)
-        del columns["score_age"]
+        del columns["score_age"], columns["timer_due_in"]
         columns["score_last"] = self.scores.lasts(size)
+        columns["timer_deadline"] = self.timers.deadlines(size)
         return columns
 
     def snapshot_bytes(self) -> int:
@@ -375,10 +377,10 @@ class ShardState:
         state.index = ContactIndex.restore(snap["index"])
         size = len(state.index)
         columns = dict(snap["columns"])
-        lasts = columns.pop("score_last")
+        lasts, deadlines = columns.pop("score_last"), columns.pop("timer_deadline")
         state.columns.restore(columns, size)
         state.scores.restore_lasts(lasts, size)
-        state.timers.restore(size, snap["timers"])
+        state.timers.restore(size, snap["timers"], deadlines)
         state.counts.restore(snap["counts"])
         state.suppression.restore(snap["suppression"])
         state.watermark = snap["watermark"]
@@ -572,7 +574,12 @@ def _apply_events(state, tm, plan, effects, events, out, first, per_event, puts_
             if k < 0:
                 break
             _fire_timer(state, tm, plan, out, d, slot, k)
-        scores.advance_clock(clock, ages, far, slot, now)
+        before = clock[slot]
+        if now > before:
+            clock[slot] = now
+            if before != NEVER:  # (a new contact has no score and no timer yet)
+                scores.age(ages, far, slot, before, now)
+                timers.age(tm, slot, now - before)
         e = effect_ids[i]
         if e_empty[e]:
             continue

@@ -154,9 +154,14 @@ class _Scores:
         self.scores = ScoreColumns(self.columns, n_scores)
 
     def advance(self, slot: int, now_ms: int) -> None:
-        a = self.columns.arrays
-        self.scores.make_room()
-        scores.advance_clock(a["clock"], a["score_age"], self.scores.arrays(), slot, now_ms)
+        """The contact's clock moves to `now_ms` if that is later, as the shard kernel moves it."""
+        clock = self.columns.arrays["clock"]
+        before = int(clock[slot])
+        if now_ms > before:
+            clock[slot] = now_ms
+            if before != NEVER:
+                self.scores.make_room()
+                scores.age(self.columns.arrays["score_age"], self.scores.arrays(), slot, before, now_ms)
 
     def value_at(self, slot: int, score: int, now_ms: int, half_life_ms: float) -> float:
         a = self.columns.arrays

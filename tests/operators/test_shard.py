@@ -522,6 +522,38 @@ def test_inactive_for_rearms_on_every_event_holding_nothing_more():
     assert logic.state.timers.deadline(0, 0) == last + 60_001 + 60_000
 
 
+LONG_QUIET = """\
+version: 1
+triggers:
+  quiet:
+    when: {inactive_for: 60d}
+    actions: [{emit: out}]
+  briefly:
+    when: {inactive_for: 1h}
+    actions: [{emit: out}]
+"""
+
+
+def test_a_timer_further_than_a_row_holds_spills_and_fires_exactly():
+    # 60 days is more than the 49.7 a row holds after the contact's clock: `quiet` waits in the spill
+    # table, `briefly` in the row; both re-arm with every event and fire at their exact deadlines.
+    logic = ShardLogic(_plan(LONG_QUIET), None)
+    read = Source(logic.state.plan)
+    day = 86_400_000
+    out, _ = logic.on_batch([read(ev("u", "Ping", T0), ev("u", "Ping", T0 + 5000))])
+    state = logic.state
+    quiet, briefly = timer_of(state.plan, "quiet"), timer_of(state.plan, "briefly")
+    assert list(out) == [] and state.timers.spilled() == 1 and state.timers.pending() == 2
+    assert state.columns.arrays["timer_rule"][0].tolist() == [briefly, FREE]
+    assert state.columns.arrays["timer_due_in"][0, 0] == 3_600_000
+    assert (state.timers.deadline(0, quiet), state.timers.deadline(0, briefly)) == (T0 + 5000 + 60 * day,
+                                                                                    T0 + 5000 + 3_600_000)
+    # 61 days later: `briefly` fired an hour after the last event, `quiet` 60 days after it.
+    out, _ = logic.on_batch([read(ev("u", "Ping", T0 + 61 * day))])
+    assert keys(list(out)) == [("briefly", "u", T0 + 5000 + 3_600_000, "out"), ("quiet", "u", T0 + 5000 + 60 * day, "out")]
+    assert state.timers.spilled() == 1 and state.timers.pending() == 2
+
+
 # -- end of input (the shard's part; the summary is in test_finalize) ------------------------------
 
 
@@ -1207,7 +1239,9 @@ def test_without_a_recovery_directory_no_snapshot_is_taken_and_the_size_is_still
     assert logic.snapshot() is None
     size = len(state.index)
     columns = state.columns.snapshot(size, copy=False)
-    columns["score_age"] = columns["score_age"].astype(np.int64)  # a snapshot keeps times where the state has ages
+    # A snapshot keeps times where the state has ages and deadlines after the clock.
+    columns["score_age"] = columns["score_age"].astype(np.int64)
+    columns["timer_due_in"] = columns["timer_due_in"].astype(np.int64)
     expected = (sum(a.nbytes for a in columns.values()) + sum(a.nbytes for a in state.index.snapshot().values())
                 + state.timers.event_bytes() + 16 * len(state.suppression) + 16 * len(state.counts)
                 + 8 * int(state.counts.pool_used[0]))

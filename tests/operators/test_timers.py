@@ -6,6 +6,7 @@ from __future__ import annotations
 import pickle
 import random
 from collections import Counter
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,10 +16,11 @@ from engine.summaries import pack_parts
 from engine.testing import arena_record, kept_record
 from operators import timers
 from operators.contacts import Columns
-from operators.timers import BLOCK, DUE_MIN, FREE, NONE, SHARE_FROM, TimerTable
+from operators.timers import BLOCK, DUE_MIN, FREE, NEVER, NONE, SHARE_FROM, TimerTable
 from rules.model import MAX_TIMER_TRIGGERS
 
 T0 = 1_795_442_400_000
+CLOCK = T0 - 10**9  # the contacts' clock in these tests: deadlines from then on to 49.7 days later fit in a row
 
 
 def _summary(payload: bytes, properties: bytes = b"") -> bytes:
@@ -37,6 +39,7 @@ class _Table:
 
     def __init__(self, n_timers: int = 3, capacity: int = 4) -> None:
         self.columns = Columns(capacity)
+        self.columns.add("clock", np.int64, CLOCK)  # every contact's clock: the rows hold deadlines after it
         self.t = TimerTable(self.columns, n_timers)
         self.size = 0
         self.fired_events: list[bytes] = []  # the events of the timers `fire_due` fired, in order
@@ -61,6 +64,27 @@ class _Table:
         self.t.reserve(0, self.size)
         self.t.make_spill_room(1)
         timers.arm(self.t.arrays(), slot, k, deadline, offset)
+
+    def snapshot(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """(columns, timers) as the shard snapshots them: the timers first (a snapshot compacts the arena,
+        which moves the rows' references), the rows' deadlines as times."""
+        kept = self.t.snapshot(self.size)
+        columns = self.columns.snapshot(self.size)
+        del columns["timer_due_in"]
+        columns["timer_deadline"] = self.t.deadlines(self.size)
+        return columns, kept
+
+    @classmethod
+    def restored(cls, columns: dict[str, np.ndarray], kept: dict[str, Any], size: int, n_timers: int = 3,
+                 capacity: int = 4) -> _Table:
+        """A table restored from `snapshot()`'s parts, for `size` contacts."""
+        tt = cls(n_timers, capacity)
+        tt.size = size
+        columns = dict(columns)
+        deadlines = columns.pop("timer_deadline")
+        tt.columns.restore(columns, size)
+        tt.t.restore(size, kept, deadlines)
+        return tt
 
     def cancel(self, slot: int, k: int) -> None:
         self._contact(slot)
@@ -136,15 +160,19 @@ def _table(n_timers: int = 3, capacity: int = 4) -> _Table:
 def test_columns_of_a_table():
     # A row holds INLINE (2) timers of the 3 rules: each place's rule, deadline and record; and how many
     # of the contact's timers spilled.
+    # A deadline is kept as the milliseconds after the contact's clock, which the shard's columns hold.
     cols = Columns(4)
+    with pytest.raises(ValueError, match="add the `clock` column first"):
+        TimerTable(cols, 3)
+    cols.add("clock", np.int64, NEVER)
     TimerTable(cols, 3)
     a = cols.arrays
     assert {n: (a[n].shape, a[n].dtype) for n in a} == {
-        "timer_rule": ((4, 2), np.uint8), "timer_deadline": ((4, 2), np.int64), "timer_event": ((4, 2), np.uint32),
-        "timer_spilled": ((4,), np.uint8)}
-    assert (a["timer_rule"] == FREE).all() and (a["timer_deadline"] == NONE).all() and not a["timer_spilled"].any()
-    assert set(cols.snapshot(4)) == {"timer_rule", "timer_deadline", "timer_event", "timer_spilled"}
+        "clock": ((4,), np.int64), "timer_rule": ((4, 2), np.uint8), "timer_due_in": ((4, 2), np.uint32),
+        "timer_event": ((4, 2), np.uint32), "timer_spilled": ((4,), np.uint8)}
+    assert (a["timer_rule"] == FREE).all() and not a["timer_spilled"].any()
     one = Columns(4)
+    one.add("clock", np.int64, NEVER)
     TimerTable(one, 1)
     assert one.arrays["timer_rule"].shape == (4, 1)
 
@@ -359,8 +387,9 @@ def test_restore_computes_the_bounds_from_the_deadlines():
     tt.arm(130, 0, T0 + 600, b"c2")
     assert tt.bounds() == [T0 + 50, NONE, T0 + 20]
     # The arena first (it compacts, which moves the timers' offsets), then the columns.
-    arena = tt.t.snapshot(131)
-    cols = tt.columns.snapshot(131)
+    cols, arena = tt.snapshot()
+    assert cols["timer_deadline"][[0, 1, 2, 130]].tolist() == [[T0 + 400, NONE], [T0 + 50, NONE], [NONE, NONE],
+                                                                 [T0 + 600, NONE]]
     # Only what pending timers keep, as records (the kept summaries), in contact order.
     assert arena["arena"].tobytes() == (kept_record(_summary(b"a2")) + kept_record(_summary(b"b"))
                                         + kept_record(_summary(b"c2")))
@@ -369,10 +398,7 @@ def test_restore_computes_the_bounds_from_the_deadlines():
     tt.arm(2, 0, T0 + 10, b"c")
     tt.cancel(1, 1)
     snap = pickle.loads(pickle.dumps({"columns": cols, "timers": arena}))
-    restored = _Table(capacity=2)
-    restored.size = 131
-    restored.columns.restore(snap["columns"], 131)
-    restored.t.restore(131, snap["timers"])
+    restored = _Table.restored(snap["columns"], snap["timers"], 131, capacity=2)
     assert restored.bounds() == [T0 + 50, NONE, T0 + 600]  # exact
     assert restored.t.pending() == 3
     assert [restored.event(s, k) for s, k in ((1, 1), (0, 0), (130, 0))] == [b"b", b"a2", b"c2"]
@@ -385,12 +411,8 @@ def test_a_restored_table_continues_like_the_live_one():
     rng = random.Random(3)
     for i in range(200):
         live.arm(rng.randrange(400), rng.randrange(2), T0 + rng.randrange(10_000), b"x%d" % i)
-    arena = live.t.snapshot(live.size)
-    cols = live.columns.snapshot(live.size)
-    restored = _Table(n_timers=2, capacity=4)
-    restored.size = live.size
-    restored.columns.restore(pickle.loads(pickle.dumps(cols)), live.size)
-    restored.t.restore(live.size, pickle.loads(pickle.dumps(arena)))
+    cols, arena = pickle.loads(pickle.dumps(live.snapshot()))
+    restored = _Table.restored(cols, arena, live.size, n_timers=2)
     restored.check_next()
     restored.check_bounds()
     for i in range(100):  # the same later operations on both
@@ -539,7 +561,7 @@ def test_spilled_timers_grow_the_spill_table_and_leave_it_when_they_go():
     assert tt.t.pending() == 1800 and tt.t.spilled() == 1200 and len(tt.t.spill_keys) == 2048
     assert tt.columns.arrays["timer_spilled"][:300].tolist() == [4] * 300
     tt.check_next()
-    snapshot = pickle.loads(pickle.dumps((tt.columns.snapshot(tt.size), tt.t.snapshot(tt.size))))
+    snapshot = pickle.loads(pickle.dumps(tt.snapshot()))
     order = list(model)
     rng.shuffle(order)
     for i, (slot, k) in enumerate(order):
@@ -556,10 +578,7 @@ def test_spilled_timers_grow_the_spill_table_and_leave_it_when_they_go():
     assert tt.t.pending() == tt.t.spilled() == 0 and not tt.columns.arrays["timer_spilled"].any()
     assert tt.fire_due(T0 + 10**6, inclusive=False) == []
     # The snapshot taken with all of them pending restores them all, spilled ones included.
-    restored = _Table(n_timers=6)
-    restored.size = 300
-    restored.columns.restore(snapshot[0], 300)
-    restored.t.restore(300, snapshot[1])
+    restored = _Table.restored(*snapshot, 300, n_timers=6)
     assert restored.t.pending() == 1800 and restored.t.spilled() == 1200
     restored.check_next()
     assert restored.event(299, 5) == b"299/5"
@@ -683,12 +702,9 @@ def test_a_snapshot_keeps_the_shared_properties_and_a_restored_table_finds_them(
     live = _table(n_timers=2)
     for slot in range(50):
         live.arm(slot, slot % 2, T0 + slot, b"x%d" % slot, properties=(PRICING, PRODUCT, b"{}")[slot % 3])
-    arena = pickle.loads(pickle.dumps(live.t.snapshot(live.size)))
+    cols, arena = pickle.loads(pickle.dumps(live.snapshot()))
     assert arena["shared"].tobytes() == arena_record(PRICING) + arena_record(PRODUCT)
-    restored = _Table(n_timers=2)
-    restored.size = live.size
-    restored.columns.restore(live.columns.snapshot(live.size), live.size)
-    restored.t.restore(live.size, arena)
+    restored = _Table.restored(cols, arena, live.size, n_timers=2)
     assert [restored.t.event(s, s % 2) for s in range(50)] == [live.t.event(s, s % 2) for s in range(50)]
     restored.arm(60, 0, T0, b"y", properties=PRODUCT)
     assert restored.t.meta[timers.SHARED_USED] == len(arena["shared"])  # shared with the restored record
@@ -731,11 +747,7 @@ def test_each_table_seeds_its_index_hash():
     # The seed never reaches a snapshot: a restored table has its own, and finds the records anyway.
     for tt in tables:
         tt.arm(0, 0, T0, b"a", properties=PRICING)
-    snap = tables[0].t.snapshot(1)
-    restored = _Table(n_timers=1)
-    restored.size = 1
-    restored.columns.restore(tables[0].columns.snapshot(1), 1)
-    restored.t.restore(1, snap)
+    restored = _Table.restored(*tables[0].snapshot(), 1, n_timers=1)
     assert restored.t.meta[timers.HASH_SEED] not in seeds
     restored.arm(1, 0, T0, b"b", properties=PRICING)
     assert restored.t.meta[timers.SHARED_USED] == len(arena_record(PRICING))
@@ -769,14 +781,68 @@ def test_random_arms_with_shared_properties_keep_every_event_exactly():
         if step % 700 == 699:
             tt.t.compact_events(tt.size, force=True)
         if step == 2500:  # continue on a restored copy
-            arena = pickle.loads(pickle.dumps(tt.t.snapshot(tt.size)))
-            columns = tt.columns.snapshot(tt.size)
-            restored = _Table(n_timers=3)
-            restored.size = tt.size
-            restored.columns.restore(columns, tt.size)
-            restored.t.restore(tt.size, arena)
-            tt = restored
+            tt = _Table.restored(*pickle.loads(pickle.dumps(tt.snapshot())), tt.size)
         if step % 250 == 0:
             assert {key: tt.t.event(*key) for key in model} == {key: e for key, (_, e) in model.items()}
     assert {key: tt.t.event(*key) for key in model} == {key: e for key, (_, e) in model.items()}
     assert int(tt.t.meta[timers.SHARED_RECORDS]) > 5  # sharing happened
+
+
+# -- deadlines after the contact's clock --------------------------------------------------------------
+
+
+def test_a_row_keeps_the_milliseconds_after_the_clock_and_the_clock_moving_brings_them_nearer():
+    tt = _table(n_timers=3)
+    tt.arm(0, 1, CLOCK + 100, b"a")
+    tt.arm(0, 2, CLOCK + 250, b"b")
+    rows = tt.columns.arrays
+    assert rows["timer_rule"][0].tolist() == [1, 2] and rows["timer_due_in"][0].tolist() == [100, 250]
+    # The contact's clock moves 40 ms on (as an event of its moves it): 60 and 210 ms to go, the same deadlines.
+    rows["clock"][0] = CLOCK + 40
+    timers.age(tt.t.arrays(), 0, 40)
+    assert rows["timer_due_in"][0].tolist() == [60, 210]
+    assert tt.deadlines(0) == [NONE, CLOCK + 100, CLOCK + 250]
+    assert tt.t.deadlines(1).tolist() == [[CLOCK + 100, CLOCK + 250]]
+    assert tt.due_for_contact(0, CLOCK + 101) == [(CLOCK + 100, 1)]
+    # A cancelled place is free and reads 0 (a restored row's free places do too).
+    assert rows["timer_rule"][0].tolist() == [FREE, 2] and rows["timer_due_in"][0].tolist() == [0, 210]
+
+
+def test_a_deadline_a_row_cannot_hold_spills_and_fires_in_its_place():
+    tt = _table(n_timers=3)
+    last = CLOCK + 0xFFFFFFFF  # 49.7 days after the clock: the furthest a row holds
+    tt.arm(0, 0, last, b"in the row")
+    tt.arm(1, 0, last + 1, b"one ms further")
+    tt.arm(2, 0, CLOCK - 1, b"before the clock")
+    rows = tt.columns.arrays
+    assert rows["timer_rule"][:3, 0].tolist() == [0, FREE, FREE] and rows["timer_due_in"][0, 0] == 0xFFFFFFFF
+    assert rows["timer_spilled"][:3].tolist() == [0, 1, 1] and tt.t.spilled() == 2 and tt.t.pending() == 3
+    # Re-armed beyond what its row holds, a timer leaves the row for the spill table; nothing else changes.
+    tt.arm(0, 0, last + 5, b"re-armed further")
+    assert rows["timer_rule"][0].tolist() == [FREE, FREE] and rows["timer_spilled"][0] == 1
+    assert (tt.t.spilled(), tt.t.pending()) == (3, 3)
+    assert tt.event(0, 0) == b"re-armed further" and tt.deadlines(0) == [last + 5, NONE, NONE]
+    tt.check_bounds()
+    tt.check_next()
+    assert tt.fire_due(last + 10, inclusive=False) == [(CLOCK - 1, 2, 0), (last + 1, 1, 0), (last + 5, 0, 0)]
+    assert tt.fired_events == [b"before the clock", b"one ms further", b"re-armed further"]
+    assert tt.t.pending() == tt.t.spilled() == 0
+
+
+def test_a_snapshot_row_too_far_from_the_clock_is_restored_into_the_spill_table():
+    # Snapshots keep deadlines as times; one written before rows were kept after the clock may hold, in
+    # a row, a deadline more than 49.7 days after its contact's clock.
+    tt = _table(n_timers=2)
+    tt.arm(0, 0, T0, b"near")
+    tt.arm(0, 1, T0 + 1, b"far")
+    tt.arm(1, 1, T0 + 2, b"other")
+    columns, kept = tt.snapshot()
+    columns["timer_deadline"][0, 1] = CLOCK + 0x100000000
+    restored = _Table.restored(columns, kept, 2, n_timers=2)
+    rows = restored.columns.arrays
+    assert rows["timer_rule"][:2].tolist() == [[0, FREE], [1, FREE]]
+    assert rows["timer_spilled"][:2].tolist() == [1, 0] and restored.t.spilled() == 1 and restored.t.pending() == 3
+    assert restored.deadlines(0) == [T0, CLOCK + 0x100000000] and restored.event(0, 1) == b"far"
+    restored.check_bounds()
+    assert restored.fire_due(CLOCK + 0x100000001, inclusive=False) == [(T0, 0, 0), (T0 + 2, 1, 1),
+                                                                       (CLOCK + 0x100000000, 0, 1)]
