@@ -340,6 +340,12 @@ triggers:
 """
 
 
+def _track(state: ShardState, out: list, contact: str, name: str, t: int, watermark: int) -> None:
+    """One track event through the shard, stamped with `watermark` as the source would stamp it."""
+    state.process(event_batch([{"type": "track", "event": name, "userId": contact, "timestamp": t}], state.plan,
+                              watermarks=[watermark]), out)
+
+
 def test_clamp_applies_after_the_sum_of_points():
     plan = plan_of(CLAMP_RULES)
     state = ShardState(plan)
@@ -347,8 +353,7 @@ def test_clamp_applies_after_the_sum_of_points():
 
     def send(contact: str, name: str, t: int, watermark: int) -> None:
         # Stamped as the source does (lateness 0): the largest time read before the event.
-        state.process(event_batch([{"type": "track", "event": name, "userId": contact, "timestamp": t}], plan,
-                                  watermarks=[watermark]), out)
+        _track(state, out, contact, name, t, watermark)
 
     def last_update(slot: int) -> tuple[float, int]:
         return float(state.columns.arrays["score_value"][slot, 0]), int(state.scores.lasts(slot + 1)[slot, 0])
@@ -390,8 +395,7 @@ def test_a_contact_back_after_sixty_days_keeps_its_old_score_exactly_through_a_s
     day = 86_400_000
 
     def send(name: str, t: int) -> None:
-        state.process(event_batch([{"type": "track", "event": name, "userId": "u", "timestamp": t}], plan,
-                                  watermarks=[t]), out)
+        _track(state, out, "u", name, t, t)
 
     send("Order Completed", T0)
     send("Page Viewed", T0 + 60 * day)  # only `recent`: `loyal`'s time is 60 days back, in the far table
@@ -408,8 +412,7 @@ def test_a_contact_back_after_sixty_days_keeps_its_old_score_exactly_through_a_s
     assert restored.scores_at(0, T0 + 90 * day) == state.scores_at(0, T0 + 90 * day) == expected
     # An order then: 1.25 + 10, its age 0 again, the far time no longer read; 30 days later 11.25 / 2.
     for shard in (state, restored):
-        shard.process(event_batch([{"type": "track", "event": "Order Completed", "userId": "u",
-                                    "timestamp": T0 + 90 * day}], plan, watermarks=[T0 + 90 * day]), out)
+        _track(shard, out, "u", "Order Completed", T0 + 90 * day, T0 + 90 * day)
         assert shard.scores.lasts(1).tolist() == [[T0 + 60 * day, T0 + 90 * day]]
         assert shard.scores_at(0, T0 + 120 * day)["loyal"] == 5.625
     assert out == []
