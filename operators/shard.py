@@ -318,7 +318,8 @@ class ShardState:
         return snap
 
     def _columns_snapshot(self, size: int, copy: bool) -> dict[str, np.ndarray]:
-        """The columns' first `size` rows, with the scores' last update times where the state keeps ages."""
+        """The columns' first `size` rows, with int64 times where the state keeps the scores' ages and the
+        timers' deadlines after the clock."""
         columns = self.columns.snapshot(size, copy)
         del columns["score_age"], columns["timer_due_in"]
         columns["score_last"] = self.scores.lasts(size)
@@ -329,8 +330,10 @@ class ShardState:
         """Bytes a snapshot takes before packing: the columns and the index cut to the contacts, the
         events pending timers keep."""
         size = len(self.index)
-        columns = self._columns_snapshot(size, copy=False)
-        return (sum(a.nbytes for a in columns.values()) + sum(a.nbytes for a in self.index.snapshot(False).values())
+        columns = self.columns.snapshot(size, copy=False)
+        widened = 4 * (columns["score_age"].size + columns["timer_due_in"].size)  # kept as int64 times
+        return (sum(a.nbytes for a in columns.values()) + widened
+                + sum(a.nbytes for a in self.index.snapshot(False).values())
                 + self.timers.event_bytes() + self.counts.snapshot_bytes() + self.suppression.snapshot_bytes())
 
     def observe_size(self) -> None:

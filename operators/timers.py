@@ -432,7 +432,7 @@ class TimerTable:
         due_in[inline] = ahead[inline]
         far = (rules != FREE) & ~inline  # (a snapshot written before rows were relative to the clock)
         if far.any():
-            slots, places = np.nonzero(far)
+            slots = np.nonzero(far)[0]
             self.make_spill_room(len(slots))
             _spill_put_all(self.arrays(), slots.astype(np.int64) * self.width + rules[far], deadlines[far], refs[far])
             rules[far] = FREE
