@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import math
 import pickle
+import random
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -890,6 +892,66 @@ def test_snapshot_pickle_restore_at_any_point_gives_the_same_outputs(contract, r
         assert _run(plan, lines, batch_size=50, split=split) == reference, split
     for split in (0, 5, reads - 1, reads):
         assert _run(plan, lines, batch_size=50, split=split, shards=8, broadcast=True) == reference, split
+
+
+LONG_GAP_RULES = """\
+version: 1
+lateness: 2s
+scores:
+  loyalty:
+    half_life: 30d
+    points:
+      - {event: Order Completed, add: 10}
+  interest:
+    half_life: 20d
+    points:
+      - {event: Product Viewed, add: 2}
+  hot:
+    half_life: 1h
+    points:
+      - {event: Product Viewed, add: 2}
+triggers:
+  loyal:
+    when: {score: loyalty, rises_above: 12}
+  lapsed:
+    when: {score: loyalty, falls_below: 4}
+  gone:
+    when: {inactive_for: 60d}
+  no_reorder:
+    when: {first: {event: Order Completed}, then_not: {event: Order Completed}, within: 55d}
+  regular:
+    when: {count: {event: Order Completed}, within: 90d, at_least: 3}
+  curious:
+    when: {score: interest, rises_above: 5}
+  hot_now:
+    when: {score: hot, rises_above: 3}
+"""
+
+
+def test_gaps_of_months_give_the_same_outputs_through_snapshots_at_every_read():
+    # Contacts that come back after 20 to 100 days: scores' times go far behind their clocks and timers
+    # far ahead of them (kept in the far table and the spill table), on both sides of every snapshot.
+    # Every record carries the 30- and 20-day scores, decayed from those times: a time a millisecond off
+    # changes their last digits.
+    plan = _plan(LONG_GAP_RULES)
+    rng = random.Random(12)
+    day = 86_400_000
+    t = T0
+    lines = []
+    for i in range(300):
+        t += rng.choice((rng.randrange(1, 120_000), rng.randrange(20 * day, 100 * day)))
+        name = rng.choice(("Order Completed", "Product Viewed", "Product Viewed"))
+        lines.append(orjson.dumps(ev(f"c{rng.randrange(8)}", name, t - rng.randrange(1500), mid=f"m{i}")))
+    whole = Run(plan, lines, len(lines), SHARDS, False).run()
+    expected = whole.result()
+    states = [logic.state for logic in whole.logics.values()]
+    assert sum(len(s.scores.far) for s in states) > 0 and sum(s.timers.spilled() for s in states) > 0
+    fired = Counter(key[1] for key in expected[0])
+    assert set(fired) == {"loyal", "lapsed", "gone", "no_reorder", "regular", "curious", "hot_now"}, fired
+    for batch_size in (1, 7):
+        assert _run(plan, lines, batch_size=batch_size) == expected, batch_size
+    for split in range(0, 300 // 7 + 2):
+        assert _run(plan, lines, batch_size=7, split=split) == expected, split
 
 
 def test_a_snapshot_is_not_changed_by_later_processing(contract, reference):
