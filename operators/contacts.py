@@ -206,10 +206,11 @@ class DigestIndex:
     def restore(cls, snap: dict[str, np.ndarray]) -> DigestIndex:
         """From its snapshot or a `ContactIndex`'s (whose ids it leaves out)."""
         n = len(snap["hashes"])
-        index = cls(next_capacity(1024, n))
-        index.hashes[:n] = snap["hashes"]
+        index = cls()  # (its first table and array are small: they are replaced for n digests)
+        first = len(index.hashes)
+        index.hashes = grown(np.asarray(snap["hashes"], np.int64), next_capacity(first, n))
         index.size = n
-        index.table = np.full(_table_size(max(n, 1024)), EMPTY, np.int32)
+        index.table = np.full(_table_size(max(n, first)), EMPTY, np.int32)  # for the digests held, as `slots` sizes it
         _rehash(index.table, index.hashes, n)
         return index
 

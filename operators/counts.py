@@ -25,7 +25,7 @@ import numpy.typing as npt
 
 from engine.compiled import kernel
 from operators import sparse
-from operators.contacts import MAX_SLOTS, next_capacity
+from operators.contacts import next_capacity
 from operators.sparse import SparseTable
 
 EMPTY = np.iinfo(np.int64).min
@@ -38,7 +38,7 @@ class CountRings:
 
     def __init__(self, sizes: list[int]) -> None:
         self.sizes = list(sizes)
-        self.table = SparseTable(MAX_SLOTS * max(len(sizes), 1) - 1)
+        self.table = SparseTable.per_slot(len(sizes))
         self.pool = np.full(POOL_START, EMPTY, np.int64)
         self.pool_used = np.zeros(1, np.int64)
         self._layout = np.array([len(sizes), sum(sizes) + len(sizes)], np.int64)

@@ -24,7 +24,7 @@ import numpy.typing as npt
 
 from engine.compiled import kernel
 from operators import sparse
-from operators.contacts import MAX_SLOTS, Columns
+from operators.contacts import Columns
 from operators.sparse import SparseTable
 
 NEVER = np.iinfo(np.int64).min
@@ -41,7 +41,7 @@ class ScoreColumns:
         self.width = max(n_scores, 1)
         columns.add("score_value", np.float64, 0.0, self.width)
         columns.add("score_age", np.uint32, AGE_NEVER, self.width)
-        self.far = SparseTable(MAX_SLOTS * self.width - 1)
+        self.far = SparseTable.per_slot(self.width)
 
     def arrays(self) -> tuple[Any, ...]:
         return self.far.arrays()

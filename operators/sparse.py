@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from engine.compiled import kernel
+from operators.contacts import MAX_SLOTS
 
 EMPTY = -1  # no key, in an int64 table (keys are >= 0)
 EMPTY_U32 = 0xFFFFFFFF  # no key, in a uint32 table
@@ -35,6 +36,11 @@ class SparseTable:
         self.max_key = max_key
         self._empty = EMPTY_U32 if max_key < EMPTY_U32 else EMPTY
         self._allocate(capacity)
+
+    @classmethod
+    def per_slot(cls, width: int) -> SparseTable:
+        """A table keyed by `slot * width + column` for a shard's slots (uint32 keys up to 256 columns)."""
+        return cls(MAX_SLOTS * max(width, 1) - 1)
 
     def _allocate(self, capacity: int) -> None:
         assert capacity >= MIN_CAPACITY and capacity & (capacity - 1) == 0

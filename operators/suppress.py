@@ -24,7 +24,6 @@ import numpy.typing as npt
 
 from engine.compiled import kernel
 from operators import sparse
-from operators.contacts import MAX_SLOTS
 from operators.sparse import SparseTable
 
 NEVER = np.iinfo(np.int64).min
@@ -41,7 +40,7 @@ class SuppressionTimes:
     def __init__(self, n_unless: int, n_triggers: int) -> None:
         self.n_unless = n_unless
         self.width = n_unless + n_triggers
-        self.table = SparseTable(MAX_SLOTS * max(self.width, 1) - 1)
+        self.table = SparseTable.per_slot(self.width)
         self._layout = np.array([self.width, n_unless], np.int64)
 
     def arrays(self) -> tuple[Any, ...]:

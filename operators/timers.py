@@ -1068,9 +1068,7 @@ def arm(timers, slot, k, at_ms, event_ref):  # type: ignore[no-untyped-def]
     where = _find(timers, slot, k)
     inline = _fits_inline(timers, slot, at_ms)
     if 0 <= where < INLINE and not inline:  # re-armed beyond what its row can hold: it moves to the spill table
-        rule[slot, where] = FREE
-        due_in[slot, where] = 0
-        meta[PENDING] -= 1
+        cancel(timers, slot, k)
         where = -1
     if where < 0:
         meta[PENDING] += 1
